@@ -1,0 +1,297 @@
+/* ipftrace-exporter: the in-kernel half.
+ *
+ * program.py prepends a generated prelude that defines:
+ *   IPFT_NUM_PROBES, IPFT_NUM_FLOWS, IPFT_MAX_INFLIGHT, IPFT_RINGBUF_PAGES, IPFT_MAX_DROP_KEYS,
+ *   IPFT_SAMPLED() (the per-packet sampling decision: 1, 0, or a prandom comparison),
+ *   ipft_match_flow(t) (the flow filter: numbers only), and the module hooks
+ *   IPFT_MODULE_MATCH(skb, t) (0 rejects) and IPFT_MODULE_DATA(skb, t, data) (fills 64 bytes);
+ * and appends one small entry point per probe that calls ipft_handle().
+ *
+ * A packet is tracked from the first probe where its headers match a flow until it is freed: later probes
+ * look the skb address up instead of parsing again (headers are not parseable everywhere). Counters are
+ * exact and kept in per-CPU maps; only sampled packets' events go through the ring buffer.
+ */
+
+#ifndef __always_inline
+#define __always_inline inline __attribute__((always_inline))
+#endif
+
+#define IPFT_ROLE_STEP 0
+#define IPFT_ROLE_CONSUME 1
+#define IPFT_ROLE_DROP 2
+#define IPFT_ROLE_EGRESS 3
+
+#define IPFT_FLAG_TUPLE 1
+#define IPFT_FLAG_SAMPLED 2
+#define IPFT_FLAG_GAP 4 /* an earlier event of this skb was lost (ring buffer full) */
+
+#define IPFT_STAT_EVENTS 0
+#define IPFT_STAT_LOST 1
+#define IPFT_STAT_MATCHED 2
+#define IPFT_STAT_TRACK_FULL 3
+
+#define IPFT_ETH_P_IP 0x0800
+#define IPFT_ETH_P_IPV6 0x86DD
+#define IPFT_MAX_EXT_HEADERS 6
+
+struct ipft_tuple {
+    u32 saddr[4];
+    u32 daddr[4];
+    u16 sport;
+    u16 dport;
+    u8 ipversion;
+    u8 l4proto;
+    u8 has_ports;
+    u8 pad;
+};
+
+/* Mirrors events.py RECORD. */
+struct ipft_event {
+    u64 ts;
+    u64 skb;
+    u64 location;
+    u32 probe_id;
+    u32 cpu;
+    u32 len;
+    u32 ifindex;
+    u32 reason;
+    u16 flow_id;
+    u8 ipversion;
+    u8 l4proto;
+    u8 saddr[16];
+    u8 daddr[16];
+    u16 sport;
+    u16 dport;
+    u32 flags;
+    u8 data[64];
+};
+
+struct ipft_track {
+    u32 flow_id;
+    u8 sampled;
+    u8 gap;
+    u16 pad;
+};
+
+struct ipft_drop_key {
+    u64 location;
+    u32 flow_id;
+    u32 reason;
+};
+
+BPF_RINGBUF_OUTPUT(events, IPFT_RINGBUF_PAGES);
+BPF_TABLE("lru_hash", u64, struct ipft_track, tracked, IPFT_MAX_INFLIGHT);
+BPF_PERCPU_ARRAY(hits, u64, IPFT_NUM_FLOWS * IPFT_NUM_PROBES);
+BPF_PERCPU_HASH(drops, struct ipft_drop_key, u64, IPFT_MAX_DROP_KEYS);
+BPF_PERCPU_ARRAY(stats, u64, 4);
+
+#define IPFT_READ(dst, ptr) bpf_probe_read_kernel(&(dst), sizeof(dst), (ptr))
+#define IPFT_SKB_FIELD(dst, skb, field) \
+    bpf_probe_read_kernel(&(dst), sizeof(dst), (char *)(skb) + __builtin_offsetof(struct sk_buff, field))
+
+static __always_inline void ipft_stat(u32 index)
+{
+    u64 *value = stats.lookup(&index);
+    if (value)
+        *value += 1;
+}
+
+static __always_inline void ipft_ports(unsigned char *l4, struct ipft_tuple *t)
+{
+    u16 ports[2] = {};
+    if (t->l4proto != 6 && t->l4proto != 17 && t->l4proto != 132 && t->l4proto != 136)
+        return;
+    if (IPFT_READ(ports, l4) < 0)
+        return;
+    t->sport = bpf_ntohs(ports[0]);
+    t->dport = bpf_ntohs(ports[1]);
+    t->has_ports = 1;
+}
+
+static __always_inline int ipft_parse_ipv4(unsigned char *l3, struct ipft_tuple *t)
+{
+    struct iphdr iph = {};
+    if (IPFT_READ(iph, l3) < 0 || iph.version != 4 || iph.ihl < 5)
+        return 0;
+    t->ipversion = 4;
+    t->l4proto = iph.protocol;
+    t->saddr[0] = iph.saddr;
+    t->daddr[0] = iph.daddr;
+    if ((bpf_ntohs(iph.frag_off) & 0x1fff) == 0)
+        ipft_ports(l3 + iph.ihl * 4, t);
+    return 1;
+}
+
+static __always_inline int ipft_parse_ipv6(unsigned char *l3, struct ipft_tuple *t)
+{
+    struct ipv6hdr ip6 = {};
+    if (IPFT_READ(ip6, l3) < 0 || ip6.version != 6)
+        return 0;
+    t->ipversion = 6;
+    __builtin_memcpy(t->saddr, &ip6.saddr, 16);
+    __builtin_memcpy(t->daddr, &ip6.daddr, 16);
+    u8 next = ip6.nexthdr;
+    unsigned char *cursor = l3 + sizeof(ip6);
+    int later_fragment = 0;
+#pragma unroll
+    for (int i = 0; i < IPFT_MAX_EXT_HEADERS; i++) {
+        u8 ext[4] = {};
+        if (next != 0 && next != 43 && next != 60 && next != 51 && next != 44)
+            break;
+        if (IPFT_READ(ext, cursor) < 0)
+            return 0;
+        if (next == 44) { /* fragment header: 8 bytes; offset in ext[2..3] */
+            if (((ext[2] << 8) | ext[3]) & 0xfff8)
+                later_fragment = 1;
+            cursor += 8;
+        } else if (next == 51) { /* AH: (len + 2) * 4 */
+            cursor += (ext[1] + 2) * 4;
+        } else { /* hop-by-hop, routing, destination options: (len + 1) * 8 */
+            cursor += (ext[1] + 1) * 8;
+        }
+        next = ext[0];
+    }
+    t->l4proto = next;
+    if (!later_fragment)
+        ipft_ports(cursor, t);
+    return 1;
+}
+
+/* Parse the packet's IP and L4 headers. from_data: the IP header is at skb->data at this probe (receive
+ * entry points, before the network header offset is set); otherwise head + network_header is tried first.
+ * The IP version must agree with skb->protocol when that is set. */
+static __always_inline int ipft_parse(struct sk_buff *skb, struct ipft_tuple *t, int from_data)
+{
+    unsigned char *head = 0, *data = 0;
+    u16 network_header = 0;
+    u16 protocol = 0;
+    IPFT_SKB_FIELD(head, skb, head);
+    IPFT_SKB_FIELD(data, skb, data);
+    IPFT_SKB_FIELD(network_header, skb, network_header);
+    IPFT_SKB_FIELD(protocol, skb, protocol);
+    protocol = bpf_ntohs(protocol);
+
+    unsigned char *first = data, *second = 0;
+    if (!from_data && network_header != (u16)~0U && network_header != 0) {
+        first = head + network_header;
+        second = data;
+    }
+#pragma unroll
+    for (int attempt = 0; attempt < 2; attempt++) {
+        unsigned char *l3 = attempt == 0 ? first : second;
+        u8 version_byte = 0;
+        if (!l3 || IPFT_READ(version_byte, l3) < 0)
+            return 0;
+        u8 version = version_byte >> 4;
+        if (version == 4 && (protocol == IPFT_ETH_P_IP || protocol == 0))
+            return ipft_parse_ipv4(l3, t);
+        if (version == 6 && (protocol == IPFT_ETH_P_IPV6 || protocol == 0))
+            return ipft_parse_ipv6(l3, t);
+    }
+    return 0;
+}
+
+static __always_inline u32 ipft_ifindex(struct sk_buff *skb)
+{
+    struct net_device *dev = 0;
+    int ifindex = 0;
+    IPFT_SKB_FIELD(dev, skb, dev);
+    if (dev)
+        bpf_probe_read_kernel(&ifindex, sizeof(ifindex), (char *)dev + __builtin_offsetof(struct net_device, ifindex));
+    return ifindex;
+}
+
+static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe_id, int from_data, int role,
+                                       u64 location, u32 reason)
+{
+    if (!skb)
+        return 0;
+    u64 key = (u64)skb;
+    struct ipft_tuple t = {};
+    struct ipft_track fresh = {};
+    int first = 0;
+    u32 flow_id = 0;
+    u8 sampled = 0, gap = 0;
+    struct ipft_track *track = tracked.lookup(&key);
+    if (track) {
+        flow_id = track->flow_id;
+        sampled = track->sampled;
+        gap = track->gap;
+    } else {
+        if (!ipft_parse(skb, &t, from_data))
+            return 0;
+        int flow = ipft_match_flow(&t);
+        if (flow < 0)
+            return 0;
+        if (!IPFT_MODULE_MATCH(skb, &t))
+            return 0;
+        fresh.flow_id = flow;
+        fresh.sampled = IPFT_SAMPLED();
+        flow_id = fresh.flow_id;
+        sampled = fresh.sampled;
+        first = 1;
+        ipft_stat(IPFT_STAT_MATCHED);
+        if (role == IPFT_ROLE_STEP && tracked.update(&key, &fresh) < 0)
+            ipft_stat(IPFT_STAT_TRACK_FULL);
+    }
+
+    u32 slot = flow_id * IPFT_NUM_PROBES + probe_id;
+    u64 *hit = hits.lookup(&slot);
+    if (hit)
+        *hit += 1;
+    if (role == IPFT_ROLE_DROP) {
+        struct ipft_drop_key drop_key = {.location = location, .flow_id = flow_id, .reason = reason};
+        u64 zero = 0;
+        u64 *drop_count = drops.lookup_or_try_init(&drop_key, &zero);
+        if (drop_count)
+            *drop_count += 1;
+    }
+    if (role != IPFT_ROLE_STEP && !first)
+        tracked.delete(&key);
+    if (!sampled)
+        return 0;
+
+    struct ipft_event *event = events.ringbuf_reserve(sizeof(struct ipft_event));
+    if (!event) {
+        ipft_stat(IPFT_STAT_LOST);
+        if (role == IPFT_ROLE_STEP) {
+            struct ipft_track *current = tracked.lookup(&key);
+            if (current)
+                current->gap = 1;
+        }
+        return 0;
+    }
+    event->ts = bpf_ktime_get_ns();
+    event->skb = key;
+    event->location = location;
+    event->probe_id = probe_id;
+    event->cpu = bpf_get_smp_processor_id();
+    u32 len = 0;
+    IPFT_SKB_FIELD(len, skb, len);
+    event->len = len;
+    event->ifindex = ipft_ifindex(skb);
+    event->reason = reason;
+    event->flow_id = flow_id;
+    event->flags = IPFT_FLAG_SAMPLED | (gap ? IPFT_FLAG_GAP : 0);
+    if (first) {
+        event->flags |= IPFT_FLAG_TUPLE;
+        event->ipversion = t.ipversion;
+        event->l4proto = t.l4proto;
+        __builtin_memcpy(event->saddr, t.saddr, 16);
+        __builtin_memcpy(event->daddr, t.daddr, 16);
+        event->sport = t.sport;
+        event->dport = t.dport;
+    } else {
+        event->ipversion = 0;
+        event->l4proto = 0;
+        __builtin_memset(event->saddr, 0, 16);
+        __builtin_memset(event->daddr, 0, 16);
+        event->sport = 0;
+        event->dport = 0;
+    }
+    __builtin_memset(event->data, 0, sizeof(event->data));
+    IPFT_MODULE_DATA(skb, &t, event->data);
+    events.ringbuf_submit(event, 0);
+    ipft_stat(IPFT_STAT_EVENTS);
+    return 0;
+}

@@ -1,0 +1,226 @@
+"""Command lines: `ipftrace` (the seed-compatible tracer) and `ipftrace-exporter` (the daemon).
+Argument parsing and wiring only; errors become one line on stderr and an exit code here and nowhere else."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import click
+
+from .errors import AttachError, IpftraceError, UsageError
+from .flows import FlowSpec, parse_ipversion, parse_l4proto, parse_network, parse_port
+from .output import PathFormatter
+from .program import ProgramOptions
+from .tracer import BACKENDS, KernelView, TraceRequest, Tracer, plan_probes
+
+EXIT_OK, EXIT_USAGE, EXIT_ATTACH, EXIT_INTERRUPTED = 0, 2, 3, 130
+log = logging.getLogger("ipftrace_exporter")
+
+
+class Stop(Exception):
+    """Raised from a signal handler to leave the main loop."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stop(signum: int, _frame: Any) -> None:
+    raise Stop(signum)
+
+
+def install_stop_handlers() -> None:
+    """SIGINT and SIGTERM raise Stop in the main thread, so probes are detached in `finally` blocks."""
+    signal.signal(signal.SIGINT, _raise_stop)
+    signal.signal(signal.SIGTERM, _raise_stop)
+
+
+def setup_logging(level: str, prog: str) -> None:
+    """One-line log records on stderr."""
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+                        format=f"{prog}: %(levelname)s: %(message)s")
+
+
+def write_ready_file(path: Path | None) -> None:
+    """Write the ready file (atomically) once probes are attached."""
+    if path is None:
+        return
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text("ready\n")
+    temporary.replace(path)
+
+
+def run_command(prog: str, command: click.Command, args: Sequence[str] | None) -> int:
+    """Run a click command; usage errors and our own errors become one line on stderr and an exit code."""
+    try:
+        result = command.main(args=list(args) if args is not None else None, prog_name=prog, standalone_mode=False)
+    except click.exceptions.Exit as done:
+        return int(done.exit_code)
+    except click.exceptions.Abort:
+        return EXIT_INTERRUPTED
+    except click.UsageError as err:
+        click.echo(f"{prog}: error: {err.format_message()}", err=True)
+        return EXIT_USAGE
+    except click.ClickException as err:
+        click.echo(f"{prog}: error: {err.format_message()}", err=True)
+        return EXIT_USAGE
+    except UsageError as err:
+        click.echo(f"{prog}: error: {err}", err=True)
+        return EXIT_USAGE
+    except AttachError as err:
+        click.echo(f"{prog}: error: {err}", err=True)
+        return EXIT_ATTACH
+    except IpftraceError as err:
+        click.echo(f"{prog}: error: {err}", err=True)
+        return EXIT_ATTACH
+    except OSError as err:
+        click.echo(f"{prog}: error: {err}", err=True)
+        return EXIT_USAGE
+    return int(result or 0)
+
+
+# ---- ipftrace -------------------------------------------------------------------------------------
+
+def _flow_from_flags(ipversion: str, l4proto: str, saddr4: str | None, daddr4: str | None, saddr6: str | None,
+                     daddr6: str | None, sport: str | None, dport: str | None) -> FlowSpec:
+    if saddr4 and saddr6:
+        raise UsageError("give either --saddr4 or --saddr6, not both")
+    if daddr4 and daddr6:
+        raise UsageError("give either --daddr4 or --daddr6, not both")
+    saddr = parse_network(saddr4, "--saddr4", 4) or parse_network(saddr6, "--saddr6", 6)
+    daddr = parse_network(daddr4, "--daddr4", 4) or parse_network(daddr6, "--daddr6", 6)
+    return FlowSpec(
+        name="default",
+        ipversion=parse_ipversion(ipversion),
+        l4proto=parse_l4proto(l4proto),
+        saddr=saddr,
+        daddr=daddr,
+        sport=parse_port(sport, "--sport"),
+        dport=parse_port(dport, "--dport"),
+    )
+
+
+@click.command(context_settings={"help_option_names": ["--help"]})
+@click.option("-iv", "--ipversion", type=click.Choice(["any", "4", "6"]), default="any", show_default=True,
+              help="Specify IP version")
+@click.option("-l4", "--l4proto", default="any", show_default=True, help="Specify L4 protocol (name or number)")
+@click.option("-s4", "--saddr4", help="Specify IPv4 source address or CIDR")
+@click.option("-d4", "--daddr4", help="Specify IPv4 destination address or CIDR")
+@click.option("-s6", "--saddr6", help="Specify IPv6 source address or CIDR")
+@click.option("-d6", "--daddr6", help="Specify IPv6 destination address or CIDR")
+@click.option("-sp", "--sport", help="Specify source port number")
+@click.option("-dp", "--dport", help="Specify destination port number")
+@click.option("-m", "--module", "modules", multiple=True, help="Specify custom match module name (repeatable)")
+@click.option("-l", "--list", "list_only", is_flag=True, help="List available functions")
+@click.option("-b", "--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="Probe backend")
+@click.option("-n", "--count", type=click.IntRange(min=1), help="Exit after N paths")
+@click.option("-t", "--timeout", type=click.FloatRange(min=0), help="Exit after SECONDS")
+@click.option("-o", "--output", type=click.Choice(["text", "json", "yaml"]), default="text", show_default=True,
+              help="Output format (yaml: only with --list, writes a manifest)")
+@click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write this file once probes are attached")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True)
+@click.argument("manifest_file", required=False, type=click.Path(dir_okay=False))
+def ipftrace_cli(ipversion: str, l4proto: str, saddr4: str | None, daddr4: str | None, saddr6: str | None,
+                 daddr6: str | None, sport: str | None, dport: str | None, modules: tuple[str, ...],
+                 list_only: bool, backend: str, count: int | None, timeout: float | None, output: str,
+                 ready_file: Path | None, log_level: str, manifest_file: str | None) -> int:
+    """Function tracer for Linux networking code with flow based filtering."""
+    setup_logging(log_level, "ipftrace")
+    flow = _flow_from_flags(ipversion, l4proto, saddr4, daddr4, saddr6, daddr6, sport, dport)
+    if output == "yaml" and not list_only:
+        raise UsageError("--output yaml writes a manifest and needs --list")
+    if manifest_file is not None and not Path(manifest_file).is_file():
+        raise UsageError(f"manifest {manifest_file}: file not found")
+    from .modules import load_modules  # noqa: PLC0415 - modules may import optional code
+
+    loaded = load_modules(modules)
+    request = TraceRequest(flows=(flow,), backend=backend, manifest=manifest_file,
+                           options=ProgramOptions(), modules=tuple(m.code for m in loaded))
+    if list_only:
+        return list_probes(request, output)
+    return trace(request, output, count, timeout, ready_file, loaded)
+
+
+def list_probes(request: TraceRequest, output: str) -> int:
+    """Print what would be traced on this kernel with the chosen backend."""
+    from . import manifest as manifests  # noqa: PLC0415
+    from .tracer import AUTO_ORDER, function_backend_unavailable  # noqa: PLC0415
+
+    view = KernelView()
+    backend = request.backend
+    if backend == "auto":
+        backend = next((b for b in AUTO_ORDER if function_backend_unavailable(b) is None), "tracepoint")
+    plan = plan_probes(view, backend, request.manifest)
+    if output == "yaml":
+        specs = [manifests.FunctionSpec(s.target, s.skb_arg + 1, s.probe.role.value == "egress")
+                 for s in plan.sources if s.probe.kind.value != "tracepoint"]
+        click.echo(manifests.dump_manifest(specs, comment=f"ipftrace manifest for {_kernel_release()}"), nl=False)
+        return EXIT_OK
+    click.echo(f"{'Name':<40} {'skb_pos':>7}  Backend  Role")
+    for source in plan.sources:
+        click.echo(f"{source.probe.name:<40} {source.skb_arg + 1:>7}  {source.probe.kind.value:<8} "
+                   f"{source.probe.role.value}")
+    for name in plan.missing:
+        click.echo(f"{name:<40} {'-':>7}  missing  (not in this kernel)")
+    return EXIT_OK
+
+
+def _kernel_release() -> str:
+    import platform  # noqa: PLC0415
+
+    return platform.release()
+
+
+def trace(request: TraceRequest, output: str, count: int | None, timeout: float | None,
+          ready_file: Path | None, loaded_modules: Sequence[Any] = ()) -> int:
+    """Attach, print paths as they complete, detach. Exit 0 when done, 130 after Ctrl-C."""
+    install_stop_handlers()
+    tracer = Tracer(request)
+    printed = 0
+    status = EXIT_OK
+    try:
+        tracer.start()
+        formatter = PathFormatter(tracer.probes, [flow.name for flow in request.flows],
+                                  _module_text(loaded_modules))
+        write_ready_file(ready_file)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        out = sys.stdout
+        while count is None or printed < count:
+            wait_ms = 100
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                wait_ms = max(1, min(wait_ms, int(remaining * 1000)))
+            for path in tracer.poll(wait_ms):
+                out.write(formatter.format(path, "json" if output == "json" else "text"))
+                printed += 1
+                if count is not None and printed >= count:
+                    break
+            out.flush()
+    except Stop as stop:
+        status = EXIT_INTERRUPTED if stop.signum == signal.SIGINT else EXIT_OK
+    finally:
+        tracer.close()
+    return status
+
+
+def _module_text(loaded_modules: Sequence[Any]) -> Callable[[Any], str] | None:
+    if not loaded_modules:
+        return None
+    from .modules import data_text  # noqa: PLC0415
+
+    return data_text(loaded_modules)
+
+
+def ipftrace_main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point of `ipftrace`."""
+    sys.exit(run_command("ipftrace", ipftrace_cli, argv))

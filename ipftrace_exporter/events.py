@@ -1,0 +1,79 @@
+"""Ring-buffer record bytes <-> Event. The layout mirrors `struct ipft_event` in bpf/ipftrace.h."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from typing import Iterable, Iterator, NamedTuple
+
+# struct ipft_event (little endian, natural alignment, 152 bytes):
+#   u64 ts, skb, location; u32 probe_id, cpu, len, ifindex, reason; u16 flow_id; u8 ipversion, l4proto;
+#   u8 saddr[16], daddr[16]; u16 sport, dport (host order); u32 flags; u8 data[64]
+RECORD = struct.Struct("<QQQIIIIIHBB16s16sHHI64s")
+RECORD_SIZE = RECORD.size
+MODULE_DATA_SIZE = 64
+
+FLAG_TUPLE = 1 << 0  # the packet's headers were parsed at this probe (addresses/ports are valid)
+FLAG_SAMPLED = 1 << 1  # the packet was sampled for tracing when first matched
+FLAG_GAP = 1 << 2  # an earlier event of this skb was lost (ring buffer full)
+
+
+class Event(NamedTuple):
+    """One probe hit of one traced skb, as the kernel recorded it."""
+
+    timestamp_ns: int  # kernel CLOCK_MONOTONIC
+    skb: int  # struct sk_buff address
+    location: int  # free location (kfree_skb/consume_skb), else 0
+    probe_id: int
+    cpu: int
+    length: int  # skb->len
+    ifindex: int
+    reason: int  # drop reason number (kfree_skb), else 0
+    flow_id: int  # index of the configured flow that matched
+    ipversion: int  # 4, 6, or 0 when not parsed
+    l4proto: int  # IP protocol number
+    saddr: bytes  # 16 bytes; IPv4 in the first 4
+    daddr: bytes
+    sport: int
+    dport: int
+    flags: int
+    data: bytes  # module data, MODULE_DATA_SIZE bytes
+
+    @property
+    def has_tuple(self) -> bool:
+        """True when addresses and ports were parsed at this probe."""
+        return bool(self.flags & FLAG_TUPLE)
+
+
+def decode(record: bytes) -> Event:
+    """One record's bytes -> Event. Raises ValueError on a record of the wrong size."""
+    if len(record) != RECORD_SIZE:
+        raise ValueError(f"record is {len(record)} bytes, expected {RECORD_SIZE}")
+    return Event._make(RECORD.unpack(record))
+
+
+def decode_many(buffer: bytes) -> Iterator[Event]:
+    """Back-to-back records -> Events (the buffer length must be a multiple of RECORD_SIZE)."""
+    if len(buffer) % RECORD_SIZE:
+        raise ValueError(f"buffer of {len(buffer)} bytes is not a whole number of {RECORD_SIZE}-byte records")
+    make = Event._make
+    return (make(fields) for fields in RECORD.iter_unpack(buffer))
+
+
+def encode(event: Event) -> bytes:
+    """Event -> record bytes (for tests and benchmarks that synthesise ring-buffer input)."""
+    return RECORD.pack(*event)
+
+
+def encode_many(events: Iterable[Event]) -> bytes:
+    """Events -> back-to-back records."""
+    return b"".join(RECORD.pack(*event) for event in events)
+
+
+def format_address(ipversion: int, raw: bytes) -> str:
+    """Text form of a recorded address ('' when the version is unknown)."""
+    if ipversion == 4:
+        return str(ipaddress.IPv4Address(raw[:4]))
+    if ipversion == 6:
+        return str(ipaddress.IPv6Address(raw[:16]))
+    return ""

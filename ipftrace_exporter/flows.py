@@ -1,0 +1,202 @@
+"""FlowSpec: which packets to trace (ip version, L4 protocol, address CIDRs, ports), and its BPF filter text.
+
+Only validated numbers ever reach the generated C: names, addresses and ports are parsed here into ints.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from .errors import UsageError
+from .protocols import PORT_PROTOCOLS, parse_protocol, protocol_name
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+MAX_FLOWS = 64
+FLOW_KEYS = ("name", "ipversion", "l4proto", "saddr", "daddr", "sport", "dport")
+
+
+@dataclass(frozen=True, slots=True)
+class FlowSpec:
+    """One flow to trace; None / 0 fields match anything."""
+
+    name: str = "default"
+    ipversion: int = 0  # 0 = any, 4 or 6
+    l4proto: int | None = None
+    saddr: Network | None = None
+    daddr: Network | None = None
+    sport: int | None = None
+    dport: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or not all(ch.isalnum() or ch in "-_." for ch in self.name):
+            raise UsageError(f"flow name {self.name!r}: use letters, digits, '-', '_' or '.'")
+        if self.ipversion not in (0, 4, 6):
+            raise UsageError(f"ipversion {self.ipversion}: must be any, 4 or 6")
+        versions = {net.version for net in (self.saddr, self.daddr) if net is not None}
+        if len(versions) > 1:
+            raise UsageError("saddr and daddr are of different IP versions")
+        if versions and self.ipversion and versions != {self.ipversion}:
+            (version,) = versions
+            raise UsageError(f"an IPv{version} address cannot match ipversion {self.ipversion}")
+        if self.l4proto is not None and not 0 <= self.l4proto <= 255:
+            raise UsageError(f"l4proto {self.l4proto}: must be 0-255")
+        for key in ("sport", "dport"):
+            port = getattr(self, key)
+            if port is not None:
+                if not 1 <= port <= 65535:
+                    raise UsageError(f"{key} {port}: must be 1-65535")
+                if self.l4proto is not None and self.l4proto not in PORT_PROTOCOLS:
+                    raise UsageError(f"{key} needs a protocol with ports (TCP, UDP, SCTP, UDPLITE), not {protocol_name(self.l4proto)}")
+
+    @property
+    def effective_ipversion(self) -> int:
+        """The IP version this flow matches, implied by its addresses when not given (0 = both)."""
+        if self.ipversion:
+            return self.ipversion
+        for net in (self.saddr, self.daddr):
+            if net is not None:
+                return net.version
+        return 0
+
+    def describe(self) -> str:
+        """One line such as 'web: ipv4 TCP dst 10.96.0.0/12:443'."""
+        parts = [f"ipv{self.effective_ipversion}" if self.effective_ipversion else "any-ip"]
+        parts.append(protocol_name(self.l4proto) if self.l4proto is not None else "any-l4")
+        for label, net, port in (("src", self.saddr, self.sport), ("dst", self.daddr, self.dport)):
+            if net is not None or port is not None:
+                parts.append(f"{label} {net if net is not None else '*'}{':' + str(port) if port else ''}")
+        return f"{self.name}: {' '.join(parts)}"
+
+
+def _is_any(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip().lower() in ("", "any"))
+
+
+def parse_ipversion(value: Any) -> int:
+    """'any' / None -> 0, '4' / 4 -> 4, '6' / 6 -> 6."""
+    if _is_any(value):
+        return 0
+    text = str(value).strip().lower().removeprefix("ipv")
+    if text in ("4", "6"):
+        return int(text)
+    raise UsageError(f"ipversion {value!r}: must be any, 4 or 6")
+
+
+def parse_l4proto(value: Any) -> int | None:
+    """'any' / None -> None, 'tcp' / 'TCP' / 6 -> 6."""
+    if _is_any(value):
+        return None
+    if isinstance(value, bool):
+        raise UsageError(f"l4proto {value!r}: must be a protocol name or number")
+    try:
+        return parse_protocol(str(value))
+    except ValueError as err:
+        raise UsageError(f"l4proto: {err}") from None
+
+
+def parse_network(value: Any, key: str, version: int | None = None) -> Network | None:
+    """An address or CIDR ('10.0.0.1', '10.96.0.0/12', 'fd00::/64'); host bits must be zero."""
+    if _is_any(value):
+        return None
+    text = str(value).strip()
+    try:
+        net = ipaddress.ip_network(text, strict=True)
+    except ValueError as err:
+        raise UsageError(f"{key} {text!r}: not an IP address or CIDR ({err})") from None
+    if version is not None and net.version != version:
+        raise UsageError(f"{key} {text!r}: not an IPv{version} address")
+    return net
+
+
+def parse_port(value: Any, key: str) -> int | None:
+    """'any' / None -> None, '443' / 443 -> 443 (1-65535)."""
+    if _is_any(value):
+        return None
+    if isinstance(value, bool):
+        raise UsageError(f"{key} {value!r}: must be a port number 1-65535")
+    text = str(value).strip()
+    if not text.isdigit():
+        raise UsageError(f"{key} {value!r}: must be a port number 1-65535")
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise UsageError(f"{key} {port}: must be 1-65535")
+    return port
+
+
+def flow_from_mapping(raw: Mapping[str, Any], default_name: str = "default") -> FlowSpec:
+    """A FlowSpec from a config mapping (keys: FLOW_KEYS). Raises UsageError naming the key."""
+    unknown = sorted(set(raw) - set(FLOW_KEYS))
+    if unknown:
+        raise UsageError(f"unknown key {unknown[0]!r} (known: {', '.join(FLOW_KEYS)})")
+    name = raw.get("name", default_name)
+    if not isinstance(name, str):
+        raise UsageError(f"name {name!r}: must be a string")
+    return FlowSpec(
+        name=name,
+        ipversion=parse_ipversion(raw.get("ipversion")),
+        l4proto=parse_l4proto(raw.get("l4proto")),
+        saddr=parse_network(raw.get("saddr"), "saddr"),
+        daddr=parse_network(raw.get("daddr"), "daddr"),
+        sport=parse_port(raw.get("sport"), "sport"),
+        dport=parse_port(raw.get("dport"), "dport"),
+    )
+
+
+def check_flows(flows: Sequence[FlowSpec]) -> None:
+    """At least one, at most MAX_FLOWS, unique names."""
+    if not flows:
+        raise UsageError("no flow to trace")
+    if len(flows) > MAX_FLOWS:
+        raise UsageError(f"{len(flows)} flows: at most {MAX_FLOWS} are supported")
+    seen: set[str] = set()
+    for flow in flows:
+        if flow.name in seen:
+            raise UsageError(f"flow name {flow.name!r} is used twice")
+        seen.add(flow.name)
+
+
+# ---- BPF filter text --------------------------------------------------------------------------------
+
+def _word_masks(net: Network) -> list[tuple[int, int, int]]:
+    """(word index, mask, value) triples comparing the address as u32 words in memory (little-endian load)."""
+    packed = net.network_address.packed
+    mask = net.netmask.packed
+    out = []
+    for index in range(len(packed) // 4):
+        m = int.from_bytes(mask[index * 4:index * 4 + 4], "little")
+        if m:
+            v = int.from_bytes(packed[index * 4:index * 4 + 4], "little")
+            out.append((index, m, v))
+    return out
+
+
+def flow_condition(flow: FlowSpec) -> str:
+    """C boolean expression over `const struct ipft_tuple *t` matching this flow (numbers only)."""
+    terms: list[str] = []
+    version = flow.effective_ipversion
+    if version:
+        terms.append(f"t->ipversion == {int(version)}")
+    else:
+        terms.append("t->ipversion != 0")
+    if flow.l4proto is not None:
+        terms.append(f"t->l4proto == {int(flow.l4proto)}")
+    for field, net in (("saddr", flow.saddr), ("daddr", flow.daddr)):
+        if net is not None:
+            for index, mask, value in _word_masks(net):
+                terms.append(f"(t->{field}[{index}] & 0x{mask:08x}U) == 0x{value:08x}U")
+    for field, port in (("sport", flow.sport), ("dport", flow.dport)):
+        if port is not None:
+            terms.append(f"t->has_ports && t->{field} == {int(port)}")
+    return " && ".join(terms)
+
+
+def filter_function(flows: Sequence[FlowSpec]) -> str:
+    """C function `ipft_match_flow(t)` returning the first matching flow's index, or -1."""
+    check_flows(flows)
+    lines = ["static __always_inline int ipft_match_flow(const struct ipft_tuple *t)", "{"]
+    for index, flow in enumerate(flows):
+        lines.append(f"    if ({flow_condition(flow)}) return {index}; /* flow {index} */")
+    lines += ["    return -1;", "}"]
+    return "\n".join(lines)

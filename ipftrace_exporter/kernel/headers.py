@@ -1,0 +1,232 @@
+"""Kernel headers for BCC: real ones when their struct sk_buff layout is this kernel's, else a tree built from BTF.
+
+The BTF-derived tree (see DESIGN.md) holds include/vmlinux.h from `bpftool btf dump`, generated/autoconf.h from
+/proc/config.gz, linux/kconfig.h, linux/version.h, and one-line stand-ins for the other headers BCC's helpers.h
+includes. It is cached per kernel release and BTF digest, so a changed BTF rebuilds it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..errors import KernelError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CACHE_DIR = "/var/cache/ipftrace-exporter"
+CACHE_ENV = "IPFTRACE_CACHE_DIR"
+BTF_PATH = "/sys/kernel/btf/vmlinux"
+CONFIG_GZ = "/proc/config.gz"
+# The BTF tree's vmlinux.h already defines the UAPI bpf types: keep BCC from including its own copy.
+BTF_TREE_CFLAGS = ("-D_UAPI__LINUX_BPF_H__", "-DIPFT_BTF_HEADERS=1")
+
+_KCONFIG_H = """\
+#ifndef _LINUX_KCONFIG_H
+#define _LINUX_KCONFIG_H
+#include <generated/autoconf.h>
+#define __ARG_PLACEHOLDER_1 0,
+#define __take_second_arg(__ignored, val, ...) val
+#define __is_defined(x) ___is_defined(x)
+#define ___is_defined(val) ____is_defined(__ARG_PLACEHOLDER_##val)
+#define ____is_defined(arg1_or_junk) __take_second_arg(arg1_or_junk 1, 0)
+#define __or(x, y) ___or(x, y)
+#define ___or(x, y) ____or(__ARG_PLACEHOLDER_##x, y)
+#define ____or(arg1_or_junk, y) __take_second_arg(arg1_or_junk 1, y)
+#define IS_BUILTIN(option) __is_defined(option)
+#define IS_MODULE(option) __is_defined(option##_MODULE)
+#define IS_ENABLED(option) __or(IS_BUILTIN(option), IS_MODULE(option))
+#endif
+"""
+
+_STAND_INS = {
+    "uapi/linux/bpf.h": "#include <vmlinux.h>\n",
+    "uapi/linux/ptrace.h": "/* stand-in: types come from vmlinux.h */\n",
+    "uapi/linux/if_packet.h": "/* stand-in */\n",
+    "uapi/linux/if_ether.h": "/* stand-in */\n",
+    "linux/types.h": "/* stand-in: types come from vmlinux.h */\n",
+    "linux/bpf_common.h": "/* stand-in */\n",
+    "linux/log2.h": "/* stand-in */\n",
+    "asm/page.h": "#ifndef PAGE_SIZE\n#define PAGE_SIZE 4096\n#endif\n",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderTree:
+    """Where BCC finds kernel headers (BCC_KERNEL_SOURCE) and the cflags that go with them."""
+
+    path: str
+    kind: str  # "btf" (built from BTF) or "kernel" (real headers)
+    cflags: tuple[str, ...] = ()
+
+
+def autoconf_from_config(config_text: str) -> str:
+    """The C text of generated/autoconf.h for a kernel .config."""
+    lines = ["/* generated from /proc/config.gz by ipftrace-exporter */"]
+    for raw in config_text.splitlines():
+        if not raw.startswith("CONFIG_") or "=" not in raw:
+            continue
+        name, value = raw.split("=", 1)
+        if value == "y":
+            lines.append(f"#define {name} 1")
+        elif value == "m":
+            lines.append(f"#define {name}_MODULE 1")
+        elif value != "n":
+            lines.append(f"#define {name} {value}")
+    return "\n".join(lines) + "\n"
+
+
+def version_header(release: str) -> str:
+    """The C text of linux/version.h for a release string such as '6.18.44-fc'."""
+    numbers = []
+    for part in release.split("-")[0].split(".")[:3]:
+        digits = "".join(ch for ch in part if ch.isdigit())
+        numbers.append(int(digits or 0))
+    while len(numbers) < 3:
+        numbers.append(0)
+    major, minor, patch = numbers
+    code = (major << 16) + (minor << 8) + min(patch, 255)
+    return (
+        f"#define LINUX_VERSION_CODE {code}\n"
+        "#define KERNEL_VERSION(a, b, c) (((a) << 16) + ((b) << 8) + ((c) > 255 ? 255 : (c)))\n"
+    )
+
+
+def btf_digest(btf_path: str = BTF_PATH) -> str:
+    """A short digest of the kernel's BTF: the cache key changes when the BTF does."""
+    try:
+        data = Path(btf_path).read_bytes()
+    except OSError as err:
+        raise KernelError(f"cannot read BTF at {btf_path}: {err.strerror}") from None
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+class HeaderTreeBuilder:
+    """Builds (or finds in the cache) the BTF-derived header tree for the running kernel."""
+
+    def __init__(
+        self,
+        cache_dir: str | None = None,
+        btf_path: str = BTF_PATH,
+        config_path: str = CONFIG_GZ,
+        release: str | None = None,
+        bpftool: str | None = None,
+    ) -> None:
+        self.cache_dir = Path(cache_dir or os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR)
+        self.btf_path = btf_path
+        self.config_path = config_path
+        self.release = release or platform.release()
+        self.bpftool = bpftool or shutil.which("bpftool") or "/usr/sbin/bpftool"
+
+    def tree_path(self) -> Path:
+        """The cache directory for this kernel release and BTF."""
+        return self.cache_dir / f"{self.release}-{btf_digest(self.btf_path)}"
+
+    def ensure(self) -> HeaderTree:
+        """The cached tree, built first if absent. Raises KernelError with one line on failure."""
+        target = self.tree_path()
+        if (target / "include" / "vmlinux.h").is_file():
+            return HeaderTree(str(target), "btf", BTF_TREE_CFLAGS)
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".build-", dir=self.cache_dir))
+        except OSError as err:
+            raise KernelError(f"cannot write the header cache {self.cache_dir}: {err.strerror} (set {CACHE_ENV})") from None
+        try:
+            self._build(staging)
+            try:
+                staging.rename(target)
+            except OSError:
+                if not (target / "include" / "vmlinux.h").is_file():  # lost a race to another process: fine
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        log.info("built BTF-derived kernel headers for %s in %s (no matching kernel headers installed)",
+                 self.release, target)
+        return HeaderTree(str(target), "btf", BTF_TREE_CFLAGS)
+
+    def _build(self, root: Path) -> None:
+        include = root / "include"
+        for sub in ("generated", "linux", "uapi/linux", "asm"):
+            (include / sub).mkdir(parents=True, exist_ok=True)
+        try:
+            dump = subprocess.run(
+                [self.bpftool, "btf", "dump", "file", self.btf_path, "format", "c"],
+                check=True, capture_output=True, timeout=60,
+            )
+        except FileNotFoundError:
+            raise KernelError(f"bpftool not found at {self.bpftool}: install Debian's bpftool") from None
+        except subprocess.CalledProcessError as err:
+            message = err.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["failed"]
+            raise KernelError(f"bpftool could not dump BTF from {self.btf_path}: {message[0]}") from None
+        (include / "vmlinux.h").write_bytes(dump.stdout)
+        (include / "generated" / "autoconf.h").write_text(autoconf_from_config(self._config_text()))
+        (include / "linux" / "kconfig.h").write_text(_KCONFIG_H)
+        (include / "linux" / "version.h").write_text(version_header(self.release))
+        for relative, text in _STAND_INS.items():
+            (include / relative).write_text(text)
+
+    def _config_text(self) -> str:
+        for candidate in (self.config_path, f"/boot/config-{self.release}"):
+            try:
+                if candidate.endswith(".gz"):
+                    with gzip.open(candidate, "rt") as handle:
+                        return handle.read()
+                return Path(candidate).read_text()
+            except OSError:
+                continue
+        log.warning("no kernel config (%s or /boot/config-%s): CONFIG_* macros will be undefined",
+                    self.config_path, self.release)
+        return ""
+
+
+def real_header_candidates(release: str | None = None) -> list[str]:
+    """Kernel source/build trees BCC would use, in BCC's order, that exist on this host."""
+    release = release or platform.release()
+    found = []
+    explicit = os.environ.get("BCC_KERNEL_SOURCE")
+    if explicit:
+        found.append(explicit)
+    for name in ("source", "build"):
+        path = f"/lib/modules/{release}/{name}"
+        if os.path.isdir(os.path.join(path, "include")):
+            found.append(path)
+    return found
+
+
+def layout_check_source(offsets: dict[str, int]) -> str:
+    """C text that compiles only when struct sk_buff has these member offsets (used to vet real headers)."""
+    lines = ["#include <linux/skbuff.h>"]
+    for member, offset in sorted(offsets.items()):
+        lines.append(
+            f"_Static_assert(__builtin_offsetof(struct sk_buff, {member}) == {int(offset)}, \"sk_buff.{member}\");"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def choose_header_tree(
+    builder: HeaderTreeBuilder,
+    skb_offsets: Callable[[], dict[str, int]],
+    compiles: Callable[[str, str], bool],
+) -> HeaderTree:
+    """Real headers if one candidate's sk_buff layout matches BTF (checked by compiling static asserts), else the
+    BTF tree. `compiles(source_dir, text)` compiles C text with BCC against a header tree."""
+    candidates = real_header_candidates(builder.release)
+    if candidates:
+        check = layout_check_source(skb_offsets())
+        for candidate in candidates:
+            if compiles(candidate, check):
+                log.info("using kernel headers in %s (struct sk_buff layout matches BTF)", candidate)
+                return HeaderTree(candidate, "kernel", ())
+            log.warning("kernel headers in %s do not match the running kernel's struct sk_buff (BTF); not used",
+                        candidate)
+    return builder.ensure()

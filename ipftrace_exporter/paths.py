@@ -1,0 +1,250 @@
+"""Per-skb path assembly: events grouped by skb address into time-ordered SkbPaths.
+
+A path ends when its skb is freed (consume / drop), reaches a manifest egress function, goes idle, or
+grows past `max_events` (marked truncated). Ended paths wait `settle_ns` for stragglers from other CPUs
+(an event whose timestamp is not after the end belongs to the ended path; a later one starts a new path,
+so a freed address that is reused never merges two packets). At most `max_inflight` paths are kept:
+the oldest is evicted (emitted as truncated) and counted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Protocol
+
+from .events import FLAG_GAP, Event, format_address
+from .probes import ProbeRole, ProbeTable
+from .protocols import PORT_PROTOCOLS, protocol_name
+
+OUTCOME_CONSUMED = "consumed"
+OUTCOME_DROPPED = "dropped"
+OUTCOME_TIMEOUT = "timeout"
+OUTCOME_TRUNCATED = "truncated"
+OUTCOMES = (OUTCOME_CONSUMED, OUTCOME_DROPPED, OUTCOME_TIMEOUT, OUTCOME_TRUNCATED)
+
+
+class DropNames(Protocol):
+    """Resolves a drop's reason number and free location to names."""
+
+    def reason_name(self, reason: int) -> str: ...
+
+    def function_name(self, address: int) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PathLimits:
+    """Bounds of the assembler."""
+
+    idle_timeout_ns: int = 2_000_000_000
+    max_events: int = 256
+    max_inflight: int = 65536
+    settle_ns: int = 50_000_000
+
+    def __post_init__(self) -> None:
+        for name in ("idle_timeout_ns", "max_events", "max_inflight"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.settle_ns < 0:
+            raise ValueError(f"settle_ns must not be negative, got {self.settle_ns}")
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """Where and why a packet was dropped."""
+
+    reason: str  # drop-reason name without SKB_DROP_REASON_, e.g. NO_SOCKET
+    function: str  # kernel function that freed the packet
+    probe: str  # probe that saw the drop, e.g. skb:kfree_skb
+
+
+@dataclass(slots=True)
+class SkbPath:
+    """One packet's journey: the time-ordered events of one skb from first match to its end."""
+
+    skb: int
+    flow_id: int
+    events: list[Event] = field(default_factory=list)
+    outcome: str = OUTCOME_TIMEOUT
+    drop: Drop | None = None
+    end_ts: int = 0  # timestamp of the ending event (free/egress), 0 while open or when it never ended
+    gap: bool = False  # the kernel lost some of this skb's events (ring buffer full): the path is incomplete
+
+    @property
+    def start_ns(self) -> int:
+        return self.events[0].timestamp_ns
+
+    @property
+    def end_ns(self) -> int:
+        return self.events[-1].timestamp_ns
+
+    @property
+    def tuple_event(self) -> Event | None:
+        """The first event whose headers were parsed (carries addresses, ports, protocol)."""
+        for event in self.events:
+            if event.has_tuple:
+                return event
+        return None
+
+    def describe(self) -> "FlowTuple":
+        """Addresses, ports and protocol of this path's packet."""
+        event = self.tuple_event
+        if event is None:
+            return FlowTuple("", 0, "", 0, "", 0, 0)
+        ports = event.l4proto in PORT_PROTOCOLS
+        return FlowTuple(
+            protocol_name(event.l4proto),
+            event.ipversion,
+            format_address(event.ipversion, event.saddr),
+            event.sport if ports else 0,
+            format_address(event.ipversion, event.daddr),
+            event.dport if ports else 0,
+            event.l4proto,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FlowTuple:
+    """The text form of a path's packet headers."""
+
+    protocol: str
+    ipversion: int
+    saddr: str
+    sport: int
+    daddr: str
+    dport: int
+    l4proto: int
+
+    def endpoint(self, address: str, port: int) -> str:
+        if not port:
+            return address
+        return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+    @property
+    def source(self) -> str:
+        return self.endpoint(self.saddr, self.sport)
+
+    @property
+    def destination(self) -> str:
+        return self.endpoint(self.daddr, self.dport)
+
+
+class PathAssembler:
+    """Events in, finished SkbPaths out. Not thread-safe: feed it from one thread."""
+
+    def __init__(
+        self,
+        probes: ProbeTable,
+        limits: PathLimits | None = None,
+        names: DropNames | None = None,
+        clock: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        self.probes = probes
+        self.limits = limits or PathLimits()
+        self.names = names
+        self.clock = clock
+        self._open: OrderedDict[int, SkbPath] = OrderedDict()  # skb -> path, least recently touched first
+        self._settling: dict[int, tuple[SkbPath, int]] = {}  # skb -> (ended path, release deadline)
+        self.evicted = 0
+        self.unknown_probe_events = 0
+
+    @property
+    def inflight(self) -> int:
+        """Paths currently open (not yet ended)."""
+        return len(self._open)
+
+    def add(self, event: Event) -> list[SkbPath]:
+        """Take one event; returns the paths this event forced out (evicted or truncated)."""
+        done: list[SkbPath] = []
+        self._add(event, done)
+        return done
+
+    def add_many(self, events: Iterable[Event]) -> list[SkbPath]:
+        """Take a batch of events; returns the paths they forced out."""
+        done: list[SkbPath] = []
+        add = self._add
+        for event in events:
+            add(event, done)
+        return done
+
+    def _add(self, event: Event, done: list[SkbPath]) -> None:
+        probe = self.probes.get(event.probe_id)
+        if probe is None:
+            self.unknown_probe_events += 1
+            return
+        skb = event.skb
+        settling = self._settling.get(skb)
+        if settling is not None and event.timestamp_ns <= settling[0].end_ts:
+            settling[0].events.append(event)  # a straggler from another CPU
+            return
+        path = self._open.get(skb)
+        if path is None:
+            if len(self._open) >= self.limits.max_inflight:
+                _, oldest = self._open.popitem(last=False)
+                self.evicted += 1
+                done.append(self._finish(oldest, OUTCOME_TRUNCATED))
+            path = SkbPath(skb, event.flow_id)
+            self._open[skb] = path
+        else:
+            self._open.move_to_end(skb)
+        path.events.append(event)
+        if event.flags & FLAG_GAP:
+            path.gap = True
+        role = probe.role
+        if role is not ProbeRole.STEP:
+            del self._open[skb]
+            path.end_ts = event.timestamp_ns
+            if role is ProbeRole.DROP:
+                path.outcome = OUTCOME_DROPPED
+                path.drop = self._drop(event, probe.name)
+            else:
+                path.outcome = OUTCOME_CONSUMED
+            if path.gap:
+                path.outcome = OUTCOME_TRUNCATED
+            previous = self._settling.pop(skb, None)
+            if previous is not None:
+                done.append(self._sorted(previous[0]))
+            self._settling[skb] = (path, self.clock() + self.limits.settle_ns)
+        elif len(path.events) >= self.limits.max_events:
+            del self._open[skb]
+            done.append(self._finish(path, OUTCOME_TRUNCATED))
+
+    def _drop(self, event: Event, probe_name: str) -> Drop:
+        if self.names is None:
+            return Drop(str(event.reason), hex(event.location), probe_name)
+        return Drop(self.names.reason_name(event.reason), self.names.function_name(event.location), probe_name)
+
+    @staticmethod
+    def _sorted(path: SkbPath) -> SkbPath:
+        path.events.sort(key=lambda event: event.timestamp_ns)
+        return path
+
+    def _finish(self, path: SkbPath, outcome: str) -> SkbPath:
+        path.outcome = OUTCOME_TRUNCATED if path.gap else outcome
+        return self._sorted(path)
+
+    def expire(self, now_ns: int | None = None) -> list[SkbPath]:
+        """Paths that are complete by now: ended paths past their settle time, open paths idle too long."""
+        now = self.clock() if now_ns is None else now_ns
+        done: list[SkbPath] = []
+        if self._settling:
+            ready = [skb for skb, (_, deadline) in self._settling.items() if deadline <= now]
+            for skb in ready:
+                done.append(self._sorted(self._settling.pop(skb)[0]))
+        idle_before = now - self.limits.idle_timeout_ns
+        while self._open:
+            skb, path = next(iter(self._open.items()))
+            if path.events[-1].timestamp_ns > idle_before:
+                break
+            del self._open[skb]
+            done.append(self._finish(path, OUTCOME_TIMEOUT))
+        return done
+
+    def flush(self) -> list[SkbPath]:
+        """Every path still held, ended or not (on shutdown)."""
+        done = [self._sorted(path) for path, _ in self._settling.values()]
+        self._settling.clear()
+        done.extend(self._finish(path, OUTCOME_TIMEOUT) for path in self._open.values())
+        self._open.clear()
+        return done

@@ -1,0 +1,421 @@
+"""SkbPath -> OTLP trace protobuf, purely (no network): one trace per path, a root span and one child per event.
+
+The contract (DESIGN.md, "Contract: traces"): the root span is named `<L4> <src> -> <dst>`, covers the first to the
+last event, and has status ERROR when the packet was dropped; each event becomes a child span named after its probe,
+from its timestamp to the next event's (the last one is an instant). Kernel CLOCK_MONOTONIC times become wall-clock
+times through a `WallClock` whose offset is measured once.
+
+How it is fast: nothing goes through the SDK tracer, and almost nothing through per-field protobuf calls. Every
+constant piece of a span is built once with the opentelemetry-proto message classes and kept in serialized form (per
+probe: name, kind, `code.function`, `ipftrace.probe`; per attribute value: its `KeyValue`; the resource and scope);
+field tags are taken from the generated classes, not written by hand. Per event only the ids, the two timestamps and
+a few cached attribute pieces are joined. Protobuf allows a message to be written as concatenated fields, so the
+joined bytes are one valid `ExportTraceServiceRequest`, which `encode` parses once (in C) into the message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from urllib.parse import unquote
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+
+from . import __version__
+from .events import Event
+from .paths import OUTCOME_DROPPED, SkbPath
+from .probes import Probe, ProbeRole, ProbeTable
+from .protocols import PORT_PROTOCOLS
+
+log = logging.getLogger(__name__)
+
+SCOPE_NAME = "ipftrace-exporter"
+DEFAULT_SERVICE_NAME = "ipftrace-exporter"
+
+# Environment variables read for the resource (the OTLP transport's own live in otlp.py).
+ENV_SERVICE_NAME = "OTEL_SERVICE_NAME"
+ENV_RESOURCE_ATTRIBUTES = "OTEL_RESOURCE_ATTRIBUTES"
+ENV_NODE_NAME = "NODE_NAME"
+
+AttributeValue = str | int | float | bool
+EventAttributes = Callable[[Event], Mapping[str, AttributeValue]]
+
+_CACHE_LIMIT = 65536  # entries per attribute cache; cleared when exceeded (values like lengths are unbounded)
+
+
+class WallClock:
+    """Kernel CLOCK_MONOTONIC nanoseconds -> unix nanoseconds, with the offset measured once at construction."""
+
+    __slots__ = ("offset_ns",)
+
+    def __init__(self, offset_ns: int | None = None) -> None:
+        if offset_ns is None:
+            before = time.monotonic_ns()
+            wall = time.time_ns()
+            after = time.monotonic_ns()
+            offset_ns = wall - (before + after) // 2
+        self.offset_ns = offset_ns
+
+    def to_unix_ns(self, monotonic_ns: int) -> int:
+        """Wall-clock time of a kernel timestamp."""
+        return monotonic_ns + self.offset_ns
+
+
+# ---- resource ---------------------------------------------------------------------------------------------------
+
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def parse_resource_attributes(text: str) -> dict[str, str]:
+    """OTEL_RESOURCE_ATTRIBUTES (`k1=v1,k2=v2`, values percent-encoded) -> dict; raises ValueError if malformed."""
+    attributes: dict[str, str] = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, equals, value = item.partition("=")
+        key = key.strip()
+        if not equals or not key:
+            raise ValueError(f"{item!r} is not key=value")
+        value = value.strip()
+        if _BAD_PERCENT.search(value):
+            raise ValueError(f"{item!r} has an invalid percent-encoding")
+        try:
+            attributes[key] = unquote(value, errors="strict")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{item!r} does not percent-decode to UTF-8: {error}") from None
+    return attributes
+
+
+def resource_attributes(
+    environ: Mapping[str, str] | None = None, hostname: str | None = None
+) -> dict[str, AttributeValue]:
+    """The resource of every exported trace: defaults, then OTEL_RESOURCE_ATTRIBUTES, then OTEL_SERVICE_NAME.
+
+    Defaults: `service.name` ipftrace-exporter, `service.version`, `host.name`, and `k8s.node.name` from NODE_NAME
+    when set. A malformed OTEL_RESOURCE_ATTRIBUTES is discarded as a whole with one warning (as the spec says).
+    """
+    env = os.environ if environ is None else environ
+    attributes: dict[str, AttributeValue] = {
+        "service.name": DEFAULT_SERVICE_NAME,
+        "service.version": __version__,
+        "host.name": socket.gethostname() if hostname is None else hostname,
+    }
+    node = env.get(ENV_NODE_NAME, "").strip()
+    if node:
+        attributes["k8s.node.name"] = node
+    text = env.get(ENV_RESOURCE_ATTRIBUTES, "")
+    if text.strip():
+        try:
+            attributes.update(parse_resource_attributes(text))
+        except ValueError as error:
+            log.warning("ignoring %s: %s", ENV_RESOURCE_ATTRIBUTES, error)
+    service = env.get(ENV_SERVICE_NAME, "").strip()
+    if service:
+        attributes["service.name"] = service
+    return attributes
+
+
+# ---- wire pieces, derived from the generated classes ---------------------------------------------------------------
+
+
+def _any_value(value: object) -> AnyValue:
+    if isinstance(value, bool):
+        return AnyValue(bool_value=value)
+    if isinstance(value, int):
+        if -(1 << 63) <= value < (1 << 63):
+            return AnyValue(int_value=value)
+        return AnyValue(string_value=str(value))
+    if isinstance(value, float):
+        return AnyValue(double_value=value)
+    if isinstance(value, (bytes, bytearray)):
+        return AnyValue(string_value=bytes(value).hex())
+    return AnyValue(string_value=str(value))
+
+
+def _key_values(attributes: Mapping[str, object]) -> list[KeyValue]:
+    return [KeyValue(key=key, value=_any_value(value)) for key, value in attributes.items()]
+
+
+def _attribute_field(key: str, value: object) -> bytes:
+    """One span attribute as it appears inside a serialized Span (field `attributes`)."""
+    return Span(attributes=[KeyValue(key=key, value=_any_value(value))]).SerializeToString()
+
+
+def _prefix(message: bytes, payload_len: int) -> bytes:
+    return message[: len(message) - payload_len]
+
+
+# field tags, taken from the generated classes (serialize a one-field message, cut off its payload)
+_TRACE_ID = _prefix(Span(trace_id=bytes(16)).SerializeToString(), 16)
+_SPAN_ID = _prefix(Span(span_id=bytes(8)).SerializeToString(), 8)
+_PARENT_ID = _prefix(Span(parent_span_id=bytes(8)).SerializeToString(), 8)
+_START = _prefix(Span(start_time_unix_nano=1).SerializeToString(), 8)
+_END = _prefix(Span(end_time_unix_nano=1).SerializeToString(), 8)
+_SPANS = _prefix(ScopeSpans(spans=[Span()]).SerializeToString(), 1)
+_RESOURCE = _prefix(ResourceSpans(resource=Resource()).SerializeToString(), 1)
+_SCOPE_SPANS = _prefix(ResourceSpans(scope_spans=[ScopeSpans()]).SerializeToString(), 1)
+_RESOURCE_SPANS = _prefix(ExportTraceServiceRequest(resource_spans=[ResourceSpans()]).SerializeToString(), 1)
+if len(_START) != 1 or len(_END) != 1:
+    raise ImportError("opentelemetry-proto Span time fields no longer have one-byte tags")
+_TIMES = struct.Struct("<BQBQ")  # start tag, start, end tag, end
+_START_TAG, _END_TAG = _START[0], _END[0]
+_ZERO_ID = bytes(8)
+_SMALL_VARINTS = [bytes((n,)) for n in range(128)]
+
+
+def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return _SMALL_VARINTS[value]
+    if value < 0x4000:
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _length_delimited(tag: bytes, body: bytes) -> bytes:
+    return tag + _varint(len(body)) + body
+
+
+_ATTRIBUTE = _prefix(Span(attributes=[KeyValue()]).SerializeToString(), 1)  # tag of Span.attributes
+_KV_VALUE = _prefix(KeyValue(value=AnyValue()).SerializeToString(), 1)  # tag of KeyValue.value
+_ANY_STRING = _prefix(AnyValue(string_value="x").SerializeToString(), 2)  # tag of AnyValue.string_value
+_SKB_KEY = KeyValue(key="ipftrace.skb").SerializeToString()
+
+
+def _string_attribute(key_field: bytes, value: str) -> bytes:
+    """`_attribute_field(key, value)` for a str value, without building messages (`key_field`: KeyValue(key=...))."""
+    raw = value.encode()
+    any_value = _ANY_STRING + _varint(len(raw)) + raw
+    return _length_delimited(_ATTRIBUTE, key_field + _length_delimited(_KV_VALUE, any_value))
+
+
+class _Cache(dict[object, bytes]):
+    """Serialized attribute pieces by value, cleared when it grows past its limit."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__()
+        self.key = key
+
+    def __missing__(self, value: object) -> bytes:
+        if len(self) >= _CACHE_LIMIT:
+            self.clear()
+        piece = self[value] = _attribute_field(self.key, value)
+        return piece
+
+
+# ---- the encoder ------------------------------------------------------------------------------------------------
+
+
+class SpanEncoder:
+    """Finished SkbPaths -> one OTLP ExportTraceServiceRequest (one trace per path). Not thread-safe."""
+
+    def __init__(
+        self,
+        probes: ProbeTable,
+        flow_names: Sequence[str],
+        clock: WallClock,
+        resource_attributes: Mapping[str, AttributeValue],
+        event_attributes: EventAttributes | None = None,
+        *,
+        seed: int | None = None,
+    ) -> None:
+        self.probes = probes
+        self.flow_names = tuple(flow_names)
+        self.clock = clock
+        self.event_attributes = event_attributes
+        self.resource = Resource(attributes=_key_values(resource_attributes))
+        self.scope = InstrumentationScope(name=SCOPE_NAME, version=__version__)
+        self._rng = random.Random(seed)
+        self._head = _length_delimited(_RESOURCE, self.resource.SerializeToString())
+        self._scope = ScopeSpans(scope=self.scope).SerializeToString()
+        self._templates = [self._template(probe) for probe in probes]
+        self._unknown: dict[int, bytes] = {}
+        self._cpu = _Cache("ipftrace.cpu")
+        self._len = _Cache("ipftrace.len")
+        self._ifindex = _Cache("ipftrace.ifindex")
+        self._networks: dict[tuple[int, int, bytes, bytes, int, int], bytes] = {}
+        self._path_attributes: dict[tuple[str, object], bytes] = {}
+        self._module_attributes: dict[tuple[str, type, object], bytes] = {}
+
+    @staticmethod
+    def _template(probe: Probe) -> bytes:
+        """The constant part of every child span of this probe."""
+        return Span(
+            name=probe.name,
+            kind=Span.SPAN_KIND_INTERNAL,
+            attributes=_key_values({"code.function": probe.name, "ipftrace.probe": probe.kind.value}),
+        ).SerializeToString()
+
+    def _unknown_template(self, probe_id: int) -> bytes:
+        template = self._unknown.get(probe_id)
+        if template is None:
+            name = f"probe {probe_id}"
+            template = self._unknown[probe_id] = Span(
+                name=name, kind=Span.SPAN_KIND_INTERNAL, attributes=_key_values({"code.function": name})
+            ).SerializeToString()
+        return template
+
+    def _attribute(self, key: str, value: object) -> bytes:
+        cache = self._path_attributes
+        piece = cache.get((key, value))
+        if piece is None:
+            if len(cache) >= _CACHE_LIMIT:
+                cache.clear()
+            piece = cache[(key, value)] = _attribute_field(key, value)
+        return piece
+
+    def _module_attribute(self, key: str, value: object) -> bytes:
+        cache = self._module_attributes
+        index = (key, type(value), value)
+        piece = cache.get(index)
+        if piece is None:
+            if len(cache) >= _CACHE_LIMIT:
+                cache.clear()
+            piece = cache[index] = _attribute_field(key, value)
+        return piece
+
+    def _network(self, path: SkbPath) -> bytes:
+        """Root name and network attributes, cached by the packet's headers (packets of a connection share them)."""
+        event = path.tuple_event
+        if event is None:
+            return Span(name=f"skb {path.skb:#x}", kind=Span.SPAN_KIND_INTERNAL).SerializeToString()
+        key = (event.ipversion, event.l4proto, event.saddr, event.daddr, event.sport, event.dport)
+        piece = self._networks.get(key)
+        if piece is None:
+            flow = path.describe()
+            attributes: dict[str, object] = {
+                "network.transport": flow.protocol.lower(),
+                "network.type": f"ipv{flow.ipversion}",
+                "source.address": flow.saddr,
+                "destination.address": flow.daddr,
+            }
+            if flow.l4proto in PORT_PROTOCOLS:
+                attributes["source.port"] = flow.sport
+                attributes["destination.port"] = flow.dport
+            piece = Span(
+                name=f"{flow.protocol} {flow.source} -> {flow.destination}",
+                kind=Span.SPAN_KIND_INTERNAL,
+                attributes=_key_values(attributes),
+            ).SerializeToString()
+            if len(self._networks) >= _CACHE_LIMIT:
+                self._networks.clear()
+            self._networks[key] = piece
+        return piece
+
+    def flow_name(self, flow_id: int) -> str:
+        """The configured name of a flow id (its number as text when unknown)."""
+        if 0 <= flow_id < len(self.flow_names):
+            return self.flow_names[flow_id]
+        return str(flow_id)
+
+    @staticmethod
+    def span_count(paths: Iterable[SkbPath]) -> int:
+        """Spans `encode` makes of these paths: a root plus one per event (none for an empty path)."""
+        return sum(len(path.events) + 1 for path in paths if path.events)
+
+    def encode(self, paths: Sequence[SkbPath]) -> ExportTraceServiceRequest:
+        """Paths -> one request (one ResourceSpans, one ScopeSpans, all spans)."""
+        return ExportTraceServiceRequest.FromString(self.encode_bytes(paths))
+
+    def encode_bytes(self, paths: Sequence[SkbPath]) -> bytes:
+        """Paths -> the request serialized (fields in template order, so not byte-equal to SerializeToString)."""
+        spans: list[bytes] = [self._scope]
+        for path in paths:
+            if path.events:
+                self._encode_path(path, spans)
+        scope_spans = _length_delimited(_SCOPE_SPANS, b"".join(spans))
+        return _length_delimited(_RESOURCE_SPANS, self._head + scope_spans)
+
+    def _encode_path(self, path: SkbPath, out: list[bytes]) -> None:
+        events = path.events
+        count = len(events)
+        raw = self._rng.getrandbits(8 * (24 + 8 * count)).to_bytes(24 + 8 * count, "little")
+        # A zero id is invalid: redraw (eight zero bytes across two ids also match, which only costs a redraw).
+        while _ZERO_ID in raw:
+            raw = self._rng.getrandbits(8 * (24 + 8 * count)).to_bytes(24 + 8 * count, "little")
+        trace_id, root_id = raw[:16], raw[16:24]
+        offset = self.clock.offset_ns
+        common = _TRACE_ID + trace_id + _PARENT_ID + root_id  # every child: same trace, parent = root
+        dropped = path.outcome == OUTCOME_DROPPED
+        drop_pieces = self._drop_pieces(path) if dropped else b""
+
+        templates = self._templates
+        ntemplates = len(templates)
+        cpu, length, ifindex = self._cpu, self._len, self._ifindex
+        pack = _TIMES.pack
+        module = self.event_attributes
+        module_attribute = self._module_attribute
+        drop_role = ProbeRole.DROP
+        probes = self.probes
+        spans_tag = _SPANS
+        span_id_tag = _SPAN_ID
+        for index, event in enumerate(events):
+            start = event.timestamp_ns + offset
+            end = events[index + 1].timestamp_ns + offset if index + 1 < count else start
+            probe_id = event.probe_id
+            template = templates[probe_id] if 0 <= probe_id < ntemplates else self._unknown_template(probe_id)
+            body = (
+                common
+                + span_id_tag
+                + raw[24 + 8 * index : 32 + 8 * index]
+                + template
+                + pack(_START_TAG, start, _END_TAG, end)
+                + cpu[event.cpu]
+                + length[event.length]
+                + ifindex[event.ifindex]
+            )
+            if module is not None:
+                body += b"".join([module_attribute(key, value) for key, value in module(event).items()])
+            if dropped and probe_id < ntemplates and probes[probe_id].role is drop_role:
+                body += drop_pieces
+            out.append(spans_tag + _varint(len(body)) + body)
+
+        out.append(_length_delimited(spans_tag, self._root(path, trace_id, root_id, offset, drop_pieces)))
+
+    def _drop_pieces(self, path: SkbPath) -> bytes:
+        """Status ERROR and the drop attributes (on the root and on the dropping event's span)."""
+        drop = path.drop
+        reason = drop.reason if drop else "unknown"
+        function = drop.function if drop else "unknown"
+        status = Span(status=Status(code=Status.STATUS_CODE_ERROR, message=f"{reason} at {function}"))
+        return (
+            status.SerializeToString()
+            + self._attribute("ipftrace.drop.reason", reason)
+            + self._attribute("ipftrace.drop.function", function)
+        )
+
+    def _root(self, path: SkbPath, trace_id: bytes, root_id: bytes, offset: int, drop_pieces: bytes) -> bytes:
+        attribute = self._attribute
+        events = path.events
+        times = _TIMES.pack(
+            _START_TAG, events[0].timestamp_ns + offset, _END_TAG, events[-1].timestamp_ns + offset
+        )
+        pieces = [
+            _TRACE_ID,
+            trace_id,
+            _SPAN_ID,
+            root_id,
+            self._network(path),
+            times,
+            _string_attribute(_SKB_KEY, f"{path.skb:#x}"),  # unique per path: not worth caching
+            attribute("ipftrace.flow", self.flow_name(path.flow_id)),
+            attribute("ipftrace.outcome", path.outcome),
+            drop_pieces,
+        ]
+        if path.gap:
+            pieces.append(attribute("ipftrace.gap", True))
+        return b"".join(pieces)

@@ -1,0 +1,259 @@
+"""The pipeline both commands share: pick a backend, plan its probes, load them, and turn ring-buffer records
+into finished paths (source -> decode -> paths). Counting stays in the kernel; see metrics.py."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Sequence
+
+from . import manifest as manifests
+from .collector import AttachReport, Collector, compile_check
+from .errors import AttachError, KernelError, UsageError
+from .events import decode_many
+from .flows import FlowSpec, check_flows
+from .kernel.btf import Btf
+from .kernel.headers import HeaderTree, HeaderTreeBuilder, choose_header_tree
+from .kernel.symbols import KernelSymbols
+from .paths import PathAssembler, PathLimits, SkbPath
+from .probes import Probe, ProbeKind, ProbeRole, ProbeTable
+from .program import ModuleCode, ProbeSource, ProgramOptions, render
+from .tracepoints import SKB_TRACEPOINTS, TracepointInfo, available_tracepoints, tracefs_root
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "kfunc", "kprobe", "tracepoint")
+AUTO_ORDER = ("kfunc", "kprobe", "tracepoint")
+FREE_TRACEPOINTS = tuple(info for info in SKB_TRACEPOINTS if info.role is not ProbeRole.STEP)
+# Manifest egress functions and the tracepoint that marks the same moment (for the tracepoint fallback).
+EGRESS_TRACEPOINTS = {
+    "dev_hard_start_xmit": "net_dev_start_xmit",
+    "xmit_one": "net_dev_start_xmit",
+    "__dev_queue_xmit": "net_dev_queue",
+    "dev_queue_xmit": "net_dev_queue",
+}
+SKB_LAYOUT_MEMBERS = ("head", "data", "len", "protocol", "network_header", "dev")
+
+
+@dataclass(frozen=True)
+class TraceRequest:
+    """What to trace and how."""
+
+    flows: tuple[FlowSpec, ...]
+    backend: str = "auto"
+    manifest: str | None = None  # path; None = BTF discovery (function backends) / skb tracepoints
+    options: ProgramOptions = field(default_factory=ProgramOptions)
+    limits: PathLimits = field(default_factory=PathLimits)
+    modules: tuple[ModuleCode, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise UsageError(f"backend {self.backend!r}: must be one of {', '.join(BACKENDS)}")
+        check_flows(self.flows)
+
+
+@dataclass
+class ProbePlan:
+    """The probes one backend would attach on this kernel, and what it left out."""
+
+    backend: str
+    sources: list[ProbeSource]
+    missing: list[str] = field(default_factory=list)  # manifest functions absent from this kernel
+
+    @property
+    def probes(self) -> ProbeTable:
+        return ProbeTable([source.probe for source in self.sources])
+
+
+class KernelNames:
+    """Drop-reason names from BTF and free locations from kallsyms (paths.DropNames)."""
+
+    def __init__(self, btf: Btf, symbols: KernelSymbols | None) -> None:
+        self._reasons = btf.drop_reasons()
+        self._symbols = symbols
+
+    def reason_name(self, reason: int) -> str:
+        return self._reasons.get(reason, str(reason))
+
+    def function_name(self, address: int) -> str:
+        if self._symbols is None:
+            return hex(address)
+        return self._symbols.function_name(address)
+
+
+class KernelView:
+    """BTF, kallsyms and tracefs of the running kernel, loaded once and on demand."""
+
+    def __init__(self, btf_path: str = "/sys/kernel/btf/vmlinux", kallsyms_path: str = "/proc/kallsyms") -> None:
+        self.btf_path = btf_path
+        self.kallsyms_path = kallsyms_path
+
+    @cached_property
+    def btf(self) -> Btf:
+        return Btf.load(self.btf_path)
+
+    @cached_property
+    def symbols(self) -> KernelSymbols | None:
+        try:
+            return KernelSymbols(self.kallsyms_path)
+        except KernelError as err:
+            log.warning("%s: drop locations will be shown as addresses", err)
+            return None
+
+    @cached_property
+    def names(self) -> KernelNames:
+        return KernelNames(self.btf, self.symbols)
+
+
+def _tracepoint_sources(
+    view: KernelView, wanted: Sequence[TracepointInfo], egress_events: frozenset[str], first_id: int = 0
+) -> list[ProbeSource]:
+    sources = []
+    for info, args in available_tracepoints(view.btf, wanted):
+        role = ProbeRole.EGRESS if info.event in egress_events and info.role is ProbeRole.STEP else info.role
+        probe = Probe(first_id + len(sources), info.name, ProbeKind.TRACEPOINT, args.skb + 1, role)
+        sources.append(ProbeSource(probe, info.event, args.skb, args.location, args.reason, info.from_data))
+    return sources
+
+
+def _function_specs(view: KernelView, manifest_path: str | None) -> tuple[list[manifests.FunctionSpec], list[str]]:
+    if manifest_path is None:
+        return manifests.discover(view.btf, view.symbols), []
+    plan = manifests.reconcile(manifests.load_manifest(manifest_path), view.btf, view.symbols)
+    return plan.functions, plan.missing + [name for name, _ in plan.skipped]
+
+
+def plan_probes(view: KernelView, backend: str, manifest_path: str | None) -> ProbePlan:
+    """The probes `backend` (not auto) would attach. Function backends add the free tracepoints, so drops keep
+    their reason and location on every backend."""
+    if backend == "tracepoint":
+        egress: frozenset[str] = frozenset()
+        if manifest_path is not None:
+            loaded = manifests.load_manifest(manifest_path)
+            egress = frozenset(EGRESS_TRACEPOINTS[spec.name] for spec in loaded.functions
+                               if spec.egress and spec.name in EGRESS_TRACEPOINTS)
+        sources = _tracepoint_sources(view, SKB_TRACEPOINTS, egress)
+        if not sources:
+            raise KernelError("no skb tracepoint is available (is tracefs mounted at /sys/kernel/tracing?)")
+        return ProbePlan("tracepoint", sources)
+    kind = ProbeKind(backend)
+    functions, missing = _function_specs(view, manifest_path)
+    sources = []
+    for spec in functions:
+        if spec.name in ("kfree_skb_reason", "sk_skb_reason_drop", "consume_skb", "__kfree_skb"):
+            continue  # the free tracepoints below carry reason and location
+        role = ProbeRole.EGRESS if spec.egress else ProbeRole.STEP
+        sources.append(ProbeSource(Probe(len(sources), spec.name, kind, spec.skb_pos, role), spec.name, spec.skb_pos - 1))
+    sources.extend(_tracepoint_sources(view, FREE_TRACEPOINTS, frozenset(), first_id=len(sources)))
+    return ProbePlan(backend, sources, missing)
+
+
+def function_backend_unavailable(backend: str) -> str | None:
+    """Why a function backend cannot work here, when that is known without loading anything."""
+    if backend == "kprobe":
+        root = tracefs_root()
+        if root is not None and not os.path.exists(os.path.join(root, "kprobe_events")):
+            return "this kernel has no kprobes (CONFIG_KPROBES is off: no kprobe_events in tracefs)"
+    return None
+
+
+class Tracer:
+    """Loads probes for a TraceRequest and yields finished SkbPaths."""
+
+    def __init__(self, request: TraceRequest, view: KernelView | None = None, cache_dir: str | None = None) -> None:
+        self.request = request
+        self.view = view or KernelView()
+        self.cache_dir = cache_dir
+        self.plan: ProbePlan | None = None
+        self.report: AttachReport | None = None
+        self.fallback_reasons: dict[str, str] = {}
+        self._collector: Collector | None = None
+        self._assembler: PathAssembler | None = None
+        self.decode_errors = 0
+
+    def headers(self) -> HeaderTree:
+        """The header tree BCC compiles against (real headers only when their sk_buff matches BTF)."""
+        builder = HeaderTreeBuilder(cache_dir=self.cache_dir, btf_path=self.view.btf_path)
+        offsets = {m: self.view.btf.struct_member_offset("sk_buff", m) for m in SKB_LAYOUT_MEMBERS}
+        known = {member: offset for member, offset in offsets.items() if offset is not None}
+        return choose_header_tree(builder, lambda: known, compile_check)
+
+    def candidates(self) -> tuple[str, ...]:
+        """Backends to try, in order."""
+        return AUTO_ORDER if self.request.backend == "auto" else (self.request.backend,)
+
+    def start(self) -> AttachReport:
+        """Compile and attach; with `auto`, fall back kfunc -> kprobe -> tracepoint. Raises AttachError."""
+        headers = self.headers()
+        for backend in self.candidates():
+            known = function_backend_unavailable(backend)
+            if known is not None:
+                self.fallback_reasons[backend] = known
+                continue
+            try:
+                plan = plan_probes(self.view, backend, self.request.manifest)
+                program = render(plan.sources, self.request.flows, self.request.options, self.request.modules)
+                collector = Collector(program, headers)
+                report = collector.attach()
+                if backend != "tracepoint" and not any(s.probe.kind.value == backend for s in report.attached):
+                    collector.close()
+                    first = next((why for s, why in report.failed if s.probe.kind.value == backend), "no function")
+                    raise AttachError(f"no {backend} probe attached (first failure: {first})")
+            except (AttachError, KernelError) as err:
+                self.fallback_reasons[backend] = str(err)
+                if self.request.backend != "auto":
+                    raise AttachError(f"backend {backend}: {err}") from None
+                continue
+            self.plan, self.report, self._collector = plan, report, collector
+            self._assembler = PathAssembler(plan.probes, self.request.limits, self.view.names)
+            self._log_choice(backend, report)
+            return report
+        reasons = "; ".join(f"{name}: {why}" for name, why in self.fallback_reasons.items())
+        raise AttachError(f"no backend could attach ({reasons})")
+
+    def _log_choice(self, backend: str, report: AttachReport) -> None:
+        skipped = ", ".join(f"{name}: {why}" for name, why in self.fallback_reasons.items())
+        log.info("backend %s: %d probes attached, %d failed%s", backend, len(report.attached), len(report.failed),
+                 f" (not {skipped})" if skipped else "")
+        if self.request.manifest and backend == "tracepoint" and self.request.backend == "auto":
+            log.warning("function-level probing is unavailable on this kernel (%s); tracing the manifest's flows "
+                        "with skb tracepoints instead", skipped or "no function backend attached")
+
+    @property
+    def backend(self) -> str:
+        return self.plan.backend if self.plan else self.request.backend
+
+    @property
+    def probes(self) -> ProbeTable:
+        if self.plan is None:
+            raise KernelError("the tracer is not started")
+        return self.plan.probes
+
+    @property
+    def collector(self) -> Collector:
+        if self._collector is None:
+            raise KernelError("the tracer is not started")
+        return self._collector
+
+    def poll(self, timeout_ms: int = 100) -> list[SkbPath]:
+        """Read what the kernel sent (waiting up to timeout_ms) and return the paths that are complete."""
+        assembler = self._assembler
+        if assembler is None or self._collector is None:
+            return []
+        records = self._collector.poll(timeout_ms)
+        done: list[SkbPath] = []
+        if records:
+            done.extend(assembler.add_many(decode_many(b"".join(records))))
+        done.extend(assembler.expire())
+        return done
+
+    def flush(self) -> list[SkbPath]:
+        """Every path still held (on shutdown)."""
+        return self._assembler.flush() if self._assembler is not None else []
+
+    def close(self) -> None:
+        """Detach every probe."""
+        if self._collector is not None:
+            self._collector.close()

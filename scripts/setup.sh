@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Idempotent set-up for ipftrace-exporter on Debian bookworm (run as root):
+# Debian packages, tracefs, a venv holding the package, and Debian's BCC linked into it.
+# Environment: IPFTRACE_VENV (default ./.venv), IPFTRACE_EXTRAS (default "test"; empty for a runtime-only install).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+project=$(pwd)
+venv=${IPFTRACE_VENV:-$project/.venv}
+extras=${IPFTRACE_EXTRAS-test}
+
+packages=(python3-bpfcc libbpfcc bpftool iproute2 iputils-ping python3-venv python3-pip)
+missing=()
+for pkg in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -d /sys/kernel/tracing/events ]; then
+  mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null \
+    || echo "setup: warning: could not mount tracefs at /sys/kernel/tracing; tracepoints will be unavailable" >&2
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+  /usr/bin/python3 -m venv "$venv"
+fi
+site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+ln -sfn /usr/lib/python3/dist-packages/bcc "$site/bcc"
+
+spec="$project"
+[ -n "$extras" ] && spec="$project[$extras]"
+stamp="$venv/.ipftrace-installed"
+want="$(sha256sum "$project/pyproject.toml" | cut -d' ' -f1) $extras"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "setup: installing the package into $venv" >&2
+  "$venv/bin/pip" install -q --disable-pip-version-check -e "$spec" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+  "$venv/bin/python" -c 'import ipftrace_exporter' || { echo "setup: package install failed" >&2; exit 1; }
+  echo "$want" > "$stamp"
+fi

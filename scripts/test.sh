@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Set up (idempotent) and run every test. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,1 @@
+"""Test helpers shared by unit and kernel tests (real servers, no mocks)."""
