@@ -31,6 +31,9 @@ class Stop(Exception):
 
 
 def _raise_stop(signum: int, _frame: Any) -> None:
+    # Once: a second signal must not interrupt the detach and flush that the first one started.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Stop(signum)
 
 
@@ -224,3 +227,41 @@ def _module_text(loaded_modules: Sequence[Any]) -> Callable[[Any], str] | None:
 def ipftrace_main(argv: Sequence[str] | None = None) -> None:
     """Console entry point of `ipftrace`."""
     sys.exit(run_command("ipftrace", ipftrace_cli, argv))
+
+
+# ---- ipftrace-exporter ----------------------------------------------------------------------------
+
+@click.command(context_settings={"help_option_names": ["--help"]})
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="YAML config (default: the embedded default)")
+@click.option("--check", is_flag=True, help="Validate, compile and print the plan, then exit")
+@click.option("--metrics-address", metavar="HOST:PORT", help="Override metrics.address")
+@click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write this file once probes are attached")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+              default="info", show_default=True)
+def exporter_cli(config_file: str | None, check: bool, metrics_address: str | None, ready_file: Path | None,
+                 log_level: str) -> int:
+    """Trace packets through the kernel; export paths as OTLP traces and per-function counts on /metrics."""
+    from .config import apply_overrides, default_config, load_config  # noqa: PLC0415
+    from .daemon import Daemon  # noqa: PLC0415
+    from .daemon import check as check_config  # noqa: PLC0415
+
+    setup_logging(log_level, "ipftrace-exporter")
+    config = load_config(config_file) if config_file else default_config()
+    config = apply_overrides(config, metrics_address=metrics_address)
+    if check:
+        for line in check_config(config):
+            click.echo(line)
+        return EXIT_OK
+    install_stop_handlers()
+    daemon = Daemon(config, ready_file=ready_file)
+    try:
+        return daemon.run()
+    except Stop:
+        return EXIT_OK
+
+
+def exporter_main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point of `ipftrace-exporter`."""
+    sys.exit(run_command("ipftrace-exporter", exporter_cli, argv))

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Protocol
 
-from .events import FLAG_GAP, Event, format_address
+from .events import FLAG_GAP, FLAG_TUPLE, Event, format_address
 from .probes import ProbeRole, ProbeTable
 from .protocols import PORT_PROTOCOLS, protocol_name
 
@@ -179,6 +179,11 @@ class PathAssembler:
             settling[0].events.append(event)  # a straggler from another CPU
             return
         path = self._open.get(skb)
+        if path is not None and event.flags & FLAG_TUPLE and path.tuple_event is not None:
+            # The kernel saw a new packet at this address: the old one was freed where no probe saw it.
+            del self._open[skb]
+            done.append(self._finish(path, OUTCOME_TIMEOUT))
+            path = None
         if path is None:
             if len(self._open) >= self.limits.max_inflight:
                 _, oldest = self._open.popitem(last=False)

@@ -21,7 +21,7 @@
 #define IPFT_ROLE_DROP 2
 #define IPFT_ROLE_EGRESS 3
 
-#define IPFT_FLAG_TUPLE 1
+#define IPFT_FLAG_TUPLE 1 /* first event of a packet: headers parsed and matched here */
 #define IPFT_FLAG_SAMPLED 2
 #define IPFT_FLAG_GAP 4 /* an earlier event of this skb was lost (ring buffer full) */
 
@@ -67,6 +67,7 @@ struct ipft_event {
 };
 
 struct ipft_track {
+    u64 head; /* skb->head when first matched: a different buffer at the same address is another packet */
     u32 flow_id;
     u8 sampled;
     u8 gap;
@@ -212,19 +213,27 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     int first = 0;
     u32 flow_id = 0;
     u8 sampled = 0, gap = 0;
+    unsigned char *head = 0;
+    IPFT_SKB_FIELD(head, skb, head);
+    int parsed = ipft_parse(skb, &t, from_data);
+    int flow = parsed ? ipft_match_flow(&t) : -1;
     struct ipft_track *track = tracked.lookup(&key);
+    /* A tracked address whose headers now parse to another flow, or whose data buffer changed, is a new
+     * packet in a reused skb (its predecessor was freed where no probe saw it): forget the old one. */
+    if (track && parsed && (flow != (int)track->flow_id || track->head != (u64)head)) {
+        tracked.delete(&key);
+        track = 0;
+    }
     if (track) {
         flow_id = track->flow_id;
         sampled = track->sampled;
         gap = track->gap;
     } else {
-        if (!ipft_parse(skb, &t, from_data))
-            return 0;
-        int flow = ipft_match_flow(&t);
         if (flow < 0)
             return 0;
         if (!IPFT_MODULE_MATCH(skb, &t))
             return 0;
+        fresh.head = (u64)head;
         fresh.flow_id = flow;
         fresh.sampled = IPFT_SAMPLED();
         flow_id = fresh.flow_id;

@@ -1,0 +1,170 @@
+"""The `ipftrace-exporter` main loop: kernel probes -> paths -> OTLP spans and path counts; /metrics reads the kernel's
+counter maps at scrape time. Wiring only: every stage lives in its own module."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from pathlib import Path
+
+from . import __version__
+from .config import Config
+from .errors import KernelError
+from .httpserver import Heartbeat, HttpServer
+from .metrics import ExporterMetrics, KernelCounters
+from .otlp import DROP_REASONS, OtlpSink
+from .paths import SkbPath
+from .program import ProgramOptions
+from .spans import SpanEncoder, WallClock, resource_attributes
+from .tracer import AUTO_ORDER, KernelView, Tracer, TraceRequest, function_backend_unavailable, plan_probes
+
+log = logging.getLogger(__name__)
+
+POLL_MS = 100
+SHUTDOWN_FLUSH_S = 5.0
+
+
+def trace_request(config: Config, modules: tuple = ()) -> TraceRequest:  # type: ignore[type-arg]
+    """The TraceRequest a config describes."""
+    options = ProgramOptions(
+        max_inflight=config.paths.max_inflight,
+        ringbuf_pages=config.collector.ring_buffer_pages,
+        sample_ratio=config.traces.sample_ratio,
+    )
+    return TraceRequest(flows=config.flows, backend=config.backend, manifest=config.manifest, options=options,
+                        limits=config.paths, modules=tuple(m.code for m in modules))
+
+
+def load_config_modules(config: Config) -> tuple:  # type: ignore[type-arg]
+    """The config's modules, loaded (unknown names and bad options raise UsageError)."""
+    if not config.modules:
+        return ()
+    from .modules import load_modules  # noqa: PLC0415
+
+    return tuple(load_modules([spec.text for spec in config.modules]))
+
+
+def event_attributes(modules: tuple):  # type: ignore[no-untyped-def,type-arg]
+    """Span attributes from module data, or None without modules."""
+    if not modules:
+        return None
+    from . import modules as module_api  # noqa: PLC0415
+
+    make = getattr(module_api, "event_attributes", None)
+    return make(modules) if make is not None else None
+
+
+def check(config: Config, cache_dir: str | None = None) -> list[str]:
+    """Validate, plan and compile without attaching; the lines to print."""
+    modules = load_config_modules(config)
+    request = trace_request(config, modules)
+    tracer = Tracer(request, cache_dir=cache_dir)
+    backend = config.backend
+    if backend == "auto":
+        backend = next((b for b in AUTO_ORDER if function_backend_unavailable(b) is None), "tracepoint")
+    plan = plan_probes(tracer.view, backend, config.manifest)
+    from .collector import Collector  # noqa: PLC0415
+    from .program import render  # noqa: PLC0415
+
+    program = render(plan.sources, request.flows, request.options, request.modules)
+    collector = Collector(program, tracer.headers())
+    try:
+        collector.compile()
+    finally:
+        collector.close()
+    lines = config.describe()
+    lines.append(f"plan: backend {plan.backend} ({config.backend} requested), {len(plan.sources)} probes, "
+                 f"{len(plan.missing)} manifest functions missing; the program compiles")
+    lines += [f"  {source.probe.name} ({source.probe.kind.value}, skb arg {source.skb_arg + 1}, "
+              f"{source.probe.role.value})" for source in plan.sources[:50]]
+    if len(plan.sources) > 50:
+        lines.append(f"  ... and {len(plan.sources) - 50} more")
+    return lines
+
+
+class Daemon:
+    """Runs until stop() is called (or a Stop exception arrives from a signal handler)."""
+
+    def __init__(self, config: Config, ready_file: Path | None = None, cache_dir: str | None = None) -> None:
+        self.config = config
+        self.ready_file = ready_file
+        self.modules = load_config_modules(config)
+        self.request = trace_request(config, self.modules)
+        self.tracer = Tracer(self.request, view=KernelView(), cache_dir=cache_dir)
+        self.sink: OtlpSink | None = None
+        self.metrics = ExporterMetrics(config.flow_names, span_stats=self._span_stats,
+                                       span_drop_reasons=DROP_REASONS, version=__version__,
+                                       kernel=platform.release())
+        self.heartbeat = Heartbeat()
+        self.server = HttpServer(config.metrics.address, self.metrics.registry, health=self.heartbeat,
+                                 ready=self.metrics.probes.ready)
+        self._running = True
+
+    def _span_stats(self) -> tuple[int, dict[str, int]]:
+        if self.sink is None:
+            return 0, dict.fromkeys(DROP_REASONS, 0)
+        return self.sink.exported, dict(self.sink.dropped)
+
+    def stop(self) -> None:
+        """Ask the main loop to end (thread-safe)."""
+        self._running = False
+
+    def run(self) -> int:
+        """Serve metrics, attach, then move paths to OTLP and path counters until stopped. Returns the exit code."""
+        self.server.start()
+        try:
+            report = self.tracer.start()
+            self.metrics.probes.record(self.tracer.backend, len(report.attached), len(report.failed))
+            self.metrics.collector.set_kernel(
+                KernelCounters(self.tracer.collector.counters(), self.tracer.probes, self.tracer.view.names))
+            self._start_sink()
+            self._write_ready()
+            while self._running:
+                self.heartbeat.beat()
+                self._deliver(self.tracer.poll(POLL_MS))
+        finally:
+            self._shutdown()
+        return 0
+
+    def _start_sink(self) -> None:
+        otlp = self.config.traces.otlp
+        encoder = SpanEncoder(self.tracer.probes, list(self.config.flow_names), WallClock(), resource_attributes(),
+                              event_attributes=event_attributes(self.modules))
+        sink = OtlpSink(encoder, endpoint=otlp.endpoint, protocol=otlp.protocol, timeout_s=otlp.timeout_s,
+                        headers=otlp.headers)
+        if sink.enabled:
+            self.sink = sink
+        else:
+            log.info("no OTLP endpoint (traces.otlp.endpoint / OTEL_EXPORTER_OTLP_ENDPOINT): spans are not exported")
+
+    def _write_ready(self) -> None:
+        if self.ready_file is not None:
+            temporary = self.ready_file.with_name(self.ready_file.name + ".tmp")
+            temporary.write_text("ready\n")
+            temporary.replace(self.ready_file)
+
+    def _deliver(self, paths: list[SkbPath]) -> None:
+        if not paths:
+            return
+        names = self.config.flow_names
+        for path in paths:
+            name = names[path.flow_id] if 0 <= path.flow_id < len(names) else str(path.flow_id)
+            self.metrics.paths.count(name, path.outcome)
+        if self.sink is not None:
+            self.sink.submit(paths)
+
+    def _shutdown(self) -> None:
+        started = time.monotonic()
+        try:
+            self.tracer.close()
+            self.metrics.probes.detached()
+            self._deliver(self.tracer.flush())
+        except KernelError as err:  # pragma: no cover - detaching should not fail
+            log.warning("while detaching: %s", err)
+        finally:
+            self.metrics.collector.set_kernel(None)
+            if self.sink is not None:
+                self.sink.shutdown(SHUTDOWN_FLUSH_S)
+            self.server.close()
+        log.info("stopped: probes detached, spans flushed in %.1fs", time.monotonic() - started)

@@ -1,0 +1,135 @@
+"""`ipftrace` against the real kernel: traffic between the test's namespaces, asserted on what BPF saw."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+
+from .netns import NetPair
+
+TRACEPOINT = ["-b", "tracepoint"]
+
+
+def json_paths(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def functions(path: dict) -> list[str]:
+    return [event["function"] for event in path["events"]]
+
+
+def test_ping_is_traced_with_addresses_ordered_times_and_receive_and_consume(netpair: NetPair, start_tool) -> None:
+    tool = start_tool("ipftrace", *TRACEPOINT, "-l4", "ICMP", "-d4", netpair.addr_b4, "--count", "3", "-o", "json",
+                      "--timeout", "60")
+    netpair.ping_b(count=5)
+    code, out, err = tool.finish()
+    assert code == 0, err
+    paths = json_paths(out)
+    assert len(paths) == 3
+    for path in paths:
+        assert path["protocol"] == "ICMP"
+        assert path["saddr"] == netpair.addr_a4
+        assert path["daddr"] == netpair.addr_b4
+        stamps = [event["timestamp_ns"] for event in path["events"]]
+        assert stamps == sorted(stamps)
+    steps = set().union(*(functions(path) for path in paths))
+    assert "net:netif_receive_skb" in steps or "net:netif_rx" in steps
+    assert any(path["outcome"] == "consumed" and functions(path)[-1] == "skb:consume_skb" for path in paths)
+    # The request crosses the veth: transmitted in a, received in b, in one skb path.
+    full = [p for p in paths if "net:net_dev_start_xmit" in functions(p) and "net:netif_receive_skb" in functions(p)]
+    assert full, [functions(p) for p in paths]
+
+
+def test_text_output_has_the_seed_shape(netpair: NetPair, start_tool) -> None:
+    tool = start_tool("ipftrace", *TRACEPOINT, "-l4", "ICMP", "-d4", netpair.addr_b4, "--count", "1",
+                      "--timeout", "60")
+    netpair.ping_b(count=3)
+    code, out, err = tool.finish()
+    assert code == 0, err
+    lines = out.rstrip("\n").splitlines()
+    assert lines[0] == f"ICMP\t{netpair.addr_a4}\t->\t{netpair.addr_b4}"
+    assert lines[1] == "     Time Stamp  Function"
+    rows = [line for line in lines[2:] if re.fullmatch(r"\s*\d+  \S+", line)]
+    assert len(rows) >= 3
+    assert out.endswith("\n\n")
+
+
+def test_udp_to_a_closed_port_is_a_drop_with_reason_and_location(netpair: NetPair, start_tool) -> None:
+    tool = start_tool("ipftrace", *TRACEPOINT, "-l4", "UDP", "-d4", netpair.addr_b4, "-dp", "9999", "--count", "1",
+                      "-o", "json", "--timeout", "60")
+    netpair.python_in(netpair.ns_a, "import socket\n"
+                      "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                      f"[s.sendto(b'x', ('{netpair.addr_b4}', 9999)) for _ in range(3)]\n")
+    code, out, err = tool.finish()
+    assert code == 0, err
+    (path,) = json_paths(out)
+    assert path["outcome"] == "dropped"
+    assert path["dport"] == 9999
+    assert path["drop"]["reason"] == "NO_SOCKET"
+    assert path["drop"]["function"] in ("__udp4_lib_rcv", "udp_rcv", "__udp_lib_rcv")
+    assert functions(path)[-1] == "skb:kfree_skb"
+    assert "DROPPED" not in out  # JSON, not text
+
+
+def test_ipv6_ping_is_traced(netpair: NetPair, start_tool) -> None:
+    tool = start_tool("ipftrace", *TRACEPOINT, "-iv", "6", "-l4", "ICMPv6", "-d6", netpair.addr_b6, "--count", "2",
+                      "-o", "json", "--timeout", "60")
+    netpair.ping_b(count=4, v6=True)
+    code, out, err = tool.finish()
+    assert code == 0, err
+    paths = json_paths(out)
+    assert len(paths) == 2
+    for path in paths:
+        assert path["ipversion"] == 6
+        assert path["protocol"] == "ICMPV6"
+        assert path["saddr"] == netpair.addr_a6
+        assert path["daddr"] == netpair.addr_b6
+
+
+def test_tcp_filtered_by_destination_port_shows_only_that_port(netpair: NetPair, start_tool) -> None:
+    wanted, other = 18080, 18081
+    server = netpair.popen_in(netpair.ns_b, ["python3", "-c", (
+        "import socket, select\n"
+        "ls = []\n"
+        f"for port in ({wanted}, {other}):\n"
+        "    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        f"    s.bind(('{netpair.addr_b4}', port)); s.listen(); ls.append(s)\n"
+        "print('listening', flush=True)\n"
+        "for _ in range(2):\n"
+        "    ready, _, _ = select.select(ls, [], [], 30)\n"
+        "    for s in ready:\n"
+        "        c, _ = s.accept(); c.recv(100); c.close()\n"
+    )], stdout=__import__("subprocess").PIPE)
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "listening"
+        tool = start_tool("ipftrace", *TRACEPOINT, "-l4", "TCP", "-dp", str(wanted), "-o", "json", "--timeout", "6")
+        netpair.python_in(netpair.ns_a, "import socket, time\n"
+                          f"for port in ({other}, {wanted}):\n"
+                          f"    c = socket.create_connection(('{netpair.addr_b4}', port), timeout=5)\n"
+                          "    c.sendall(b'hello'); time.sleep(0.2); c.close()\n")
+        code, out, err = tool.finish()
+        assert code == 0, err
+        paths = json_paths(out)
+        assert len(paths) >= 3  # SYN, ACK, data, FIN ... towards the wanted port
+        assert {path["dport"] for path in paths} == {wanted}
+        assert {path["daddr"] for path in paths} == {netpair.addr_b4}
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_traffic_that_does_not_match_the_filter_gives_no_path(netpair: NetPair, start_tool) -> None:
+    tool = start_tool("ipftrace", *TRACEPOINT, "-l4", "ICMP", "-d4", "10.199.254.254", "-o", "json",
+                      "--timeout", "3")
+    netpair.ping_b(count=3)
+    socket.getaddrinfo("localhost", None)  # unrelated local activity
+    code, out, err = tool.finish()
+    assert code == 0, err
+    assert out == ""
+
+
+def test_ctrl_c_detaches_and_exits_130(netpair: NetPair, start_tool) -> None:
+    tool = start_tool("ipftrace", *TRACEPOINT, "-l4", "ICMP", "-d4", netpair.addr_b4)
+    code, _, err = tool.stop()
+    assert code == 130, err

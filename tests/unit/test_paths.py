@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+import pytest
+
+from ipftrace_exporter.events import FLAG_GAP
+from ipftrace_exporter.paths import PathAssembler, PathLimits
+
+from .helpers import CONSUME, DROP, EGRESS, IP_RCV, PROBES, RECEIVE, event
+
+SKB_A, SKB_B = 0xFFFF888000001000, 0xFFFF888000002000
+
+
+class Clock:
+    def __init__(self, now: int = 0) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
+class Names:
+    def reason_name(self, reason: int) -> str:
+        return {3: "NO_SOCKET"}.get(reason, str(reason))
+
+    def function_name(self, address: int) -> str:
+        return {0xFFFF0001: "__udp4_lib_rcv"}.get(address, hex(address))
+
+
+def assembler(clock: Clock, **limits: int) -> PathAssembler:
+    return PathAssembler(PROBES, PathLimits(**{"settle_ns": 10, "idle_timeout_ns": 1000, **limits}), Names(), clock)
+
+
+def test_events_out_of_order_across_cpus_are_sorted_and_stragglers_join_the_ended_path() -> None:
+    clock = Clock()
+    paths = assembler(clock)
+    paths.add_many([event(100, RECEIVE, first=True, cpu=0), event(300, CONSUME, cpu=1), event(200, IP_RCV, cpu=0)])
+    clock.now = 5
+    assert paths.expire() == []  # still settling: a straggler may come
+    paths.add(event(250, IP_RCV, cpu=1))  # older than the end: belongs to the ended path
+    clock.now = 20
+    (path,) = paths.expire()
+    assert [e.timestamp_ns for e in path.events] == [100, 200, 250, 300]
+    assert path.outcome == "consumed"
+    assert path.describe().saddr == "10.0.0.1"
+
+
+def test_a_freed_address_reused_starts_a_new_path() -> None:
+    clock = Clock()
+    paths = assembler(clock)
+    done = paths.add_many([event(1, RECEIVE, first=True), event(2, CONSUME),
+                           event(3, RECEIVE, first=True, dst="10.0.0.9"), event(4, CONSUME)])
+    clock.now = 100
+    first, second = sorted(done + paths.expire(), key=lambda p: p.start_ns)
+    assert [e.timestamp_ns for e in first.events] == [1, 2]
+    assert [e.timestamp_ns for e in second.events] == [3, 4]
+    assert second.describe().daddr == "10.0.0.9"
+
+
+def test_a_new_packet_at_an_open_address_ends_the_old_path_as_timeout() -> None:
+    clock = Clock()
+    paths = assembler(clock)
+    paths.add(event(1, RECEIVE, first=True))
+    done = paths.add(event(2, RECEIVE, first=True, dst="10.0.0.7"))
+    assert [p.outcome for p in done] == ["timeout"]
+    assert paths.inflight == 1
+
+
+def test_drop_records_reason_and_function_names() -> None:
+    clock = Clock()
+    paths = assembler(clock)
+    paths.add_many([event(1, RECEIVE, first=True, proto=17, dport=9), event(2, DROP, reason=3, location=0xFFFF0001)])
+    clock.now = 100
+    (path,) = paths.expire()
+    assert path.outcome == "dropped"
+    assert (path.drop.reason, path.drop.function, path.drop.probe) == ("NO_SOCKET", "__udp4_lib_rcv", "skb:kfree_skb")
+
+
+def test_egress_ends_the_path_as_consumed() -> None:
+    clock = Clock()
+    paths = assembler(clock)
+    paths.add_many([event(1, IP_RCV, first=True), event(2, EGRESS)])
+    clock.now = 100
+    assert [p.outcome for p in paths.expire()] == ["consumed"]
+
+
+def test_idle_paths_time_out() -> None:
+    clock = Clock()
+    paths = assembler(clock)
+    paths.add(event(10, RECEIVE, first=True))
+    clock.now = 500
+    assert paths.expire() == []
+    clock.now = 1011
+    (path,) = paths.expire()
+    assert path.outcome == "timeout"
+    assert paths.inflight == 0
+
+
+def test_max_events_truncates() -> None:
+    paths = assembler(Clock(), max_events=3)
+    done = paths.add_many([event(i, RECEIVE, first=i == 0) for i in range(4)])
+    assert [(p.outcome, len(p.events)) for p in done] == [("truncated", 3)]
+    assert paths.inflight == 1  # the 4th event opened a new path
+
+
+def test_inflight_is_bounded_and_the_oldest_is_evicted() -> None:
+    paths = assembler(Clock(), max_inflight=2)
+    done = paths.add_many([event(1, RECEIVE, skb=1, first=True), event(2, RECEIVE, skb=2, first=True),
+                           event(3, RECEIVE, skb=1), event(4, RECEIVE, skb=3, first=True)])
+    assert [(p.skb, p.outcome) for p in done] == [(2, "truncated")]  # skb 1 was touched more recently
+    assert paths.evicted == 1
+    assert paths.inflight == 2
+
+
+def test_a_lost_event_marks_the_path_truncated() -> None:
+    clock = Clock()
+    paths = assembler(clock)
+    paths.add_many([event(1, RECEIVE, first=True), event(3, CONSUME, flags=FLAG_GAP)])
+    clock.now = 100
+    assert [p.outcome for p in paths.expire()] == ["truncated"]
+
+
+def test_unknown_probe_ids_are_counted_not_fatal() -> None:
+    paths = assembler(Clock())
+    paths.add(event(1, 99, first=True))
+    assert paths.unknown_probe_events == 1
+    assert paths.inflight == 0
+
+
+def test_flush_returns_everything() -> None:
+    paths = assembler(Clock())
+    paths.add_many([event(1, RECEIVE, skb=SKB_A, first=True), event(2, RECEIVE, skb=SKB_B, first=True),
+                    event(3, CONSUME, skb=SKB_B)])
+    assert sorted(p.outcome for p in paths.flush()) == ["consumed", "timeout"]
+    assert paths.flush() == []
+
+
+@pytest.mark.parametrize("field", ["idle_timeout_ns", "max_events", "max_inflight"])
+def test_limits_must_be_positive(field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        PathLimits(**{field: 0})
