@@ -22,25 +22,31 @@ EXIT_OK, EXIT_USAGE, EXIT_ATTACH, EXIT_INTERRUPTED = 0, 2, 3, 130
 log = logging.getLogger("ipftrace_exporter")
 
 
-class Stop(Exception):
-    """Raised from a signal handler to leave the main loop."""
+class StopSignal:
+    """Remembers the first SIGINT/SIGTERM; main loops poll it, so a signal never interrupts a half-done step
+    (records read but not yet assembled, probes half attached)."""
 
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
+    def __init__(self, on_stop: Callable[[], None] | None = None) -> None:
+        self.signum: int | None = None
+        self._on_stop = on_stop
+
+    def __call__(self, signum: int, _frame: Any) -> None:
+        if self.signum is None:
+            self.signum = signum
+            if self._on_stop is not None:
+                self._on_stop()
+
+    @property
+    def stopped(self) -> bool:
+        return self.signum is not None
 
 
-def _raise_stop(signum: int, _frame: Any) -> None:
-    # Once: a second signal must not interrupt the detach and flush that the first one started.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise Stop(signum)
-
-
-def install_stop_handlers() -> None:
-    """SIGINT and SIGTERM raise Stop in the main thread, so probes are detached in `finally` blocks."""
-    signal.signal(signal.SIGINT, _raise_stop)
-    signal.signal(signal.SIGTERM, _raise_stop)
+def install_stop_handlers(on_stop: Callable[[], None] | None = None) -> StopSignal:
+    """SIGINT and SIGTERM set the returned flag (and call on_stop once)."""
+    stop = StopSignal(on_stop)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    return stop
 
 
 def setup_logging(level: str, prog: str) -> None:
@@ -185,18 +191,21 @@ def _kernel_release() -> str:
 def trace(request: TraceRequest, output: str, count: int | None, timeout: float | None,
           ready_file: Path | None, loaded_modules: Sequence[Any] = ()) -> int:
     """Attach, print paths as they complete, detach. Exit 0 when done, 130 after Ctrl-C."""
-    install_stop_handlers()
+    stop = install_stop_handlers()
     tracer = Tracer(request)
     printed = 0
-    status = EXIT_OK
     try:
-        tracer.start()
+        try:
+            tracer.start()
+        except AttachError:
+            _blame_modules(tracer, loaded_modules)  # a module whose C does not compile: say which
+            raise
         formatter = PathFormatter(tracer.probes, [flow.name for flow in request.flows],
                                   _module_text(loaded_modules))
         write_ready_file(ready_file)
         deadline = None if timeout is None else time.monotonic() + timeout
         out = sys.stdout
-        while count is None or printed < count:
+        while (count is None or printed < count) and not stop.stopped:
             wait_ms = 100
             if deadline is not None:
                 remaining = deadline - time.monotonic()
@@ -209,11 +218,17 @@ def trace(request: TraceRequest, output: str, count: int | None, timeout: float 
                 if count is not None and printed >= count:
                     break
             out.flush()
-    except Stop as stop:
-        status = EXIT_INTERRUPTED if stop.signum == signal.SIGINT else EXIT_OK
     finally:
         tracer.close()
-    return status
+    return EXIT_INTERRUPTED if stop.signum == signal.SIGINT else EXIT_OK
+
+
+def _blame_modules(tracer: Tracer, loaded_modules: Sequence[Any]) -> None:
+    """After a failed start: raise ModuleError naming the module whose C does not compile, if one does not."""
+    if loaded_modules:
+        from .modules import check_modules  # noqa: PLC0415
+
+        check_modules(loaded_modules, tracer.headers())
 
 
 def _module_text(loaded_modules: Sequence[Any]) -> Callable[[Any], str] | None:
@@ -254,12 +269,11 @@ def exporter_cli(config_file: str | None, check: bool, metrics_address: str | No
         for line in check_config(config):
             click.echo(line)
         return EXIT_OK
-    install_stop_handlers()
     daemon = Daemon(config, ready_file=ready_file)
-    try:
-        return daemon.run()
-    except Stop:
-        return EXIT_OK
+    stop = install_stop_handlers(daemon.stop)
+    daemon.run()
+    log.info("stopped by %s", signal.Signals(stop.signum).name if stop.signum else "request")
+    return EXIT_OK
 
 
 def exporter_main(argv: Sequence[str] | None = None) -> None:

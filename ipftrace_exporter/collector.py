@@ -1,26 +1,40 @@
-"""The only module that imports BCC: compile the rendered program, attach its probes, poll the ring buffer for raw
-records, read the counter maps, detach. Everything it hands out is plain bytes and ints."""
+"""The only module that imports BCC: compile the rendered program, load and attach its probes (raw tracepoints,
+kprobes, kfunc/fentry), poll the ring buffer for raw records, read the counter maps, detach. It also verifies
+programs without attaching them (load through the kernel verifier) and tells in milliseconds whether the kernel
+accepts kfunc programs at all. Everything it hands out is plain bytes, ints and strings."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
+import functools
 import logging
 import os
 import tempfile
 import threading
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Iterator, Mapping, Sequence
 
 from .errors import AttachError, KernelError
 from .kernel.headers import HeaderTree
 from .probes import ProbeKind
-from .program import Program, ProbeSource
+from .program import ROLE_CODES, Program, ProbeSource
 
 log = logging.getLogger(__name__)
 
 STAT_EVENTS, STAT_LOST, STAT_MATCHED, STAT_TRACK_FULL = range(4)
 BASE_CFLAGS = ("-w", "-Wno-unused-value")
+# BPF program types (enum bpf_prog_type) the collector loads.
+PROG_KPROBE, PROG_RAW_TRACEPOINT, PROG_TRACING = 2, 17, 26
+PROG_TYPES = {ProbeKind.KPROBE: PROG_KPROBE, ProbeKind.TRACEPOINT: PROG_RAW_TRACEPOINT, ProbeKind.KFUNC: PROG_TRACING}
+# errno values meaning "the kernel does not allow this program type here" (not a verifier verdict).
+REFUSAL_ERRNOS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, 524})  # 524: ENOTSUPP (kernel-internal)
+# Functions tried, in order, by the kfunc trial load (the first one BTF has is used).
+KFUNC_TRIAL_FUNCTIONS = ("ip_rcv", "netif_receive_skb", "__netif_receive_skb", "ip_output", "consume_skb")
+# `r0 = 0; exit`: the smallest program the verifier accepts.
+_TRIVIAL_PROGRAM = bytes([0xB7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0])
+LOADED, REFUSED, REJECTED = "loaded", "refused", "rejected"
 
 
 @contextlib.contextmanager
@@ -54,12 +68,81 @@ def _import_bcc():  # type: ignore[no-untyped-def]
     return bcc
 
 
+def _errno_text(number: int) -> str:
+    name = errno.errorcode.get(number, "ENOTSUPP" if number == 524 else str(number))
+    return f"{name}: {os.strerror(number)}" if number in errno.errorcode else name
+
+
+class LoadFailure(Exception):
+    """The kernel did not load a BPF program: `errno` and the verifier's last words."""
+
+    def __init__(self, name: str, number: int, detail: str = "") -> None:
+        self.name = name
+        self.errno = number
+        self.detail = detail
+        super().__init__(self.describe())
+
+    @property
+    def refused(self) -> bool:
+        """True when the kernel refuses this program type outright (EPERM, ENOTSUPP): not a verifier verdict."""
+        return self.errno in REFUSAL_ERRNOS
+
+    def describe(self) -> str:
+        """One line: what the kernel answered."""
+        if self.errno == errno.EPERM:
+            what = "the kernel refused to load it (EPERM: not permitted on this kernel)"
+        elif self.refused:
+            what = f"the kernel does not support it ({_errno_text(self.errno)})"
+        elif self.errno == errno.ENOENT:
+            what = "not found (ENOENT: no such function in the kernel's BTF)"
+        else:
+            what = f"the verifier rejected it ({_errno_text(self.errno)})"
+        return f"{what}{': ' + self.detail if self.detail else ''}"
+
+
 @dataclass(slots=True)
 class AttachReport:
     """Which probes attached and which failed (with the kernel's reason)."""
 
     attached: list[ProbeSource] = field(default_factory=list)
     failed: list[tuple[ProbeSource, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramCheck:
+    """What the kernel said when one entry point was loaded without attaching it."""
+
+    entry: str  # the C entry point
+    kind: ProbeKind
+    status: str  # LOADED (the verifier accepted it), REFUSED (program type not allowed here), REJECTED (verifier)
+    reason: str  # the kernel's answer ("" when loaded)
+    sources: tuple[ProbeSource, ...]  # the probes that run this entry point
+    load_name: str = ""  # the name it was loaded under (kfunc: kfunc__<function>, which selects the BTF id)
+
+    @property
+    def ok(self) -> bool:
+        """True when the program compiled and the kernel did not find fault with it (loaded, or type refused)."""
+        return self.status != REJECTED
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    """Per entry point: compiled (always: verify raises otherwise) and loaded, refused or rejected."""
+
+    checks: list[ProgramCheck] = field(default_factory=list)
+
+    def by_kind(self, kind: ProbeKind) -> list[ProgramCheck]:
+        """The checks of one probe kind."""
+        return [check for check in self.checks if check.kind is kind]
+
+    def for_source(self, source: ProbeSource) -> ProgramCheck | None:
+        """The check of the entry point `source` runs."""
+        return next((check for check in self.checks if check.entry == source.entry_name), None)
+
+    @property
+    def rejected(self) -> list[ProgramCheck]:
+        """Entry points the verifier rejected (a bug in the program, never expected)."""
+        return [check for check in self.checks if check.status == REJECTED]
 
 
 def compile_check(header_dir: str, text: str, cflags: Iterable[str] = ()) -> bool:
@@ -80,12 +163,62 @@ def compile_check(header_dir: str, text: str, cflags: Iterable[str] = ()) -> boo
             os.environ["BCC_KERNEL_SOURCE"] = previous
 
 
-class Collector:
-    """Compiles and attaches a Program, then moves raw records from the ring buffer to the caller."""
+def _bcc_lib():  # type: ignore[no-untyped-def]
+    lib = _import_bcc().libbcc.lib
+    if not getattr(lib.bcc_prog_load, "argtypes", None):
+        lib.bcc_prog_load.restype = ctypes.c_int
+        lib.bcc_prog_load.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p,
+                                      ctypes.c_uint, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return lib
 
-    def __init__(self, program: Program, headers: HeaderTree) -> None:
+
+def _failed_errno(result: int) -> int:
+    """BCC's load calls return -errno, or -1 with errno set."""
+    return -result if result < -1 else (ctypes.get_errno() or errno.EINVAL)
+
+
+def _last_words(lines: list[str]) -> str:
+    """The useful line of what BCC/libbpf/the verifier printed."""
+    useful = [line.strip() for line in lines if line.strip() and not line.startswith("processed ")]
+    for line in reversed(useful):
+        if not line.startswith(("bpf: Failed to load program", "libbpf:")):
+            return line[:200]
+    return useful[-1][:200] if useful else ""
+
+
+@functools.lru_cache(maxsize=8)
+def kfunc_refusal(functions: Sequence[str] = KFUNC_TRIAL_FUNCTIONS) -> str | None:
+    """Why this kernel will not run kfunc (fentry) programs, or None when it loads one. Costs milliseconds: a
+    two-instruction program is loaded as `kfunc__<function>` for the first of `functions` that BTF has."""
+    lib = _bcc_lib()
+    code = ctypes.create_string_buffer(_TRIVIAL_PROGRAM, len(_TRIVIAL_PROGRAM))
+    for function in functions:
+        with _captured_stderr() as output:
+            fd = lib.bcc_prog_load(PROG_TRACING, f"kfunc__{function}".encode(), code, len(_TRIVIAL_PROGRAM), b"GPL",
+                                   0, 0, None, 0)
+            number = _failed_errno(fd) if fd < 0 else 0
+        if fd >= 0:
+            os.close(fd)
+            return None
+        if number == errno.ENOENT:
+            continue  # not in this kernel's BTF: try the next one
+        failure = LoadFailure(f"kfunc__{function}", number, "" if number in REFUSAL_ERRNOS else _last_words(output))
+        return f"a minimal kfunc program for {function} did not load: {failure.describe()}"
+    return f"none of {', '.join(functions)} is in the kernel's BTF, so no kfunc program can be tried"
+
+
+class Collector:
+    """Compiles a Program, loads and attaches its probes, then moves raw records from the ring buffer to the caller.
+
+    `addresses` maps kernel function names to their kallsyms addresses: shared function entry points find their
+    probe by the traced function's address (see program.py), so a function without an address cannot be probed.
+    """
+
+    def __init__(self, program: Program, headers: HeaderTree,
+                 addresses: Mapping[str, Sequence[int]] | None = None) -> None:
         self.program = program
         self.headers = headers
+        self.addresses = addresses or {}
         self._bpf = None  # type: ignore[var-annotated]
         self._records: list[bytes] = []
         self._lock = threading.Lock()
@@ -93,28 +226,108 @@ class Collector:
 
     # ---- life cycle ---------------------------------------------------------------------------------
     def compile(self) -> None:
-        """Compile the program (raises KernelError with the compiler's first error line)."""
+        """Compile the program (raises KernelError with the compiler's first error line). Nothing is loaded."""
+        if self._bpf is not None:
+            return
         bcc = _import_bcc()
+
+        class _Module(bcc.BPF):  # type: ignore[misc,name-defined]
+            def _trace_autoload(self) -> None:  # we load and attach explicitly (and can tell why it failed)
+                return None
+
         os.environ["BCC_KERNEL_SOURCE"] = self.headers.path
         with _captured_stderr() as output:
             try:
-                self._bpf = bcc.BPF(text=self.program.text, cflags=[*BASE_CFLAGS, *self.headers.cflags])
+                self._bpf = _Module(text=self.program.text, cflags=[*BASE_CFLAGS, *self.headers.cflags])
                 failed = False
             except Exception:  # BCC: bare Exception("Failed to compile BPF module <text>")
                 failed = True
         if failed:
             log.debug("compiler output:\n%s", "\n".join(output))
             raise KernelError(f"the BPF program did not compile: {_first_error(output)} (headers: {self.headers.path})")
+        self.closed = False
+
+    def _load(self, entry: str, kind: ProbeKind, name: str | None = None) -> int:
+        """Load entry point `entry` (as program `name`: kfunc programs are named kfunc__<function>, which selects
+        the function's BTF id); returns the fd (kept until close). Raises LoadFailure."""
+        bpf = self._bpf
+        load_name = (name or entry).encode()
+        known = bpf.funcs.get(load_name)
+        if known is not None:
+            return int(known.fd)
+        lib = _bcc_lib()
+        start = lib.bpf_function_start(bpf.module, entry.encode())
+        if not start:
+            raise KernelError(f"entry point {entry} is not in the compiled program")
+        with _captured_stderr() as output:
+            fd = lib.bcc_func_load(bpf.module, PROG_TYPES[kind], load_name, start,
+                                   lib.bpf_function_size(bpf.module, entry.encode()),
+                                   lib.bpf_module_license(bpf.module), lib.bpf_module_kern_version(bpf.module),
+                                   0, None, 0, None, 0xFFFFFFFF)
+            number = _failed_errno(fd) if fd < 0 else 0
+        if fd < 0:
+            log.debug("loading %s as %s: errno %d\n%s", entry, load_name.decode(), number, "\n".join(output))
+            detail = "" if number in REFUSAL_ERRNOS else _last_words(output)
+            raise LoadFailure(load_name.decode(), number, detail)
+        bpf.funcs[load_name] = _import_bcc().BPF.Function(bpf, load_name, fd)
+        return fd
+
+    def _forget(self, name: str) -> None:
+        function = self._bpf.funcs.pop(name.encode(), None) if self._bpf is not None else None
+        if function is not None:
+            os.close(function.fd)
+
+    def verify(self) -> VerifyReport:
+        """Compile, then load every entry point through the kernel verifier without attaching it, and unload.
+        A kfunc entry point is loaded as its first function's fentry program. Raises KernelError only when the
+        program does not compile; the kernel's verdicts are in the report."""
+        self.compile()
+        report = VerifyReport()
+        refused: dict[ProbeKind, str] = {}
+        for entry, sources in self.program.entries().items():
+            kind = sources[0].probe.kind
+            name = f"kfunc__{sources[0].target}" if kind is ProbeKind.KFUNC else entry
+            if kind in refused:  # the kernel refuses this program type: asking again changes nothing
+                report.checks.append(ProgramCheck(entry, kind, REFUSED, refused[kind], sources, name))
+                continue
+            try:
+                self._load(entry, kind, name)
+            except LoadFailure as failure:
+                status = REFUSED if failure.refused else REJECTED
+                if failure.refused:
+                    refused[kind] = failure.describe()
+                report.checks.append(ProgramCheck(entry, kind, status, failure.describe(), sources, name))
+            else:
+                report.checks.append(ProgramCheck(entry, kind, LOADED, "", sources, name))
+                self._forget(name)
+        return report
 
     def attach(self) -> AttachReport:
-        """Attach every probe; failures are collected, not raised, unless none attached."""
-        if self._bpf is None:
-            self.compile()
+        """Load and attach every probe; failures are collected, not raised, unless none attached."""
+        self.compile()
         bpf = self._bpf
         report = AttachReport()
+        unmapped = self._fill_function_map()
+        kprobes = sum(1 for source in self.program.sources if source.probe.kind is ProbeKind.KPROBE)
+        if kprobes and kprobes + 64 > _import_bcc().BPF.get_probe_limit():
+            os.environ["BCC_PROBE_LIMIT"] = str(kprobes + 64)  # BCC caps open kprobes per process (default 1000)
+        refused: dict[ProbeKind, str] = {}
         for source in self.program.sources:
+            kind = source.probe.kind
+            if source.target in unmapped:
+                report.failed.append((source, unmapped[source.target]))
+                continue
+            if kind in refused:
+                report.failed.append((source, refused[kind]))
+                continue
             try:
                 self._attach_one(bpf, source)
+            except LoadFailure as failure:
+                reason = failure.describe()
+                if failure.refused:
+                    refused[kind] = reason
+                report.failed.append((source, reason))
+                log.debug("probe %s was not loaded: %s", source.probe.name, reason)
             except Exception as err:  # BCC raises bare Exception with the kernel's message
                 reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 report.failed.append((source, reason))
@@ -128,13 +341,45 @@ class Collector:
         bpf["events"].open_ring_buffer(self._on_record)
         return report
 
-    @staticmethod
-    def _attach_one(bpf, source: ProbeSource) -> None:  # type: ignore[no-untyped-def]
+    def _fill_function_map(self) -> dict[str, str]:
+        """Write address -> (probe id, role) for the shared function entry points; returns {function: why} for
+        functions that cannot be probed (no address)."""
+        shared = [source for source in self.program.function_sources() if source.shared]
+        if not shared:
+            return {}
+        table = self._bpf["ipft_funcs"]
+        unmapped: dict[str, str] = {}
+        for source in shared:
+            addresses = [address for address in self.addresses.get(source.target, ()) if address]
+            written = 0
+            for address in addresses:
+                try:
+                    table[table.Key(address)] = table.Leaf(source.probe.id, ROLE_CODES[source.probe.role])
+                    written += 1
+                except Exception as err:  # map full: BCC raises bare Exception
+                    log.debug("function %s at 0x%x: %s", source.target, address, err)
+            if not written:
+                unmapped[source.target] = ("no kallsyms address (symbol missing or addresses hidden)"
+                                           if not addresses else "the function map is full")
+        return unmapped
+
+    def _attach_one(self, bpf, source: ProbeSource) -> None:  # type: ignore[no-untyped-def]
         kind = source.probe.kind
         if kind is ProbeKind.TRACEPOINT:
+            self._load(source.entry_name, kind)
             bpf.attach_raw_tracepoint(tp=source.target, fn_name=source.entry_name)
         elif kind is ProbeKind.KPROBE:
+            self._load(source.entry_name, kind)
             bpf.attach_kprobe(event=source.target, fn_name=source.entry_name)
+        elif kind is ProbeKind.KFUNC:
+            name = f"kfunc__{source.target}"
+            fd = self._load(source.entry_name, kind, name)
+            link = _bcc_lib().bpf_attach_kfunc(fd)
+            if link < 0:
+                self._forget(name)
+                raise KernelError(f"fentry attach failed ({_errno_text(_failed_errno(link))}): "
+                                  "not traceable (inlined, notrace, or busy)")
+            bpf.kfunc_entry_fds[name.encode()] = link  # BPF.cleanup() closes it: detached
         else:
             raise KernelError(f"attaching {kind.value} probes is not supported by this collector")
 
@@ -167,11 +412,26 @@ class Collector:
             records, self._records = self._records, []
         return records
 
+    def drain(self) -> list[bytes]:
+        """Every record waiting in the ring buffer, without waiting for a wake-up (on shutdown)."""
+        if self._bpf is None:
+            return []
+        with self._lock:
+            self._bpf.ring_buffer_consume()
+            records, self._records = self._records, []
+        return records
+
     def counters(self) -> "BpfCounters":
         """A reader of the kernel's counter maps (for metrics at scrape time)."""
         if self._bpf is None:
             raise KernelError("the collector is not loaded")
         return BpfCounters(self._bpf, len(self.program.sources))
+
+
+def verify_programs(program: Program, headers: HeaderTree) -> VerifyReport:
+    """Compile `program` and load each entry point through the verifier without attaching anything."""
+    with Collector(program, headers) as collector:
+        return collector.verify()
 
 
 class BpfCounters:

@@ -84,7 +84,7 @@ def check(config: Config, cache_dir: str | None = None) -> list[str]:
 
 
 class Daemon:
-    """Runs until stop() is called (or a Stop exception arrives from a signal handler)."""
+    """Runs until stop() is called (the signal handlers call it)."""
 
     def __init__(self, config: Config, ready_file: Path | None = None, cache_dir: str | None = None) -> None:
         self.config = config
@@ -114,6 +114,8 @@ class Daemon:
         """Serve metrics, attach, then move paths to OTLP and path counters until stopped. Returns the exit code."""
         self.server.start()
         try:
+            if not self._running:  # stopped before attaching
+                return 0
             report = self.tracer.start()
             self.metrics.probes.record(self.tracer.backend, len(report.attached), len(report.failed))
             self.metrics.collector.set_kernel(
@@ -157,14 +159,17 @@ class Daemon:
     def _shutdown(self) -> None:
         started = time.monotonic()
         try:
+            remaining = self.tracer.flush()
+            log.debug("shutdown: %d paths still held", len(remaining))
             self.tracer.close()
             self.metrics.probes.detached()
-            self._deliver(self.tracer.flush())
+            self._deliver(remaining)
         except KernelError as err:  # pragma: no cover - detaching should not fail
             log.warning("while detaching: %s", err)
         finally:
             self.metrics.collector.set_kernel(None)
             if self.sink is not None:
                 self.sink.shutdown(SHUTDOWN_FLUSH_S)
+                log.debug("spans exported %d, dropped %s", self.sink.exported, dict(self.sink.dropped))
             self.server.close()
         log.info("stopped: probes detached, spans flushed in %.1fs", time.monotonic() - started)

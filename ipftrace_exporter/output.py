@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import json
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from .events import Event
 from .paths import OUTCOME_DROPPED, SkbPath
 from .probes import ProbeTable
 
 DataText = Callable[[Event], str]
+DataFields = Callable[[Event], Mapping[str, Mapping[str, object]]]
 
 
 class PathFormatter:
-    """Formats finished paths; `flow_names[path.flow_id]` names the flow; `data_text` renders module data."""
+    """Formats finished paths; `flow_names[path.flow_id]` names the flow; `data_text` renders module data as text
+    and `data_fields` as {module: {field: value}} for JSON (taken from `data_text.fields` when it has one, as
+    modules.data_text() gives)."""
 
-    def __init__(self, probes: ProbeTable, flow_names: Sequence[str], data_text: DataText | None = None) -> None:
+    def __init__(self, probes: ProbeTable, flow_names: Sequence[str], data_text: DataText | None = None,
+                 data_fields: DataFields | None = None) -> None:
         self.probes = probes
         self.flow_names = list(flow_names)
         self.data_text = data_text
+        self.data_fields = data_fields if data_fields is not None else getattr(data_text, "fields", None)
 
     def _probe_name(self, event: Event) -> str:
         probe = self.probes.get(event.probe_id)
@@ -64,6 +69,8 @@ class PathFormatter:
             }
             if self.data_text is not None:
                 item["data"] = self.data_text(event)
+            if self.data_fields is not None:
+                item["modules"] = self.data_fields(event)
             events.append(item)
         record = {
             "flow": self.flow_name(path),

@@ -1,9 +1,16 @@
 """Render the BPF program text: generated prelude (constants, flow filter, module hooks), the shared C body,
-and one small entry point per probe. Pure: no BCC here. Only validated numbers reach the generated text."""
+and the entry points. Pure: no BCC here. Only validated numbers reach the generated text.
+
+Tracepoints get one entry point each. Kernel functions (kprobe, kfunc) share one entry point per skb argument
+position: it finds its probe id by the traced function's address (`bpf_get_func_ip`) in the `ipft_funcs` hash map,
+which the collector fills from kallsyms. So hundreds of functions compile as fast as one; the collector loads
+the shared body once per kprobe position, and once per function for kfunc (fentry needs the function's BTF id
+at load time, but the instructions are the same). Without `bpf_get_func_ip` (kernels before 5.15), kprobes use
+the instruction pointer instead and kfunc probes fall back to one entry point per function."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Sequence
 
@@ -12,6 +19,10 @@ from .probes import Probe, ProbeKind, ProbeRole
 
 ROLE_CODES = {ProbeRole.STEP: 0, ProbeRole.CONSUME: 1, ProbeRole.DROP: 2, ProbeRole.EGRESS: 3}
 MAX_KPROBE_ARG = 5
+FUNCTION_KINDS = frozenset({ProbeKind.KPROBE, ProbeKind.KFUNC})
+FUNC_IP_MODES = ("helper", "regs")
+# Hash-map slots per function probe: a name can have several kallsyms addresses (static functions).
+FUNC_ADDRESS_SLOTS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,11 +35,19 @@ class ProbeSource:
     location_arg: int | None = None
     reason_arg: int | None = None
     from_data: bool = False
+    shared: bool = True  # kernel functions: the entry point is shared by every function with this skb position
 
     @property
     def entry_name(self) -> str:
-        """Name of the C entry point for this probe (no BCC auto-attach prefix: we attach explicitly)."""
+        """Name of the C entry point for this probe (no BCC auto-attach prefix: we load and attach explicitly)."""
+        if self.probe.kind in FUNCTION_KINDS and self.shared:
+            return f"ipft_{self.probe.kind.value}_arg{self.skb_arg + 1}"
         return f"ipft_{self.probe.kind.value}_{self.probe.id}"
+
+    @property
+    def is_function(self) -> bool:
+        """True for kernel-function probes (kprobe, kfunc), false for tracepoints."""
+        return self.probe.kind in FUNCTION_KINDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +67,11 @@ class ProgramOptions:
     ringbuf_pages: int = 256
     sample_ratio: float = 1.0
     max_drop_keys: int = 16384
+    func_ip: str = "helper"  # how a shared function entry point learns its function: "helper" or "regs"
 
     def __post_init__(self) -> None:
+        if self.func_ip not in FUNC_IP_MODES:
+            raise ValueError(f"func_ip must be one of {', '.join(FUNC_IP_MODES)}, got {self.func_ip!r}")
         pages = self.ringbuf_pages
         if pages <= 0 or pages & (pages - 1):
             raise ValueError(f"ring buffer pages must be a power of two, got {pages}")
@@ -65,6 +87,14 @@ class Program:
 
     text: str
     sources: tuple[ProbeSource, ...] = field(default_factory=tuple)
+
+    def function_sources(self) -> tuple[ProbeSource, ...]:
+        """The kernel-function probes (kprobe, kfunc), in id order."""
+        return tuple(source for source in self.sources if source.is_function)
+
+    def entries(self) -> dict[str, tuple[ProbeSource, ...]]:
+        """Each C entry point and the probes that run it, in first-use order."""
+        return {group[0].entry_name: tuple(group) for group in _entry_groups(self.sources)}
 
 
 def sample_expression(ratio: float) -> str:
@@ -82,7 +112,7 @@ def _arg(ctx_args: str, index: int | None, cast: str) -> str:
 
 
 def entry_point(source: ProbeSource) -> str:
-    """The C entry point of one probe."""
+    """The C entry point of one probe (for a shared function entry point: of every probe at its skb position)."""
     probe = source.probe
     tail = f"{int(probe.id)}, {int(source.from_data)}, {ROLE_CODES[probe.role]}"
     if probe.kind is ProbeKind.TRACEPOINT:
@@ -94,13 +124,56 @@ def entry_point(source: ProbeSource) -> str:
     if probe.kind is ProbeKind.KPROBE:
         if not 0 <= source.skb_arg < MAX_KPROBE_ARG:
             raise ValueError(f"{source.target}: kprobes reach arguments 1-{MAX_KPROBE_ARG}, skb is {source.skb_arg + 1}")
+        skb = f"(struct sk_buff *)PT_REGS_PARM{source.skb_arg + 1}(ctx)"
+        if source.shared:
+            return (f"int {source.entry_name}(struct pt_regs *ctx)\n"
+                    f"{{\n    return ipft_function(ctx, {skb}, IPFT_KPROBE_IP(ctx));\n}}\n")
         return (f"int {source.entry_name}(struct pt_regs *ctx)\n"
-                f"{{\n    return ipft_handle(ctx, (struct sk_buff *)PT_REGS_PARM{source.skb_arg + 1}(ctx), {tail}, 0, 0);\n}}\n")
+                f"{{\n    return ipft_handle(ctx, {skb}, {tail}, 0, 0);\n}}\n")
     if probe.kind is ProbeKind.KFUNC:
+        if source.skb_arg < 0:
+            raise ValueError(f"{source.target}: skb argument {source.skb_arg + 1} is not a position")
         skb = _arg("ctx", source.skb_arg, "struct sk_buff *")
+        if source.shared:
+            return (f"int {source.entry_name}(unsigned long long *ctx)\n"
+                    f"{{\n    return ipft_function(ctx, {skb}, bpf_get_func_ip(ctx));\n}}\n")
         return (f"int {source.entry_name}(unsigned long long *ctx)\n"
                 f"{{\n    return ipft_handle(ctx, {skb}, {tail}, 0, 0);\n}}\n")
     raise ValueError(f"unknown probe kind {probe.kind}")
+
+
+def function_lookup(num_functions: int, func_ip: str) -> str:
+    """C for shared function entry points: the address -> probe map and `ipft_function()`."""
+    slots = max(64, FUNC_ADDRESS_SLOTS * int(num_functions))
+    if func_ip == "helper":
+        kprobe_ip = "#define IPFT_KPROBE_IP(ctx) bpf_get_func_ip(ctx)"
+    else:  # the instruction pointer after the breakpoint (x86: int3 is one byte), or the probed address
+        kprobe_ip = ("#if defined(__TARGET_ARCH_x86) || defined(bpf_target_x86)\n"
+                     "#define IPFT_KPROBE_IP(ctx) (PT_REGS_IP(ctx) - 1)\n#else\n"
+                     "#define IPFT_KPROBE_IP(ctx) PT_REGS_IP(ctx)\n#endif")
+    return f"""{kprobe_ip}
+struct ipft_func {{
+    u32 probe_id;
+    u32 role;
+}};
+BPF_HASH(ipft_funcs, u64, struct ipft_func, {slots});
+
+/* The probe of the traced function at `ip` (its kallsyms address). With x86 IBT a kprobe sits after the
+ * function's 4-byte endbr64, so a miss is retried there. */
+static __always_inline int ipft_function(void *ctx, struct sk_buff *skb, u64 ip)
+{{
+    struct ipft_func *func = ipft_funcs.lookup(&ip);
+    if (!func) {{
+        u64 before = ip - 4;
+        func = ipft_funcs.lookup(&before);
+        if (!func)
+            return 0;
+    }}
+    u32 probe_id = func->probe_id;
+    int role = func->role;
+    return ipft_handle(ctx, skb, probe_id, 0, role, 0, 0);
+}}
+"""
 
 
 def _module_macros(modules: Sequence[ModuleCode]) -> str:
@@ -134,6 +207,10 @@ def render(
     for index, source in enumerate(sources):
         if source.probe.id != index:
             raise ValueError(f"probe {source.target} has id {source.probe.id}, expected {index}")
+    # kfunc without bpf_get_func_ip: one entry point per function (slow to compile, but correct).
+    per_function = options.func_ip != "helper"
+    sources = [replace(s, shared=not (per_function and s.probe.kind is ProbeKind.KFUNC)) if s.is_function else s
+               for s in sources]
     body = bpf_source()
     split = body.index("BPF_RINGBUF_OUTPUT")  # structs first, then maps and code
     prelude = "\n".join([
@@ -148,6 +225,15 @@ def render(
         "#define IPFT_MODULE_DATA(skb, t, data) ipft_module_data(skb, t, data)",
     ])
     generated = "\n".join([filter_function(flows), _module_macros(modules)])
-    entries = "\n".join(entry_point(source) for source in sources)
-    text = "\n".join([prelude, body[:split], generated, body[split:], entries])
+    shared = [source for source in sources if source.is_function and source.shared]
+    lookup = function_lookup(len(shared), options.func_ip) if shared else ""
+    entries = "\n".join(entry_point(group[0]) for group in _entry_groups(sources))
+    text = "\n".join([prelude, body[:split], generated, body[split:], lookup, entries])
     return Program(text, tuple(sources))
+
+
+def _entry_groups(sources: Sequence[ProbeSource]) -> list[list[ProbeSource]]:
+    groups: dict[str, list[ProbeSource]] = {}
+    for source in sources:
+        groups.setdefault(source.entry_name, []).append(source)
+    return list(groups.values())

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Sequence
+from typing import Collection, Sequence
 
 from . import manifest as manifests
-from .collector import AttachReport, Collector, compile_check
+from .collector import AttachReport, Collector, VerifyReport, compile_check, kfunc_refusal
 from .errors import AttachError, KernelError, UsageError
 from .events import decode_many
 from .flows import FlowSpec, check_flows
@@ -19,7 +19,7 @@ from .kernel.headers import HeaderTree, HeaderTreeBuilder, choose_header_tree
 from .kernel.symbols import KernelSymbols
 from .paths import PathAssembler, PathLimits, SkbPath
 from .probes import Probe, ProbeKind, ProbeRole, ProbeTable
-from .program import ModuleCode, ProbeSource, ProgramOptions, render
+from .program import ModuleCode, ProbeSource, Program, ProgramOptions, render
 from .tracepoints import SKB_TRACEPOINTS, TracepointInfo, available_tracepoints, tracefs_root
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,8 @@ EGRESS_TRACEPOINTS = {
     "dev_queue_xmit": "net_dev_queue",
 }
 SKB_LAYOUT_MEMBERS = ("head", "data", "len", "protocol", "network_header", "dev")
+KPROBE_PMU = "/sys/bus/event_source/devices/kprobe/type"
+_TEXT_SYMBOL_TYPES = frozenset("tTwW")
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,29 @@ class KernelView:
     def names(self) -> KernelNames:
         return KernelNames(self.btf, self.symbols)
 
+    @cached_property
+    def func_ip_mode(self) -> str:
+        """How shared function entry points learn the traced function: "helper" (bpf_get_func_ip, Linux 5.15+)
+        or "regs" (the instruction pointer; kfunc then needs one entry point per function)."""
+        return "helper" if "BPF_FUNC_get_func_ip" in self.btf.enum("bpf_func_id") else "regs"
+
+    def function_addresses(self, names: Collection[str]) -> dict[str, list[int]]:
+        """kallsyms text addresses of `names` (a static function name can have several); hidden addresses
+        (zeros, when not root) are left out."""
+        wanted = set(names)
+        found: dict[str, list[int]] = {}
+        try:
+            with open(self.kallsyms_path, encoding="utf-8", errors="replace") as handle:
+                for line in handle:
+                    parts = line.split(None, 3)
+                    if len(parts) >= 3 and parts[2] in wanted and parts[1] in _TEXT_SYMBOL_TYPES:
+                        address = int(parts[0], 16)
+                        if address:
+                            found.setdefault(parts[2], []).append(address)
+        except (OSError, ValueError) as err:
+            log.warning("cannot read function addresses from %s: %s", self.kallsyms_path, err)
+        return found
+
 
 def _tracepoint_sources(
     view: KernelView, wanted: Sequence[TracepointInfo], egress_events: frozenset[str], first_id: int = 0
@@ -150,13 +175,41 @@ def plan_probes(view: KernelView, backend: str, manifest_path: str | None) -> Pr
     return ProbePlan(backend, sources, missing)
 
 
-def function_backend_unavailable(backend: str) -> str | None:
-    """Why a function backend cannot work here, when that is known without loading anything."""
+def kprobes_unavailable() -> str | None:
+    """Why kprobes cannot be attached on this kernel (no kprobe PMU and no kprobe_events), or None."""
+    if os.path.exists(KPROBE_PMU):
+        return None
+    root = tracefs_root()
+    if root is not None and os.path.exists(os.path.join(root, "kprobe_events")):
+        return None
+    if root is None:
+        return "no kprobe PMU and tracefs is not mounted (no kprobe_events)"
+    return "this kernel has no kprobes (CONFIG_KPROBES is off: no kprobe PMU, no kprobe_events in tracefs)"
+
+
+def function_backend_unavailable(backend: str, view: KernelView | None = None) -> str | None:
+    """Why a function backend cannot work here, decided in milliseconds: kprobe by the kernel's kprobe
+    interfaces, kfunc by loading a two-instruction fentry program. None when it may work (or for tracepoint)."""
     if backend == "kprobe":
-        root = tracefs_root()
-        if root is not None and not os.path.exists(os.path.join(root, "kprobe_events")):
-            return "this kernel has no kprobes (CONFIG_KPROBES is off: no kprobe_events in tracefs)"
+        return kprobes_unavailable()
+    if backend == "kfunc":
+        try:
+            return kfunc_refusal()
+        except KernelError as err:
+            return str(err)
     return None
+
+
+def choose_backend(requested: str, view: KernelView | None = None) -> tuple[str, dict[str, str]]:
+    """The backend `requested` resolves to without compiling anything, and why earlier ones were refused.
+    (Tracer.start() may still fall back further when a function backend attaches nothing.)"""
+    reasons: dict[str, str] = {}
+    for backend in AUTO_ORDER if requested == "auto" else (requested,):
+        why = function_backend_unavailable(backend, view)
+        if why is None:
+            return backend, reasons
+        reasons[backend] = why
+    return ("tracepoint" if requested == "auto" else requested), reasons
 
 
 class Tracer:
@@ -184,26 +237,52 @@ class Tracer:
         """Backends to try, in order."""
         return AUTO_ORDER if self.request.backend == "auto" else (self.request.backend,)
 
+    def program_for(self, plan: ProbePlan) -> Program:
+        """The program text of a plan, with this kernel's way for function probes to find their probe."""
+        options = replace(self.request.options, func_ip=self.view.func_ip_mode)
+        return render(plan.sources, self.request.flows, options, self.request.modules)
+
+    def collector_for(self, plan: ProbePlan, headers: HeaderTree) -> Collector:
+        """A collector for a plan (function probes get their kallsyms addresses)."""
+        functions = [source.target for source in plan.sources if source.is_function]
+        addresses = self.view.function_addresses(functions) if functions else {}
+        return Collector(self.program_for(plan), headers, addresses)
+
+    def verify(self, backend: str, headers: HeaderTree | None = None) -> tuple[ProbePlan, VerifyReport]:
+        """Plan `backend` (not auto), compile its program and load every entry point through the kernel verifier
+        without attaching (kfunc: as the first function's fentry program). Raises KernelError if it does not
+        compile."""
+        plan = plan_probes(self.view, backend, self.request.manifest)
+        with Collector(self.program_for(plan), headers or self.headers()) as collector:
+            return plan, collector.verify()
+
     def start(self) -> AttachReport:
-        """Compile and attach; with `auto`, fall back kfunc -> kprobe -> tracepoint. Raises AttachError."""
+        """Compile and attach; with `auto`, fall back kfunc -> kprobe -> tracepoint (a function backend the kernel
+        refuses is skipped in milliseconds, before compiling). Logs one line naming the backend and why the
+        others were not used. Raises AttachError."""
         headers = self.headers()
+        auto = self.request.backend == "auto"
         for backend in self.candidates():
-            known = function_backend_unavailable(backend)
+            known = function_backend_unavailable(backend, self.view)
             if known is not None:
                 self.fallback_reasons[backend] = known
+                if not auto:
+                    raise AttachError(f"backend {backend}: {known}")
                 continue
+            collector: Collector | None = None
             try:
                 plan = plan_probes(self.view, backend, self.request.manifest)
-                program = render(plan.sources, self.request.flows, self.request.options, self.request.modules)
-                collector = Collector(program, headers)
+                collector = self.collector_for(plan, headers)
                 report = collector.attach()
                 if backend != "tracepoint" and not any(s.probe.kind.value == backend for s in report.attached):
-                    collector.close()
-                    first = next((why for s, why in report.failed if s.probe.kind.value == backend), "no function")
+                    first = next((f"{s.target}: {why}" for s, why in report.failed if s.probe.kind.value == backend),
+                                 "no function planned")
                     raise AttachError(f"no {backend} probe attached (first failure: {first})")
             except (AttachError, KernelError) as err:
+                if collector is not None:
+                    collector.close()
                 self.fallback_reasons[backend] = str(err)
-                if self.request.backend != "auto":
+                if not auto:
                     raise AttachError(f"backend {backend}: {err}") from None
                 continue
             self.plan, self.report, self._collector = plan, report, collector
@@ -214,12 +293,17 @@ class Tracer:
         raise AttachError(f"no backend could attach ({reasons})")
 
     def _log_choice(self, backend: str, report: AttachReport) -> None:
-        skipped = ", ".join(f"{name}: {why}" for name, why in self.fallback_reasons.items())
-        log.info("backend %s: %d probes attached, %d failed%s", backend, len(report.attached), len(report.failed),
-                 f" (not {skipped})" if skipped else "")
+        refused = "; ".join(f"{name} refused: {why}" for name, why in self.fallback_reasons.items())
+        failed = ""
+        if report.failed:
+            source, why = report.failed[0]
+            failed = f" (first: {source.probe.name}: {why})"
+        log.info("backend %s%s: %d probes attached, %d failed%s", backend, f" ({refused})" if refused else "",
+                 len(report.attached), len(report.failed), failed)
         if self.request.manifest and backend == "tracepoint" and self.request.backend == "auto":
-            log.warning("function-level probing is unavailable on this kernel (%s); tracing the manifest's flows "
-                        "with skb tracepoints instead", skipped or "no function backend attached")
+            log.warning("function-level probing is unavailable on this kernel; tracing the manifest's flows "
+                        "with skb tracepoints instead (its egress functions end paths where a tracepoint marks "
+                        "the same moment)")
 
     @property
     def backend(self) -> str:
@@ -250,8 +334,16 @@ class Tracer:
         return done
 
     def flush(self) -> list[SkbPath]:
-        """Every path still held (on shutdown)."""
-        return self._assembler.flush() if self._assembler is not None else []
+        """Drain the ring buffer, then return every path still held (on shutdown, before close())."""
+        if self._assembler is None:
+            return []
+        done: list[SkbPath] = []
+        if self._collector is not None and not self._collector.closed:
+            records = self._collector.drain()
+            if records:
+                done.extend(self._assembler.add_many(decode_many(b"".join(records))))
+        done.extend(self._assembler.flush())
+        return done
 
     def close(self) -> None:
         """Detach every probe."""

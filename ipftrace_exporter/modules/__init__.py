@@ -1,34 +1,40 @@
-"""Custom match/data modules (`-m`). Built-ins and the module API live here."""
+"""Custom match/data modules (`-m`): the API (base.py), the loader (loader.py) and the built-ins gso, mark, netdev
+and tcp. A module is found by built-in name, by the entry-point group `ipftrace_exporter.modules`, or by a path to a
+.py file; `NAME=OPTIONS` passes options (e.g. `mark=0x10/0xff`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from .base import Fields, FieldValue, Module, ModuleContext, ModuleError, parse_options, parse_uint, parse_value_mask
+from .check import check_modules
+from .loader import (
+    BUILTINS,
+    ENTRY_POINT_GROUP,
+    LoadedModule,
+    ModuleData,
+    allocate,
+    data_text,
+    event_attributes,
+    find_module,
+    load_modules,
+)
 
-from ..errors import UsageError
-from ..events import Event
-from ..program import ModuleCode
-
-
-@dataclass(frozen=True)
-class LoadedModule:
-    """A module ready for use: its C code and its decoder."""
-
-    name: str
-    code: ModuleCode
-    describe: Callable[[bytes], str]
-
-
-def load_modules(specs: Sequence[str]) -> list[LoadedModule]:
-    """Resolve module specs such as 'gso' or 'mark=0x10/0xff'."""
-    for spec in specs:
-        name = spec.split("=", 1)[0]
-        raise UsageError(f"module {name!r}: unknown module")
-    return []
-
-
-def data_text(modules: Sequence[LoadedModule]) -> Callable[[Event], str]:
-    """The `Custom Data` text of an event for these modules."""
-    def render(event: Event) -> str:
-        return " ".join(module.describe(event.data) for module in modules)
-    return render
+__all__ = [
+    "BUILTINS",
+    "ENTRY_POINT_GROUP",
+    "FieldValue",
+    "Fields",
+    "LoadedModule",
+    "Module",
+    "ModuleContext",
+    "ModuleData",
+    "ModuleError",
+    "allocate",
+    "check_modules",
+    "data_text",
+    "event_attributes",
+    "find_module",
+    "load_modules",
+    "parse_options",
+    "parse_uint",
+    "parse_value_mask",
+]

@@ -68,10 +68,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-    """A process with stdout and stderr going to a log file."""
+def start(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """A process with stdout and stderr going to a log file; `env` is added to this process's environment,
+    less OTEL_* (no span may leave loopback because of the caller's environment)."""
+    base = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
     with log.open("wb") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**base, **(env or {})})
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
@@ -93,15 +96,18 @@ def tail(log: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
-def wait_for(check: Callable[[], _T | None], timeout: float, what: str, interval: float = 0.25) -> _T:
-    """Poll `check` until it returns something other than None (or False); fail naming `what`."""
+def wait_for(check: Callable[[], _T | None], timeout: float, what: str, interval: float = 0.25,
+             log: Path | None = None) -> _T:
+    """Poll `check` until it returns something other than None (or False); fail naming `what` (and the end
+    of `log`)."""
     deadline = time.monotonic() + timeout
     while True:
         result = check()
         if result is not None and result is not False:
             return result
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+            detail = f":\n{tail(log)}" if log else ""
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
         time.sleep(interval)
 
 
@@ -236,7 +242,8 @@ def resolve_variables(base: str, dashboard: dict[str, Any]) -> dict[str, str]:
 
 # ---- the test ----------------------------------------------------------------------------------------------
 
-def test_prometheus_scrapes_the_exporter_and_every_dashboard_query_returns_data(tmp_path: Path) -> None:
+def test_prometheus_scrapes_the_exporter_and_every_dashboard_query_returns_data(tmp_path: Path,
+                                                                                 cache_dir: str) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root: the exporter loads BPF programs")
     if not PROMETHEUS.is_file():
@@ -253,7 +260,8 @@ def test_prometheus_scrapes_the_exporter_and_every_dashboard_query_returns_data(
     started: list[subprocess.Popen[bytes]] = []
     try:
         exporter = start([str(EXPORTER), "--metrics-address", exporter_address,
-                          "--ready-file", str(ready_file), "--log-level", "info"], exporter_log)
+                          "--ready-file", str(ready_file), "--log-level", "info"], exporter_log,
+                         env={"IPFTRACE_CACHE_DIR": cache_dir, "PYTHONUNBUFFERED": "1"})
         started.append(exporter)
 
         def exporter_ready() -> bool:
@@ -261,7 +269,7 @@ def test_prometheus_scrapes_the_exporter_and_every_dashboard_query_returns_data(
                 pytest.fail(f"the exporter exited with {exporter.returncode}:\n{tail(exporter_log)}")
             return ready_file.exists()
 
-        wait_for(exporter_ready, READY_TIMEOUT_S, "the exporter's --ready-file")
+        wait_for(exporter_ready, READY_TIMEOUT_S, "the exporter's --ready-file", log=exporter_log)
         drops_expected = make_traffic(flows)
 
         config_file = tmp_path / "prometheus.yml"
@@ -280,14 +288,14 @@ def test_prometheus_scrapes_the_exporter_and_every_dashboard_query_returns_data(
             except (urllib.error.URLError, ConnectionError):
                 return False
 
-        wait_for(prometheus_ready, 60, "prometheus /-/ready")
+        wait_for(prometheus_ready, 60, "prometheus /-/ready", log=prometheus_log)
 
         def target_up() -> bool:
             targets = prom_api(prometheus_base, "/api/v1/targets")["activeTargets"]
             wanted = {"job": "ipftrace", "instance": exporter_address}
             return any(wanted.items() <= t["labels"].items() and t["health"] == "up" for t in targets)
 
-        wait_for(target_up, 60, f"prometheus target ipftrace/{exporter_address} up")
+        wait_for(target_up, 60, f"prometheus target ipftrace/{exporter_address} up", log=prometheus_log)
 
         # Every metric name the dashboard uses is one the exporter really exports (a real scrape).
         dashboard = load_dashboard()

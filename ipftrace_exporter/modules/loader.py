@@ -1,0 +1,287 @@
+"""Finding modules (built-in name, entry point, `.py` file), giving each its own bytes of the 64, rendering their C,
+and decoding events' custom data for text, JSON and span attributes."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Protocol
+
+from ..events import Event
+from ..program import ModuleCode
+from .base import C_HELPERS, DATA_SIZE, MODULE_NAME, FieldValue, Fields, Module, ModuleContext, ModuleError
+from .base import check_module_class
+
+ENTRY_POINT_GROUP = "ipftrace_exporter.modules"
+BUILTINS: dict[str, str] = {
+    "gso": "ipftrace_exporter.modules.gso:GsoModule",
+    "mark": "ipftrace_exporter.modules.mark:MarkModule",
+    "netdev": "ipftrace_exporter.modules.netdev:NetdevModule",
+    "tcp": "ipftrace_exporter.modules.tcp:TcpModule",
+}
+_CACHE_LIMIT = 4096  # decoded custom data kept per distinct 64-byte value
+
+
+class SpecLike(Protocol):
+    """config.ModuleSpec's shape: the text as written, the name, and the option text after '='."""
+
+    text: str
+    name: str
+    arg: str | None
+
+
+def split_spec(spec: str | SpecLike) -> tuple[str, str | None, str]:
+    """'mark=0x10/0xff' (or a config.ModuleSpec) -> (name, option text or None, text as written)."""
+    if not isinstance(spec, str):
+        return spec.name, spec.arg, spec.text
+    name, sep, arg = spec.strip().partition("=")
+    name = name.strip()
+    if not name:
+        raise ModuleError(f"module spec {spec!r}: empty module name (NAME or NAME=OPTIONS)")
+    return name, (arg.strip() if sep else None), spec.strip()
+
+
+def is_path(name: str) -> bool:
+    """True when a module name is a path to a Python file rather than a registered name."""
+    return "/" in name or name.endswith(".py")
+
+
+def _import_builtin(target: str) -> type[Module]:
+    module_name, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module_name), attr)  # type: ignore[no-any-return]
+
+
+def entry_point_names() -> list[str]:
+    """Names registered under the `ipftrace_exporter.modules` entry-point group."""
+    return sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+
+
+def _from_entry_point(name: str) -> type[Module] | None:
+    found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+    if not found:
+        return None
+    try:
+        loaded = found[0].load()
+    except Exception as err:  # any import-time failure of third-party code
+        raise ModuleError(f"module {name!r}: entry point {found[0].value!r} does not load: "
+                          f"{type(err).__name__}: {err}") from None
+    return check_module_class(loaded, name)
+
+
+def _from_file(path_text: str) -> type[Module]:
+    path = Path(path_text).expanduser()
+    if not path.is_file():
+        raise ModuleError(f"module {path_text!r}: no such file")
+    if path.suffix != ".py":
+        raise ModuleError(f"module {path_text!r}: a module file must be a .py file")
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+    module_name = f"ipftrace_exporter_user_module_{digest}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ModuleError(f"module {path_text!r}: cannot be imported")
+    loaded = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = loaded
+    try:
+        spec.loader.exec_module(loaded)
+    except Exception as err:  # any failure of the user's file
+        sys.modules.pop(module_name, None)
+        raise ModuleError(f"module {path_text!r}: {type(err).__name__}: {err}") from None
+    chosen = getattr(loaded, "MODULE", None)
+    if chosen is None:
+        defined = [value for value in vars(loaded).values()
+                   if isinstance(value, type) and issubclass(value, Module) and value is not Module
+                   and value.__module__ == module_name]
+        if len(defined) != 1:
+            raise ModuleError(f"module {path_text!r}: defines {len(defined)} Module subclasses; "
+                              "set MODULE = <the class> to choose one")
+        chosen = defined[0]
+    return check_module_class(chosen, path_text)
+
+
+def find_module(name: str) -> type[Module]:
+    """The Module class for a built-in name, an entry-point name or a path to a .py file."""
+    if is_path(name):
+        return _from_file(name)
+    if not MODULE_NAME.fullmatch(name):
+        raise ModuleError(f"module {name!r}: not a module name (lower-case letters, digits, '_') nor a .py path")
+    if name in BUILTINS:
+        return _import_builtin(BUILTINS[name])
+    cls = _from_entry_point(name)
+    if cls is None:
+        plugins = entry_point_names()
+        known = ", ".join(sorted(BUILTINS) + [p for p in plugins if p not in BUILTINS])
+        raise ModuleError(f"module {name!r}: unknown module (known: {known}; or give a path to a .py file)")
+    return cls
+
+
+def allocate(modules: Sequence[Module]) -> list[int]:
+    """Each module's offset in the 64 bytes of custom data (aligned, not overlapping). ModuleError when they do
+    not fit."""
+    offsets = []
+    end = 0
+    for module in modules:
+        start = -(-end // module.align) * module.align if module.data_size else end
+        offsets.append(start)
+        end = start + module.data_size
+    if end > DATA_SIZE:
+        sizes = ", ".join(f"{m.name!r} {m.data_size}" for m in modules)
+        raise ModuleError(f"modules need {end} bytes of custom data with alignment ({sizes}); "
+                          f"at most {DATA_SIZE} fit: load fewer modules")
+    return offsets
+
+
+def _indent(text: str) -> str:
+    return "\n".join(f"    {line}" if line.strip() else "" for line in text.strip("\n").splitlines())
+
+
+def render_module(module: Module, offset: int) -> ModuleCode:
+    """The C of one module at its data offset: its declarations and hook functions, and the calls to them."""
+    name = module.name
+    declarations = module.c_declarations()
+    match = module.c_match()
+    data = module.c_data()
+    for what, text in (("c_declarations", declarations), ("c_match", match), ("c_data", data)):
+        if not isinstance(text, str):
+            raise ModuleError(f"module {name!r}: {what}() returned {type(text).__name__}, not C text")
+    if data.strip() and not module.data_size:
+        raise ModuleError(f"module {name!r}: has C data code but data_size 0")
+    parts = [C_HELPERS, f"/* module {name}: custom data bytes {offset}..{offset + module.data_size} */"]
+    if declarations.strip():
+        parts.append(declarations.strip("\n"))
+    match_body = data_body = ""
+    if match.strip():
+        parts.append(f"static __always_inline int ipft_hook_{name}_match(struct sk_buff *skb, "
+                     f"const struct ipft_tuple *t)\n{{\n{_indent(match)}\n    return 1;\n}}")
+        match_body = f"    if (!ipft_hook_{name}_match(skb, t))\n        return 0;"
+    if data.strip():
+        parts.append(f"static __always_inline void ipft_hook_{name}_data(struct sk_buff *skb, "
+                     f"const struct ipft_tuple *t, u8 *data)\n{{\n{_indent(data)}\n}}")
+        data_body = f"    ipft_hook_{name}_data(skb, t, data + {int(offset)});"
+    return ModuleCode("\n".join(parts) + "\n", match_body, data_body)
+
+
+class LoadedModule:
+    """A module ready for use: the instance, its byte range in the custom data, its C code and decoders."""
+
+    __slots__ = ("module", "offset", "spec", "code", "_stop")
+
+    def __init__(self, module: Module, offset: int, spec: str = "") -> None:
+        self.module = module
+        self.offset = offset
+        self.spec = spec or module.name
+        self._stop = offset + module.data_size
+        self.code = render_module(module, offset)
+
+    @property
+    def name(self) -> str:
+        """The module's name (`ipftrace.<name>.*` attributes, `modules.<name>` in JSON)."""
+        return self.module.name
+
+    @property
+    def size(self) -> int:
+        """How many bytes of custom data it owns."""
+        return self.module.data_size
+
+    def fields(self, data: bytes) -> Fields:
+        """An event's 64 bytes of custom data -> this module's fields."""
+        if not self.size:
+            return {}
+        return self.module.decode(bytes(data[self.offset:self._stop]))
+
+    def describe(self, data: bytes) -> str:
+        """An event's 64 bytes of custom data -> this module's `Custom Data` text."""
+        return self.module.text(self.fields(data))
+
+    def __repr__(self) -> str:
+        return f"LoadedModule({self.spec!r}, offset={self.offset}, size={self.size})"
+
+
+def load_modules(specs: Iterable[str | SpecLike], context: ModuleContext | None = None) -> list[LoadedModule]:
+    """Resolve specs such as 'gso' or 'mark=0x10/0xff' (or config.ModuleSpec) into loaded modules with
+    non-overlapping data ranges. Raises ModuleError (a UsageError) naming the module."""
+    context = context or ModuleContext()
+    instances: list[tuple[Module, str]] = []
+    seen: set[str] = set()
+    for spec in specs:
+        name, arg, text = split_spec(spec)
+        cls = find_module(name)
+        if cls.name in seen:
+            raise ModuleError(f"module {cls.name!r}: given more than once")
+        seen.add(cls.name)
+        try:
+            instance = cls(arg, context)
+        except ModuleError:
+            raise
+        except ValueError as err:
+            raise ModuleError(f"module {cls.name!r}: bad option {arg!r}: {err}") from None
+        except Exception as err:  # third-party constructors
+            raise ModuleError(f"module {cls.name!r}: {type(err).__name__}: {err}") from None
+        instances.append((instance, text))
+    offsets = allocate([instance for instance, _ in instances])
+    return [LoadedModule(instance, offset, text) for (instance, text), offset in zip(instances, offsets)]
+
+
+class ModuleData:
+    """Decodes events' custom data for a set of loaded modules. Calling it gives the `Custom Data` text
+    (output.PathFormatter's data_text); `fields` gives {module: {field: value}} for JSON; `attributes` gives
+    `ipftrace.<module>.<field>` span attributes (spans.SpanEncoder's event_attributes)."""
+
+    def __init__(self, modules: Sequence[LoadedModule]) -> None:
+        self.modules = tuple(modules)
+        self._fields: dict[bytes, dict[str, Fields]] = {}
+        self._texts: dict[bytes, str] = {}
+        self._attributes: dict[bytes, dict[str, FieldValue]] = {}
+
+    def fields(self, event: Event) -> dict[str, Fields]:
+        """{module name: fields} for one event (modules with nothing to say are left out)."""
+        key = event.data
+        found = self._fields.get(key)
+        if found is None:
+            if len(self._fields) >= _CACHE_LIMIT:
+                self._fields.clear()
+            found = {}
+            for module in self.modules:
+                values = module.fields(key)
+                if values:
+                    found[module.name] = values
+            self._fields[key] = found
+        return found
+
+    def __call__(self, event: Event) -> str:
+        """The `Custom Data` text of an event: each module's text, space-separated."""
+        key = event.data
+        text = self._texts.get(key)
+        if text is None:
+            if len(self._texts) >= _CACHE_LIMIT:
+                self._texts.clear()
+            decoded = self.fields(event)
+            pieces = [module.module.text(decoded.get(module.name, {})) for module in self.modules]
+            text = self._texts[key] = " ".join(piece for piece in pieces if piece)
+        return text
+
+    def attributes(self, event: Event) -> dict[str, FieldValue]:
+        """`ipftrace.<module>.<field>` -> value for one event."""
+        key = event.data
+        found = self._attributes.get(key)
+        if found is None:
+            if len(self._attributes) >= _CACHE_LIMIT:
+                self._attributes.clear()
+            found = {f"ipftrace.{name}.{field}": value
+                     for name, values in self.fields(event).items() for field, value in values.items()}
+            self._attributes[key] = found
+        return found
+
+
+def data_text(modules: Sequence[LoadedModule]) -> ModuleData:
+    """The `Custom Data` text of an event for these modules (a callable; its `.fields` feeds JSON output)."""
+    return ModuleData(modules)
+
+
+def event_attributes(modules: Sequence[LoadedModule]) -> Callable[[Event], dict[str, FieldValue]]:
+    """Span attributes `ipftrace.<module>.<field>` of an event, for spans.SpanEncoder(event_attributes=...)."""
+    return ModuleData(modules).attributes
