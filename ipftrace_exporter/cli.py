@@ -159,26 +159,37 @@ def ipftrace_cli(ipversion: str, l4proto: str, saddr4: str | None, daddr4: str |
 
 
 def list_probes(request: TraceRequest, output: str) -> int:
-    """Print what would be traced on this kernel with the chosen backend."""
+    """Print what would be traced on this kernel: per function its skb position and, per backend, whether it can
+    attach here (checked by compiling and loading through the verifier). `-o yaml`: a manifest for this kernel."""
     from . import manifest as manifests  # noqa: PLC0415
-    from .tracer import AUTO_ORDER, function_backend_unavailable  # noqa: PLC0415
+    from .tracer import function_specs  # noqa: PLC0415
 
     view = KernelView()
-    backend = request.backend
-    if backend == "auto":
-        backend = next((b for b in AUTO_ORDER if function_backend_unavailable(b) is None), "tracepoint")
-    plan = plan_probes(view, backend, request.manifest)
     if output == "yaml":
-        specs = [manifests.FunctionSpec(s.target, s.skb_arg + 1, s.probe.role.value == "egress")
-                 for s in plan.sources if s.probe.kind.value != "tracepoint"]
-        click.echo(manifests.dump_manifest(specs, comment=f"ipftrace manifest for {_kernel_release()}"), nl=False)
+        specs, _ = function_specs(view, request.manifest)
+        click.echo(manifests.dump_manifest(specs, comment=f"ipftrace manifest for Linux {_kernel_release()}"),
+                   nl=False)
         return EXIT_OK
-    click.echo(f"{'Name':<40} {'skb_pos':>7}  Backend  Role")
-    for source in plan.sources:
-        click.echo(f"{source.probe.name:<40} {source.skb_arg + 1:>7}  {source.probe.kind.value:<8} "
-                   f"{source.probe.role.value}")
-    for name in plan.missing:
-        click.echo(f"{name:<40} {'-':>7}  missing  (not in this kernel)")
+    tracer = Tracer(request, view)
+    survey = tracer.survey()
+    passed = "; ".join(f"{name} refused: {why}" for name, why in survey.reasons.items())
+    click.echo(f"# backend {request.backend} -> {survey.chosen}{' (' + passed + ')' if passed else ''}")
+    for backend, note in survey.notes.items():
+        click.echo(f"# {backend}: {note}")
+    width = max([40, *(len(s.probe.name) for s in survey.functions + survey.tracepoints)])
+    click.echo(f"{'Name':<{width}} {'skb_pos':>7}  {'kfunc':<10} {'kprobe':<10} {'tracepoint':<10} Role")
+    states = survey.states
+    if request.backend != "tracepoint":
+        for source in survey.functions:
+            name = source.probe.name
+            click.echo(f"{name:<{width}} {source.skb_arg + 1:>7}  {states['kfunc'].get(name, '-'):<10} "
+                       f"{states['kprobe'].get(name, '-'):<10} {'-':<10} {source.probe.role.value}")
+    for source in survey.tracepoints:
+        name = source.probe.name
+        click.echo(f"{name:<{width}} {source.skb_arg + 1:>7}  {'-':<10} {'-':<10} "
+                   f"{states['tracepoint'].get(name, '-'):<10} {source.probe.role.value}")
+    for name in survey.missing:
+        click.echo(f"{name:<{width}} {'-':>7}  missing (not in this kernel)")
     return EXIT_OK
 
 

@@ -34,7 +34,7 @@ REFUSAL_ERRNOS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, 524})  
 KFUNC_TRIAL_FUNCTIONS = ("ip_rcv", "netif_receive_skb", "__netif_receive_skb", "ip_output", "consume_skb")
 # `r0 = 0; exit`: the smallest program the verifier accepts.
 _TRIVIAL_PROGRAM = bytes([0xB7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0])
-LOADED, REFUSED, REJECTED = "loaded", "refused", "rejected"
+LOADED, ATTACHED, REFUSED, REJECTED = "loaded", "attached", "refused", "rejected"
 
 
 @contextlib.contextmanager
@@ -114,7 +114,7 @@ class ProgramCheck:
 
     entry: str  # the C entry point
     kind: ProbeKind
-    status: str  # LOADED (the verifier accepted it), REFUSED (program type not allowed here), REJECTED (verifier)
+    status: str  # LOADED (verifier accepted), ATTACHED (and a trial attach worked), REFUSED (type not allowed), REJECTED
     reason: str  # the kernel's answer ("" when loaded)
     sources: tuple[ProbeSource, ...]  # the probes that run this entry point
     load_name: str = ""  # the name it was loaded under (kfunc: kfunc__<function>, which selects the BTF id)
@@ -145,22 +145,35 @@ class VerifyReport:
         return [check for check in self.checks if check.status == REJECTED]
 
 
-def compile_check(header_dir: str, text: str, cflags: Iterable[str] = ()) -> bool:
-    """True when BCC compiles `text` against the header tree (nothing is loaded into the kernel)."""
-    bcc = _import_bcc()
+@contextlib.contextmanager
+def _kernel_source(path: str) -> Iterator[None]:
+    """BCC_KERNEL_SOURCE=path while BCC compiles (it reads it then), restored afterwards so child processes and
+    later header choices do not inherit it."""
     previous = os.environ.get("BCC_KERNEL_SOURCE")
-    os.environ["BCC_KERNEL_SOURCE"] = header_dir
+    os.environ["BCC_KERNEL_SOURCE"] = path
     try:
-        module = bcc.BPF(text=text, cflags=[*BASE_CFLAGS, *cflags])
-        module.cleanup()
-        return True
-    except Exception:  # BCC raises bare Exception on compile errors
-        return False
+        yield
     finally:
         if previous is None:
             os.environ.pop("BCC_KERNEL_SOURCE", None)
         else:
             os.environ["BCC_KERNEL_SOURCE"] = previous
+
+
+def compile_check(header_dir: str, text: str, cflags: Iterable[str] = ()) -> bool:
+    """True when BCC compiles `text` against the header tree (nothing is loaded into the kernel). The compiler's
+    complaints are logged at debug level, not printed."""
+    bcc = _import_bcc()
+    with _kernel_source(header_dir), _captured_stderr() as output:
+        try:
+            module = bcc.BPF(text=text.encode(), cflags=[*BASE_CFLAGS, *cflags])
+            module.cleanup()
+            ok = True
+        except Exception:  # BCC raises bare Exception on compile errors
+            ok = False
+    if not ok:
+        log.debug("compile check against %s failed: %s", header_dir, _first_error(output))
+    return ok
 
 
 def _bcc_lib():  # type: ignore[no-untyped-def]
@@ -235,10 +248,9 @@ class Collector:
             def _trace_autoload(self) -> None:  # we load and attach explicitly (and can tell why it failed)
                 return None
 
-        os.environ["BCC_KERNEL_SOURCE"] = self.headers.path
-        with _captured_stderr() as output:
+        with _kernel_source(self.headers.path), _captured_stderr() as output:
             try:
-                self._bpf = _Module(text=self.program.text, cflags=[*BASE_CFLAGS, *self.headers.cflags])
+                self._bpf = _Module(text=self.program.text.encode(), cflags=[*BASE_CFLAGS, *self.headers.cflags])
                 failed = False
             except Exception:  # BCC: bare Exception("Failed to compile BPF module <text>")
                 failed = True
@@ -277,9 +289,10 @@ class Collector:
         if function is not None:
             os.close(function.fd)
 
-    def verify(self) -> VerifyReport:
+    def verify(self, try_tracepoints: bool = False) -> VerifyReport:
         """Compile, then load every entry point through the kernel verifier without attaching it, and unload.
-        A kfunc entry point is loaded as its first function's fentry program. Raises KernelError only when the
+        A kfunc entry point is loaded as its first function's fentry program. With `try_tracepoints`, each raw
+        tracepoint is also attached and detached at once (status ATTACHED). Raises KernelError only when the
         program does not compile; the kernel's verdicts are in the report."""
         self.compile()
         report = VerifyReport()
@@ -298,9 +311,21 @@ class Collector:
                     refused[kind] = failure.describe()
                 report.checks.append(ProgramCheck(entry, kind, status, failure.describe(), sources, name))
             else:
-                report.checks.append(ProgramCheck(entry, kind, LOADED, "", sources, name))
+                status, reason = LOADED, ""
+                if try_tracepoints and kind is ProbeKind.TRACEPOINT:
+                    status, reason = self._try_attach(entry, sources[0].target)
+                report.checks.append(ProgramCheck(entry, kind, status, reason, sources, name))
                 self._forget(name)
         return report
+
+    def _try_attach(self, entry: str, tracepoint: str) -> tuple[str, str]:
+        bpf = self._bpf
+        try:
+            bpf.attach_raw_tracepoint(tp=tracepoint, fn_name=entry)
+        except Exception as err:  # BCC: bare Exception
+            return LOADED, f"attach failed: {str(err).strip().splitlines()[0] if str(err).strip() else err!r}"
+        bpf.detach_raw_tracepoint(tp=tracepoint)
+        return ATTACHED, ""
 
     def attach(self) -> AttachReport:
         """Load and attach every probe; failures are collected, not raised, unless none attached."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from .events import Event
 from .paths import OUTCOME_DROPPED, SkbPath

@@ -10,7 +10,8 @@ from functools import cached_property
 from typing import Collection, Sequence
 
 from . import manifest as manifests
-from .collector import AttachReport, Collector, VerifyReport, compile_check, kfunc_refusal
+from .collector import (ATTACHED, LOADED, REFUSED, AttachReport, Collector, VerifyReport, compile_check,
+                        kfunc_refusal)
 from .errors import AttachError, KernelError, UsageError
 from .events import decode_many
 from .flows import FlowSpec, check_flows
@@ -143,7 +144,8 @@ def _tracepoint_sources(
     return sources
 
 
-def _function_specs(view: KernelView, manifest_path: str | None) -> tuple[list[manifests.FunctionSpec], list[str]]:
+def function_specs(view: KernelView, manifest_path: str | None) -> tuple[list[manifests.FunctionSpec], list[str]]:
+    """The functions a manifest (reconciled with this kernel) or BTF discovery names, and those skipped."""
     if manifest_path is None:
         return manifests.discover(view.btf, view.symbols), []
     plan = manifests.reconcile(manifests.load_manifest(manifest_path), view.btf, view.symbols)
@@ -164,7 +166,7 @@ def plan_probes(view: KernelView, backend: str, manifest_path: str | None) -> Pr
             raise KernelError("no skb tracepoint is available (is tracefs mounted at /sys/kernel/tracing?)")
         return ProbePlan("tracepoint", sources)
     kind = ProbeKind(backend)
-    functions, missing = _function_specs(view, manifest_path)
+    functions, missing = function_specs(view, manifest_path)
     sources = []
     for spec in functions:
         if spec.name in ("kfree_skb_reason", "sk_skb_reason_drop", "consume_skb", "__kfree_skb"):
@@ -212,6 +214,27 @@ def choose_backend(requested: str, view: KernelView | None = None) -> tuple[str,
     return ("tracepoint" if requested == "auto" else requested), reasons
 
 
+ATTACHABLE, VERIFIED, UNTESTED = "attachable", "verified", "untested"
+
+
+@dataclass
+class Survey:
+    """What each backend can do with each planned probe on this kernel (what `ipftrace -l` prints).
+
+    States: "attachable" (loaded through the verifier, and this kernel has the attach interface; tracepoints:
+    a trial attach worked), "verified" (loaded through the verifier, but this kernel cannot attach it),
+    "refused" (compiled; the kernel refuses the program type), "rejected" (the verifier rejected it),
+    "untested" (not checked)."""
+
+    chosen: str  # the backend the request resolves to
+    reasons: dict[str, str]  # backends passed over, and why
+    functions: list[ProbeSource]  # kernel-function probes, in plan order (as kprobes)
+    tracepoints: list[ProbeSource]
+    missing: list[str]  # manifest functions this kernel lacks
+    states: dict[str, dict[str, str]]  # backend -> probe name -> state
+    notes: dict[str, str]  # backend -> one line on what was checked and what the kernel said
+
+
 class Tracer:
     """Loads probes for a TraceRequest and yields finished SkbPaths."""
 
@@ -255,6 +278,63 @@ class Tracer:
         plan = plan_probes(self.view, backend, self.request.manifest)
         with Collector(self.program_for(plan), headers or self.headers()) as collector:
             return plan, collector.verify()
+
+    def survey(self, headers: HeaderTree | None = None) -> Survey:
+        """Compile one program holding every planned function probe (as kprobe and as kfunc) and the skb
+        tracepoints, load each entry point through the verifier, trial-attach the tracepoints, and tell per probe
+        and backend what this kernel allows. Raises KernelError if it does not compile."""
+        chosen, reasons = choose_backend(self.request.backend, self.view)
+        manifest = self.request.manifest
+        function_plan = plan_probes(self.view, "kprobe", manifest)
+        functions = [source for source in function_plan.sources if source.is_function]
+        tracepoints = plan_probes(self.view, "tracepoint", manifest).sources
+        shared_kfunc = self.view.func_ip_mode == "helper"  # else kfunc is one entry point per function: too slow
+        sources: list[ProbeSource] = []
+
+        def add(source: ProbeSource, kind: ProbeKind | None = None) -> None:
+            probe = replace(source.probe, id=len(sources), kind=kind or source.probe.kind)
+            sources.append(replace(source, probe=probe))
+
+        for source in functions:
+            add(source)
+        if shared_kfunc:
+            for source in functions:
+                add(source, ProbeKind.KFUNC)
+        for source in tracepoints:
+            add(source)
+        options = replace(self.request.options, func_ip=self.view.func_ip_mode)
+        program = render(sources, self.request.flows, options, self.request.modules)
+        with Collector(program, headers or self.headers()) as collector:
+            report = collector.verify(try_tracepoints=True)
+        kprobes_missing = kprobes_unavailable()
+        refusal = function_backend_unavailable("kfunc", self.view)
+        states: dict[str, dict[str, str]] = {"kprobe": {}, "kfunc": {}, "tracepoint": {}}
+        for source in program.sources:
+            check = report.for_source(source)
+            status = check.status if check is not None else ""
+            kind = source.probe.kind
+            if kind is ProbeKind.TRACEPOINT:
+                state = {ATTACHED: ATTACHABLE, LOADED: VERIFIED}.get(status, status or UNTESTED)
+            elif kind is ProbeKind.KPROBE:
+                state = {LOADED: VERIFIED if kprobes_missing else ATTACHABLE}.get(status, status or UNTESTED)
+            else:
+                state = {LOADED: ATTACHABLE}.get(status, status or UNTESTED)
+            states[kind.value][source.probe.name] = state
+        if not shared_kfunc:
+            for source in functions:
+                states["kfunc"][source.probe.name] = REFUSED if refusal else UNTESTED
+        notes = {
+            "kfunc": (f"{'compiled' if shared_kfunc else 'not compiled (no bpf_get_func_ip)'}; "
+                      + (f"not attachable: {refusal}" if refusal else "the kernel loads kfunc programs")),
+            "kprobe": ("programs loaded through the verifier; "
+                       + (f"not attachable: {kprobes_missing}" if kprobes_missing else "kprobes are available")),
+            "tracepoint": (f"{sum(1 for state in states['tracepoint'].values() if state == ATTACHABLE)} of "
+                           f"{len(tracepoints)} raw tracepoints attached in a trial"),
+        }
+        rejected = report.rejected
+        if rejected:
+            notes["rejected"] = f"{rejected[0].entry}: {rejected[0].reason}"
+        return Survey(chosen, reasons, functions, list(tracepoints), function_plan.missing, states, notes)
 
     def start(self) -> AttachReport:
         """Compile and attach; with `auto`, fall back kfunc -> kprobe -> tracepoint (a function backend the kernel

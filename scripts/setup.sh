@@ -9,6 +9,7 @@ venv=${IPFTRACE_VENV:-$project/.venv}
 extras=${IPFTRACE_EXTRAS-test}
 
 packages=(python3-bpfcc libbpfcc bpftool iproute2 iputils-ping python3-venv python3-pip)
+case ",$extras," in *,test,*) packages+=(prometheus) ;; esac  # the end-to-end scrape test runs a real Prometheus
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -37,7 +38,11 @@ stamp="$venv/.ipftrace-installed"
 want="$(sha256sum "$project/pyproject.toml" | cut -d' ' -f1) $extras"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing the package into $venv" >&2
-  "$venv/bin/pip" install -q --disable-pip-version-check -e "$spec" 2>&1 | grep -v "^WARNING: Location" >&2 || true
-  "$venv/bin/python" -c 'import ipftrace_exporter' || { echo "setup: package install failed" >&2; exit 1; }
+  if ! "$venv/bin/pip" install -q --disable-pip-version-check -e "$spec" > "$venv/pip.log" 2>&1; then
+    grep -v "^WARNING: Location" "$venv/pip.log" >&2
+    echo "setup: pip install failed (log: $venv/pip.log)" >&2
+    exit 1
+  fi
+  "$venv/bin/python" -P -c 'import ipftrace_exporter' || { echo "setup: package install failed" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi

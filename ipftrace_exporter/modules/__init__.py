@@ -4,7 +4,16 @@ and tcp. A module is found by built-in name, by the entry-point group `ipftrace_
 
 from __future__ import annotations
 
-from .base import Fields, FieldValue, Module, ModuleContext, ModuleError, parse_options, parse_uint, parse_value_mask
+from .base import (
+    Fields,
+    FieldValue,
+    Module,
+    ModuleContext,
+    ModuleError,
+    parse_options,
+    parse_uint,
+    parse_value_mask,
+)
 from .check import check_modules
 from .loader import (
     BUILTINS,

@@ -18,7 +18,15 @@ from collections.abc import Callable, Mapping
 from typing import ClassVar
 
 from ..errors import KernelError, UsageError
-from ..kernel.btf import DEFAULT_PATH, FALLBACK_GSO_TYPES, KIND_PTR, KIND_STRUCT, KIND_TYPEDEF, KIND_UNION, Btf
+from ..kernel.btf import (
+    DEFAULT_PATH,
+    FALLBACK_GSO_TYPES,
+    KIND_PTR,
+    KIND_STRUCT,
+    KIND_TYPEDEF,
+    KIND_UNION,
+    Btf,
+)
 
 FieldValue = str | int | float | bool
 Fields = dict[str, FieldValue]
@@ -108,11 +116,8 @@ class ModuleContext:
 
 
 class Module:
-    """Base of every module: override `name`, `data_size`, the C snippets, `decode` and (optionally) `text`.
-
-    `__init__(arg, context)` parses the option text after `NAME=` (None when absent) and raises ModuleError (or
-    ValueError, which the loader turns into one) when it is bad.
-    """
+    """Base of every module: set `name` and `data_size`; override `configure` (options), the C snippets, `decode`
+    and (optionally) `text`. The loader builds it as `Module(arg, context)`."""
 
     name: ClassVar[str] = ""
     data_size: ClassVar[int] = 0  # bytes of custom data this module fills (0..64)
@@ -120,9 +125,14 @@ class Module:
     description: ClassVar[str] = ""
 
     def __init__(self, arg: str | None, context: ModuleContext) -> None:
+        self.context = context
+        self.configure(arg)
+
+    def configure(self, arg: str | None) -> None:
+        """Take the option text after `NAME=` (None when absent); raise ValueError (or ModuleError) when it is bad.
+        The default takes no option. `self.context` is set."""
         if arg is not None:
             raise ModuleError(f"module {self.name!r}: takes no option (got {arg!r})")
-        self.context = context
 
     def c_declarations(self) -> str:
         """C types and helpers placed before the hooks (names prefixed `ipft_<name>_`)."""

@@ -45,15 +45,14 @@ def check_program(codes: Sequence[ModuleCode]) -> str:
 
 def _compile_error(text: str, headers: HeaderTree) -> str | None:
     """The compiler's first error line for `text`, or None when it compiles."""
-    from ..collector import Collector  # noqa: PLC0415 - BCC only when a check is asked for
+    from ..collector import Collector
 
     collector = Collector(Program(text), headers)
     try:
         collector.compile()
     except KernelError as err:
         message = str(err)
-        if message.startswith(_COMPILER_PREFIX):
-            message = message[len(_COMPILER_PREFIX):]
+        message = message.removeprefix(_COMPILER_PREFIX)
         return message
     finally:
         collector.close()

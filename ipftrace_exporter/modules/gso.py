@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import struct
 
-from .base import Fields, Module, ModuleContext, flag_names
+from .base import Fields, Module, flag_names
 
 _LAYOUT = struct.Struct("<IHHI")  # struct ipft_gso_data below
 
@@ -17,11 +17,11 @@ class GsoModule(Module):
     data_size = _LAYOUT.size
     description = "skb->len and GSO size, segments and type"
 
-    def __init__(self, arg: str | None, context: ModuleContext) -> None:
-        super().__init__(arg, context)
+    def configure(self, arg: str | None) -> None:
+        super().configure(arg)
         # skb_shared_info sits at skb->end: an offset from skb->head on 64-bit kernels
         # (NET_SKBUFF_DATA_USES_OFFSET), a pointer elsewhere. BTF tells which; without BTF, assume 64-bit.
-        self.end_is_pointer = bool(context.typedef_is_pointer("sk_buff_data_t"))
+        self.end_is_pointer = bool(self.context.typedef_is_pointer("sk_buff_data_t"))
         self._names: dict[int, str] | None = None
 
     @property

@@ -14,8 +14,17 @@ from typing import Protocol
 
 from ..events import Event
 from ..program import ModuleCode
-from .base import C_HELPERS, DATA_SIZE, MODULE_NAME, FieldValue, Fields, Module, ModuleContext, ModuleError
-from .base import check_module_class
+from .base import (
+    C_HELPERS,
+    DATA_SIZE,
+    MODULE_NAME,
+    Fields,
+    FieldValue,
+    Module,
+    ModuleContext,
+    ModuleError,
+    check_module_class,
+)
 
 ENTRY_POINT_GROUP = "ipftrace_exporter.modules"
 BUILTINS: dict[str, str] = {
@@ -67,7 +76,7 @@ def _from_entry_point(name: str) -> type[Module] | None:
         return None
     try:
         loaded = found[0].load()
-    except Exception as err:  # any import-time failure of third-party code
+    except Exception as err:  # noqa: BLE001 - any import-time failure of third-party code
         raise ModuleError(f"module {name!r}: entry point {found[0].value!r} does not load: "
                           f"{type(err).__name__}: {err}") from None
     return check_module_class(loaded, name)
@@ -88,7 +97,7 @@ def _from_file(path_text: str) -> type[Module]:
     sys.modules[module_name] = loaded
     try:
         spec.loader.exec_module(loaded)
-    except Exception as err:  # any failure of the user's file
+    except Exception as err:  # noqa: BLE001 - any failure of the user's file
         sys.modules.pop(module_name, None)
         raise ModuleError(f"module {path_text!r}: {type(err).__name__}: {err}") from None
     chosen = getattr(loaded, "MODULE", None)
@@ -113,8 +122,7 @@ def find_module(name: str) -> type[Module]:
         return _import_builtin(BUILTINS[name])
     cls = _from_entry_point(name)
     if cls is None:
-        plugins = entry_point_names()
-        known = ", ".join(sorted(BUILTINS) + [p for p in plugins if p not in BUILTINS])
+        known = ", ".join(sorted(set(BUILTINS) | set(entry_point_names())))
         raise ModuleError(f"module {name!r}: unknown module (known: {known}; or give a path to a .py file)")
     return cls
 
@@ -168,7 +176,7 @@ def render_module(module: Module, offset: int) -> ModuleCode:
 class LoadedModule:
     """A module ready for use: the instance, its byte range in the custom data, its C code and decoders."""
 
-    __slots__ = ("module", "offset", "spec", "code", "_stop")
+    __slots__ = ("_stop", "code", "module", "offset", "spec")
 
     def __init__(self, module: Module, offset: int, spec: str = "") -> None:
         self.module = module
@@ -191,11 +199,23 @@ class LoadedModule:
         """An event's 64 bytes of custom data -> this module's fields."""
         if not self.size:
             return {}
-        return self.module.decode(bytes(data[self.offset:self._stop]))
+        try:
+            return self.module.decode(bytes(data[self.offset:self._stop]))
+        except Exception as err:  # noqa: BLE001 - a third-party decoder must not stop the output
+            return {"decode_error": f"{type(err).__name__}: {err}"}
 
     def describe(self, data: bytes) -> str:
-        """An event's 64 bytes of custom data -> this module's `Custom Data` text."""
-        return self.module.text(self.fields(data))
+        """An event's 64 bytes of custom data -> this module's `Custom Data` text ('' when it has no fields)."""
+        return self.text(self.fields(data))
+
+    def text(self, fields: Fields) -> str:
+        """Decoded fields -> text ('' for none; the default form when the module's own `text` fails)."""
+        if not fields:
+            return ""
+        try:
+            return self.module.text(fields)
+        except Exception:  # noqa: BLE001 - a third-party formatter must not stop the output
+            return Module.text(self.module, fields)
 
     def __repr__(self) -> str:
         return f"LoadedModule({self.spec!r}, offset={self.offset}, size={self.size})"
@@ -219,7 +239,7 @@ def load_modules(specs: Iterable[str | SpecLike], context: ModuleContext | None 
             raise
         except ValueError as err:
             raise ModuleError(f"module {cls.name!r}: bad option {arg!r}: {err}") from None
-        except Exception as err:  # third-party constructors
+        except Exception as err:  # noqa: BLE001 - third-party constructors
             raise ModuleError(f"module {cls.name!r}: {type(err).__name__}: {err}") from None
         instances.append((instance, text))
     offsets = allocate([instance for instance, _ in instances])
@@ -260,7 +280,7 @@ class ModuleData:
             if len(self._texts) >= _CACHE_LIMIT:
                 self._texts.clear()
             decoded = self.fields(event)
-            pieces = [module.module.text(decoded.get(module.name, {})) for module in self.modules]
+            pieces = [module.text(decoded[module.name]) for module in self.modules if module.name in decoded]
             text = self._texts[key] = " ".join(piece for piece in pieces if piece)
         return text
 

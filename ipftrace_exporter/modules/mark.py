@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from .base import Fields, Module, ModuleContext, ModuleError, parse_value_mask
+from .base import Fields, Module, ModuleError, parse_value_mask
 
 _LAYOUT = struct.Struct("<I")
 
@@ -16,9 +16,9 @@ class MarkModule(Module):
     data_size = _LAYOUT.size
     description = "skb->mark; mark=VALUE[/MASK] matches on it"
 
-    def __init__(self, arg: str | None, context: ModuleContext) -> None:
-        self.context = context
-        self.match: tuple[int, int] | None = None
+    match: tuple[int, int] | None = None  # (value, mask) from the option
+
+    def configure(self, arg: str | None) -> None:
         if arg is not None:
             if not arg.strip():
                 raise ModuleError("module 'mark': empty option (use mark=VALUE or mark=VALUE/MASK)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from .base import Fields, Module, ModuleContext
+from .base import Fields, Module
 
 IFNAMSIZ = 16
 _LAYOUT = struct.Struct(f"<II{IFNAMSIZ}s")  # struct ipft_netdev_data below
@@ -17,10 +17,10 @@ class NetdevModule(Module):
     data_size = _LAYOUT.size
     description = "device ifindex, name and netns inode"
 
-    def __init__(self, arg: str | None, context: ModuleContext) -> None:
-        super().__init__(arg, context)
+    def configure(self, arg: str | None) -> None:
+        super().configure(arg)
         # possible_net_t is empty without CONFIG_NET_NS; then there is no netns to show.
-        members = context.typedef_struct_members("possible_net_t")
+        members = self.context.typedef_struct_members("possible_net_t")
         self.has_netns = members is None or members > 0
 
     def c_declarations(self) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 
-from .base import Fields, Module, ModuleContext, flag_names
+from .base import Fields, Module, flag_names
 
 # data[0] = 1 when a TCP header was found; data[4..16] = bytes 4..15 of the TCP header as on the wire.
 _LAYOUT = struct.Struct(">B3xIIBBH")
@@ -66,9 +66,6 @@ class TcpModule(Module):
     name = "tcp"
     data_size = _LAYOUT.size
     description = "TCP flags, seq, ack and window"
-
-    def __init__(self, arg: str | None, context: ModuleContext) -> None:
-        super().__init__(arg, context)
 
     def c_declarations(self) -> str:
         return C_FIND_TCP_HEADER

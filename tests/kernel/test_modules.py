@@ -13,7 +13,7 @@ from pathlib import Path
 from ipftrace_exporter.flows import FlowSpec, parse_network
 from ipftrace_exporter.modules import event_attributes, load_modules
 from ipftrace_exporter.spans import SpanEncoder, WallClock
-from ipftrace_exporter.tracer import TraceRequest, Tracer
+from ipftrace_exporter.tracer import Tracer, TraceRequest
 
 from .netns import NetPair
 
@@ -200,3 +200,27 @@ def test_module_data_reaches_span_attributes(netpair: NetPair, cache_dir: str) -
     assert netpair.veth_b in values["ipftrace.netdev.name"]
     netns_a = Path(f"/run/netns/{netpair.ns_a}").stat().st_ino
     assert netns_a in values["ipftrace.netdev.netns"]
+
+
+BROKEN_MODULE = """
+from ipftrace_exporter.modules import Module
+
+class Broken(Module):
+    name = "broken"
+    data_size = 4
+
+    def c_data(self):
+        return "u32 value = no_such_field_anywhere;\\n__builtin_memcpy(data, &value, 4);"
+"""
+
+
+def test_a_module_whose_c_does_not_compile_is_named_in_one_error(start_tool, tmp_path: Path) -> None:
+    path = tmp_path / "broken.py"
+    path.write_text(BROKEN_MODULE)
+    tool = start_tool("ipftrace", *TRACEPOINT, "-m", "gso", "-m", str(path), "--timeout", "5", wait=False)
+    code, _out, err = tool.finish(timeout=120)
+    assert code == 2, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("ipftrace: error: module 'broken': its C code does not compile: ")
+    assert "no_such_field_anywhere" in last
+    assert not tool.ready_file.exists()

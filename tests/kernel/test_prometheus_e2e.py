@@ -1,6 +1,10 @@
 """End to end: a real Prometheus (Debian's `prometheus`) scrapes the running exporter with
 deploy/examples/prometheus.yml, and every query of the Grafana dashboard returns data through its HTTP API.
 
+The exporter runs as deployed: with only the capabilities deploy/kubernetes/daemonset.yaml adds (setpriv
+empties the bounding set but for them, the equivalent of `drop: [ALL]` + `add`) and no_new_privs
+(`allowPrivilegeEscalation: false`), so this also proves that capability set is enough.
+
 The exporter runs its embedded default config (no --config) and binds to loopback; the only traffic is sent to
 127.0.0.1: pings, an ICMP echo with a bad checksum and an unsolicited echo reply (dropped by the kernel as
 ICMP_CSUM and NO_SOCKET), and a UDP datagram to a closed port (NO_SOCKET), each sent only where a default flow
@@ -33,6 +37,7 @@ from tests.unit.test_deploy import (
     PROMETHEUS_CONFIG,
     dashboard_queries,
     dashboard_variables,
+    exporter_container,
     load_dashboard,
     parse_label_values,
     promql_metric_names,
@@ -124,6 +129,16 @@ def prom_api(base: str, path: str, params: Iterable[tuple[str, str]] = ()) -> An
     body = json.loads(http_get(f"{base}{path}", params))
     assert body["status"] == "success", body
     return body["data"]
+
+
+def as_deployed(argv: list[str]) -> list[str]:
+    """argv run under setpriv with the DaemonSet's capabilities only, and no_new_privs."""
+    context = exporter_container()["securityContext"]
+    assert context["capabilities"]["drop"] == ["ALL"] and context["allowPrivilegeEscalation"] is False
+    caps = ",".join(f"+{cap.lower()}" for cap in context["capabilities"]["add"])
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "setpriv (util-linux) is missing"
+    return [setpriv, f"--bounding-set=-all,{caps}", "--inh-caps=-all", "--no-new-privs", "--", *argv]
 
 
 # ---- traffic to 127.0.0.1 only -----------------------------------------------------------------------------
@@ -259,8 +274,8 @@ def test_prometheus_scrapes_the_exporter_and_every_dashboard_query_returns_data(
     exporter_log, prometheus_log = tmp_path / "exporter.log", tmp_path / "prometheus.log"
     started: list[subprocess.Popen[bytes]] = []
     try:
-        exporter = start([str(EXPORTER), "--metrics-address", exporter_address,
-                          "--ready-file", str(ready_file), "--log-level", "info"], exporter_log,
+        exporter = start(as_deployed([str(EXPORTER), "--metrics-address", exporter_address,
+                                      "--ready-file", str(ready_file), "--log-level", "info"]), exporter_log,
                          env={"IPFTRACE_CACHE_DIR": cache_dir, "PYTHONUNBUFFERED": "1"})
         started.append(exporter)
 
