@@ -171,9 +171,12 @@ def list_probes(request: TraceRequest, output: str) -> int:
                    nl=False)
         return EXIT_OK
     tracer = Tracer(request, view)
-    survey = tracer.survey()
+    survey = tracer.survey(with_functions=request.backend != "tracepoint")
     passed = "; ".join(f"{name} refused: {why}" for name, why in survey.reasons.items())
-    click.echo(f"# backend {request.backend} -> {survey.chosen}{' (' + passed + ')' if passed else ''}")
+    if request.backend in survey.reasons:
+        click.echo(f"# backend {request.backend} cannot attach here: {survey.reasons[request.backend]}")
+    else:
+        click.echo(f"# backend {request.backend} -> {survey.chosen}{' (' + passed + ')' if passed else ''}")
     for backend, note in survey.notes.items():
         click.echo(f"# {backend}: {note}")
     width = max([40, *(len(s.probe.name) for s in survey.functions + survey.tracepoints)])

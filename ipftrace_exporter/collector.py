@@ -13,13 +13,14 @@ import logging
 import os
 import tempfile
 import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Self
 
 from .errors import AttachError, KernelError
 from .kernel.headers import HeaderTree
 from .probes import ProbeKind
-from .program import ROLE_CODES, Program, ProbeSource
+from .program import ROLE_CODES, ProbeSource, Program
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def _first_error(lines: list[str]) -> str:
 
 def _import_bcc():  # type: ignore[no-untyped-def]
     try:
-        import bcc  # noqa: PLC0415 - the one place BCC is imported
+        import bcc
     except ImportError as err:
         raise KernelError(f"BCC's Python module is not importable ({err}): run scripts/setup.sh") from None
     return bcc
@@ -169,7 +170,7 @@ def compile_check(header_dir: str, text: str, cflags: Iterable[str] = ()) -> boo
             module = bcc.BPF(text=text.encode(), cflags=[*BASE_CFLAGS, *cflags])
             module.cleanup()
             ok = True
-        except Exception:  # BCC raises bare Exception on compile errors
+        except Exception:  # noqa: BLE001 - BCC raises bare Exception on compile errors
             ok = False
     if not ok:
         log.debug("compile check against %s failed: %s", header_dir, _first_error(output))
@@ -252,7 +253,7 @@ class Collector:
             try:
                 self._bpf = _Module(text=self.program.text.encode(), cflags=[*BASE_CFLAGS, *self.headers.cflags])
                 failed = False
-            except Exception:  # BCC: bare Exception("Failed to compile BPF module <text>")
+            except Exception:  # noqa: BLE001 - BCC: bare Exception("Failed to compile BPF module <text>")
                 failed = True
         if failed:
             log.debug("compiler output:\n%s", "\n".join(output))
@@ -322,7 +323,7 @@ class Collector:
         bpf = self._bpf
         try:
             bpf.attach_raw_tracepoint(tp=tracepoint, fn_name=entry)
-        except Exception as err:  # BCC: bare Exception
+        except Exception as err:  # noqa: BLE001 - BCC: bare Exception
             return LOADED, f"attach failed: {str(err).strip().splitlines()[0] if str(err).strip() else err!r}"
         bpf.detach_raw_tracepoint(tp=tracepoint)
         return ATTACHED, ""
@@ -353,7 +354,7 @@ class Collector:
                     refused[kind] = reason
                 report.failed.append((source, reason))
                 log.debug("probe %s was not loaded: %s", source.probe.name, reason)
-            except Exception as err:  # BCC raises bare Exception with the kernel's message
+            except Exception as err:  # noqa: BLE001 - BCC raises bare Exception with the kernel's message
                 reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 report.failed.append((source, reason))
                 log.debug("probe %s did not attach: %s", source.probe.name, reason)
@@ -381,7 +382,7 @@ class Collector:
                 try:
                     table[table.Key(address)] = table.Leaf(source.probe.id, ROLE_CODES[source.probe.role])
                     written += 1
-                except Exception as err:  # map full: BCC raises bare Exception
+                except Exception as err:  # noqa: BLE001 - map full: BCC raises bare Exception
                     log.debug("function %s at 0x%x: %s", source.target, address, err)
             if not written:
                 unmapped[source.target] = ("no kallsyms address (symbol missing or addresses hidden)"
@@ -417,7 +418,7 @@ class Collector:
                 self.closed = True
                 self._bpf = None
 
-    def __enter__(self) -> "Collector":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -446,7 +447,7 @@ class Collector:
             records, self._records = self._records, []
         return records
 
-    def counters(self) -> "BpfCounters":
+    def counters(self) -> BpfCounters:
         """A reader of the kernel's counter maps (for metrics at scrape time)."""
         if self._bpf is None:
             raise KernelError("the collector is not loaded")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import socket
 import struct
 from typing import Iterable, Iterator, NamedTuple
 
@@ -45,6 +47,11 @@ class Event(NamedTuple):
         return bool(self.flags & FLAG_TUPLE)
 
 
+# Event from an unpacked record, all in C (Event._make adds a Python-level call and a length check per event; the
+# struct always yields exactly the 17 fields).
+_MAKE_EVENT = functools.partial(tuple.__new__, Event)
+
+
 def decode(record: bytes) -> Event:
     """One record's bytes -> Event. Raises ValueError on a record of the wrong size."""
     if len(record) != RECORD_SIZE:
@@ -56,8 +63,7 @@ def decode_many(buffer: bytes) -> Iterator[Event]:
     """Back-to-back records -> Events (the buffer length must be a multiple of RECORD_SIZE)."""
     if len(buffer) % RECORD_SIZE:
         raise ValueError(f"buffer of {len(buffer)} bytes is not a whole number of {RECORD_SIZE}-byte records")
-    make = Event._make
-    return (make(fields) for fields in RECORD.iter_unpack(buffer))
+    return map(_MAKE_EVENT, RECORD.iter_unpack(buffer))
 
 
 def encode(event: Event) -> bytes:
@@ -73,7 +79,7 @@ def encode_many(events: Iterable[Event]) -> bytes:
 def format_address(ipversion: int, raw: bytes) -> str:
     """Text form of a recorded address ('' when the version is unknown)."""
     if ipversion == 4:
-        return str(ipaddress.IPv4Address(raw[:4]))
+        return socket.inet_ntoa(raw[:4])
     if ipversion == 6:
         return str(ipaddress.IPv6Address(raw[:16]))
     return ""

@@ -53,6 +53,8 @@ class PathFormatter:
             lines.append(f"DROPPED at {path.drop.function}: {path.drop.reason} ({path.drop.probe})")
         elif path.outcome != "consumed":
             lines.append(f"({path.outcome})")
+        if path.continued:
+            lines.append("(continues an earlier path of this packet that timed out)")
         return "\n".join(lines) + "\n"
 
     def json(self, path: SkbPath) -> str:
@@ -76,6 +78,7 @@ class PathFormatter:
             "flow": self.flow_name(path),
             "skb": hex(path.skb),
             "outcome": path.outcome,
+            "continued": path.continued,
             "protocol": described.protocol,
             "ipversion": described.ipversion,
             "saddr": described.saddr,

@@ -70,6 +70,10 @@ class SkbPath:
     drop: Drop | None = None
     end_ts: int = 0  # timestamp of the ending event (free/egress), 0 while open or when it never ended
     gap: bool = False  # the kernel lost some of this skb's events (ring buffer full): the path is incomplete
+    # A path that went idle while the kernel kept tracking its skb (e.g. data waiting in a socket queue) continues
+    # in a new path: that one inherits the headers of the first part and says so.
+    header: Event | None = None
+    continued: bool = False
 
     @property
     def start_ns(self) -> int:
@@ -85,7 +89,7 @@ class SkbPath:
         for event in self.events:
             if event.has_tuple:
                 return event
-        return None
+        return self.header
 
     def describe(self) -> "FlowTuple":
         """Addresses, ports and protocol of this path's packet."""
@@ -146,8 +150,10 @@ class PathAssembler:
         self.clock = clock
         self._open: OrderedDict[int, SkbPath] = OrderedDict()  # skb -> path, least recently touched first
         self._settling: dict[int, tuple[SkbPath, int]] = {}  # skb -> (ended path, release deadline)
+        self._timed_out: OrderedDict[int, Event] = OrderedDict()  # skb -> headers of a path that went idle
         self.evicted = 0
         self.unknown_probe_events = 0
+        self._roles = tuple(probe.role for probe in probes)  # by probe id
 
     @property
     def inflight(self) -> int:
@@ -156,64 +162,91 @@ class PathAssembler:
 
     def add(self, event: Event) -> list[SkbPath]:
         """Take one event; returns the paths this event forced out (evicted or truncated)."""
-        done: list[SkbPath] = []
-        self._add(event, done)
-        return done
+        return self.add_many((event,))
 
     def add_many(self, events: Iterable[Event]) -> list[SkbPath]:
-        """Take a batch of events; returns the paths they forced out."""
+        """Take a batch of events; returns the paths they forced out.
+
+        The per-event work is one loop with everything it touches in locals (this runs for every event the kernel
+        sends); ending a path, starting one and evicting are out of line."""
         done: list[SkbPath] = []
-        add = self._add
+        roles = self._roles
+        nprobes = len(roles)
+        open_paths = self._open
+        get_open = open_paths.get
+        touch = open_paths.move_to_end
+        settling = self._settling
+        get_settling = settling.get
+        max_events = self.limits.max_events
+        step = ProbeRole.STEP
         for event in events:
-            add(event, done)
+            probe_id = event.probe_id
+            if not 0 <= probe_id < nprobes:
+                self.unknown_probe_events += 1
+                continue
+            skb = event.skb
+            if settling:
+                ended = get_settling(skb)
+                if ended is not None and event.timestamp_ns <= ended[0].end_ts:
+                    ended[0].events.append(event)  # a straggler from another CPU
+                    continue
+            path = get_open(skb)
+            flags = event.flags
+            if path is None:
+                path = self._open_path(skb, event.flow_id, done)
+                if not flags & FLAG_TUPLE and self._timed_out:
+                    self._continue(path)
+            elif flags & FLAG_TUPLE and path.tuple_event is not None:
+                # The kernel saw a new packet at this address: the old one was freed where no probe saw it.
+                del open_paths[skb]
+                done.append(self._finish(path, OUTCOME_TIMEOUT))
+                path = self._open_path(skb, event.flow_id, done)
+            else:
+                touch(skb)
+            path_events = path.events
+            path_events.append(event)
+            if flags & FLAG_GAP:
+                path.gap = True
+            role = roles[probe_id]
+            if role is not step:
+                self._end(path, event, role, done)
+            elif len(path_events) >= max_events:
+                del open_paths[skb]
+                done.append(self._finish(path, OUTCOME_TRUNCATED))
         return done
 
-    def _add(self, event: Event, done: list[SkbPath]) -> None:
-        probe = self.probes.get(event.probe_id)
-        if probe is None:
-            self.unknown_probe_events += 1
-            return
-        skb = event.skb
-        settling = self._settling.get(skb)
-        if settling is not None and event.timestamp_ns <= settling[0].end_ts:
-            settling[0].events.append(event)  # a straggler from another CPU
-            return
-        path = self._open.get(skb)
-        if path is not None and event.flags & FLAG_TUPLE and path.tuple_event is not None:
-            # The kernel saw a new packet at this address: the old one was freed where no probe saw it.
-            del self._open[skb]
-            done.append(self._finish(path, OUTCOME_TIMEOUT))
-            path = None
-        if path is None:
-            if len(self._open) >= self.limits.max_inflight:
-                _, oldest = self._open.popitem(last=False)
-                self.evicted += 1
-                done.append(self._finish(oldest, OUTCOME_TRUNCATED))
-            path = SkbPath(skb, event.flow_id)
-            self._open[skb] = path
+    def _open_path(self, skb: int, flow_id: int, done: list[SkbPath]) -> SkbPath:
+        """A new open path for `skb`, evicting the least recently touched one when at the limit."""
+        if len(self._open) >= self.limits.max_inflight:
+            _, oldest = self._open.popitem(last=False)
+            self.evicted += 1
+            done.append(self._finish(oldest, OUTCOME_TRUNCATED))
+        path = self._open[skb] = SkbPath(skb, flow_id)
+        return path
+
+    def _continue(self, path: SkbPath) -> None:
+        """A path opened by an event without headers continues one that timed out at the same address."""
+        header = self._timed_out.pop(path.skb, None)
+        if header is not None and header.flow_id == path.flow_id:
+            path.header = header
+            path.continued = True
+
+    def _end(self, path: SkbPath, event: Event, role: ProbeRole, done: list[SkbPath]) -> None:
+        """The skb was freed or left: the path ends and settles (stragglers may still join it)."""
+        skb = path.skb
+        del self._open[skb]
+        path.end_ts = event.timestamp_ns
+        if role is ProbeRole.DROP:
+            path.outcome = OUTCOME_DROPPED
+            path.drop = self._drop(event, self.probes[event.probe_id].name)
         else:
-            self._open.move_to_end(skb)
-        path.events.append(event)
-        if event.flags & FLAG_GAP:
-            path.gap = True
-        role = probe.role
-        if role is not ProbeRole.STEP:
-            del self._open[skb]
-            path.end_ts = event.timestamp_ns
-            if role is ProbeRole.DROP:
-                path.outcome = OUTCOME_DROPPED
-                path.drop = self._drop(event, probe.name)
-            else:
-                path.outcome = OUTCOME_CONSUMED
-            if path.gap:
-                path.outcome = OUTCOME_TRUNCATED
-            previous = self._settling.pop(skb, None)
-            if previous is not None:
-                done.append(self._sorted(previous[0]))
-            self._settling[skb] = (path, self.clock() + self.limits.settle_ns)
-        elif len(path.events) >= self.limits.max_events:
-            del self._open[skb]
-            done.append(self._finish(path, OUTCOME_TRUNCATED))
+            path.outcome = OUTCOME_CONSUMED
+        if path.gap:
+            path.outcome = OUTCOME_TRUNCATED
+        previous = self._settling.pop(skb, None)
+        if previous is not None:
+            done.append(self._sorted(previous[0]))
+        self._settling[skb] = (path, self.clock() + self.limits.settle_ns)
 
     def _drop(self, event: Event, probe_name: str) -> Drop:
         if self.names is None:
@@ -244,6 +277,11 @@ class PathAssembler:
                 break
             del self._open[skb]
             done.append(self._finish(path, OUTCOME_TIMEOUT))
+            header = path.tuple_event
+            if header is not None:
+                self._timed_out[skb] = header
+                if len(self._timed_out) > self.limits.max_inflight:
+                    self._timed_out.popitem(last=False)
         return done
 
     def flush(self) -> list[SkbPath]:

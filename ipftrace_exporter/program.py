@@ -10,9 +10,9 @@ the instruction pointer instead and kfunc probes fall back to one entry point pe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
-from typing import Sequence
 
 from .flows import FlowSpec, filter_function
 from .probes import Probe, ProbeKind, ProbeRole

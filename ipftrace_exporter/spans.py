@@ -186,6 +186,10 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
+_VARINT_CACHE = 4096  # spans up to this size take their length prefix from a table
+_VARINTS = [_varint(n) for n in range(_VARINT_CACHE)]
+
+
 def _length_delimited(tag: bytes, body: bytes) -> bytes:
     return tag + _varint(len(body)) + body
 
@@ -194,12 +198,25 @@ _ATTRIBUTE = _prefix(Span(attributes=[KeyValue()]).SerializeToString(), 1)  # ta
 _KV_VALUE = _prefix(KeyValue(value=AnyValue()).SerializeToString(), 1)  # tag of KeyValue.value
 _ANY_STRING = _prefix(AnyValue(string_value="x").SerializeToString(), 2)  # tag of AnyValue.string_value
 _SKB_KEY = KeyValue(key="ipftrace.skb").SerializeToString()
+_SOURCE_ADDRESS_KEY = KeyValue(key="source.address").SerializeToString()
+_DESTINATION_ADDRESS_KEY = KeyValue(key="destination.address").SerializeToString()
+_SOURCE_PORT_KEY = KeyValue(key="source.port").SerializeToString()
+_DESTINATION_PORT_KEY = KeyValue(key="destination.port").SerializeToString()
+_ANY_INT = _prefix(AnyValue(int_value=1).SerializeToString(), 1)  # tag of AnyValue.int_value
+_NAME = _prefix(Span(name="x").SerializeToString(), 2)  # tag of Span.name
+_KIND_INTERNAL = Span(kind=Span.SPAN_KIND_INTERNAL).SerializeToString()
 
 
 def _string_attribute(key_field: bytes, value: str) -> bytes:
     """`_attribute_field(key, value)` for a str value, without building messages (`key_field`: KeyValue(key=...))."""
     raw = value.encode()
     any_value = _ANY_STRING + _varint(len(raw)) + raw
+    return _length_delimited(_ATTRIBUTE, key_field + _length_delimited(_KV_VALUE, any_value))
+
+
+def _port_attribute(key_field: bytes, port: int) -> bytes:
+    """`_attribute_field(key, port)` for a port (0-65535), without building messages."""
+    any_value = _ANY_INT + _varint(port)
     return _length_delimited(_ATTRIBUTE, key_field + _length_delimited(_KV_VALUE, any_value))
 
 
@@ -243,6 +260,8 @@ class SpanEncoder:
         self._head = _length_delimited(_RESOURCE, self.resource.SerializeToString())
         self._scope = ScopeSpans(scope=self.scope).SerializeToString()
         self._templates = [self._template(probe) for probe in probes]
+        self._template_lens = [len(template) for template in self._templates]
+        self._tails: dict[tuple[int, int, int], bytes] = {}
         self._unknown: dict[int, bytes] = {}
         self._cpu = _Cache("ipftrace.cpu")
         self._len = _Cache("ipftrace.len")
@@ -297,20 +316,20 @@ class SpanEncoder:
         piece = self._networks.get(key)
         if piece is None:
             flow = path.describe()
-            attributes: dict[str, object] = {
-                "network.transport": flow.protocol.lower(),
-                "network.type": f"ipv{flow.ipversion}",
-                "source.address": flow.saddr,
-                "destination.address": flow.daddr,
-            }
+            attribute = self._attribute
+            name = f"{flow.protocol} {flow.source} -> {flow.destination}".encode()
+            pieces = [
+                _NAME + _varint(len(name)) + name,
+                _KIND_INTERNAL,
+                attribute("network.transport", flow.protocol.lower()),
+                attribute("network.type", f"ipv{flow.ipversion}"),
+                _string_attribute(_SOURCE_ADDRESS_KEY, flow.saddr),
+                _string_attribute(_DESTINATION_ADDRESS_KEY, flow.daddr),
+            ]
             if flow.l4proto in PORT_PROTOCOLS:
-                attributes["source.port"] = flow.sport
-                attributes["destination.port"] = flow.dport
-            piece = Span(
-                name=f"{flow.protocol} {flow.source} -> {flow.destination}",
-                kind=Span.SPAN_KIND_INTERNAL,
-                attributes=_key_values(attributes),
-            ).SerializeToString()
+                pieces += [_port_attribute(_SOURCE_PORT_KEY, flow.sport),
+                           _port_attribute(_DESTINATION_PORT_KEY, flow.dport)]
+            piece = b"".join(pieces)
             if len(self._networks) >= _CACHE_LIMIT:
                 self._networks.clear()
             self._networks[key] = piece
@@ -340,7 +359,17 @@ class SpanEncoder:
         scope_spans = _length_delimited(_SCOPE_SPANS, b"".join(spans))
         return _length_delimited(_RESOURCE_SPANS, self._head + scope_spans)
 
+    def _event_tail(self, key: tuple[int, int, int]) -> bytes:
+        """The `ipftrace.cpu`, `ipftrace.len` and `ipftrace.ifindex` attributes of an event, cached by their values."""
+        tails = self._tails
+        if len(tails) >= _CACHE_LIMIT:
+            tails.clear()
+        cpu, length, ifindex = key
+        tail = tails[key] = self._cpu[cpu] + self._len[length] + self._ifindex[ifindex]
+        return tail
+
     def _encode_path(self, path: SkbPath, out: list[bytes]) -> None:
+        """Append the path's spans to `out`, each as its field tag, length and pieces (joined once, by the caller)."""
         events = path.events
         count = len(events)
         raw = self._rng.getrandbits(8 * (24 + 8 * count)).to_bytes(24 + 8 * count, "little")
@@ -349,40 +378,54 @@ class SpanEncoder:
             raw = self._rng.getrandbits(8 * (24 + 8 * count)).to_bytes(24 + 8 * count, "little")
         trace_id, root_id = raw[:16], raw[16:24]
         offset = self.clock.offset_ns
-        common = _TRACE_ID + trace_id + _PARENT_ID + root_id  # every child: same trace, parent = root
+        head = _TRACE_ID + trace_id + _PARENT_ID + root_id + _SPAN_ID  # every child: same trace, parent = root
+        fixed = len(head) + 8 + _TIMES.size  # head, the span id, the two times
         dropped = path.outcome == OUTCOME_DROPPED
         drop_pieces = self._drop_pieces(path) if dropped else b""
 
         templates = self._templates
+        template_lens = self._template_lens
         ntemplates = len(templates)
-        cpu, length, ifindex = self._cpu, self._len, self._ifindex
+        tails = self._tails
+        event_tail = self._event_tail
         pack = _TIMES.pack
         module = self.event_attributes
         module_attribute = self._module_attribute
         drop_role = ProbeRole.DROP
         probes = self.probes
         spans_tag = _SPANS
-        span_id_tag = _SPAN_ID
-        for index, event in enumerate(events):
-            start = event.timestamp_ns + offset
-            end = events[index + 1].timestamp_ns + offset if index + 1 < count else start
+        varints = _VARINTS
+        extend = out.extend
+        next_ts = events[0].timestamp_ns
+        for index in range(count):
+            event = events[index]
+            start = next_ts + offset
+            if index + 1 < count:
+                next_ts = events[index + 1].timestamp_ns
+                end = next_ts + offset
+            else:
+                end = start
             probe_id = event.probe_id
-            template = templates[probe_id] if 0 <= probe_id < ntemplates else self._unknown_template(probe_id)
-            body = (
-                common
-                + span_id_tag
-                + raw[24 + 8 * index : 32 + 8 * index]
-                + template
-                + pack(_START_TAG, start, _END_TAG, end)
-                + cpu[event.cpu]
-                + length[event.length]
-                + ifindex[event.ifindex]
-            )
+            if 0 <= probe_id < ntemplates:
+                template = templates[probe_id]
+                size = fixed + template_lens[probe_id]
+            else:
+                template = self._unknown_template(probe_id)
+                size = fixed + len(template)
+            key = event[4:7]  # (cpu, length, ifindex)
+            tail = tails.get(key)
+            if tail is None:
+                tail = event_tail(key)
+            size += len(tail)
+            extra = b""
             if module is not None:
-                body += b"".join([module_attribute(key, value) for key, value in module(event).items()])
+                extra = b"".join([module_attribute(name, value) for name, value in module(event).items()])
             if dropped and probe_id < ntemplates and probes[probe_id].role is drop_role:
-                body += drop_pieces
-            out.append(spans_tag + _varint(len(body)) + body)
+                extra += drop_pieces
+            size += len(extra)
+            extend((spans_tag, varints[size] if size < _VARINT_CACHE else _varint(size), head,
+                    raw[24 + 8 * index : 32 + 8 * index], template, pack(_START_TAG, start, _END_TAG, end), tail,
+                    extra))
 
         out.append(_length_delimited(spans_tag, self._root(path, trace_id, root_id, offset, drop_pieces)))
 

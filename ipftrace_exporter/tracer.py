@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Collection, Sequence
 
 from . import manifest as manifests
-from .collector import (ATTACHED, LOADED, REFUSED, AttachReport, Collector, VerifyReport, compile_check,
-                        kfunc_refusal)
+from .collector import (
+    ATTACHED,
+    LOADED,
+    REFUSED,
+    AttachReport,
+    Collector,
+    VerifyReport,
+    compile_check,
+    kfunc_refusal,
+)
 from .errors import AttachError, KernelError, UsageError
 from .events import decode_many
 from .flows import FlowSpec, check_flows
@@ -279,13 +287,14 @@ class Tracer:
         with Collector(self.program_for(plan), headers or self.headers()) as collector:
             return plan, collector.verify()
 
-    def survey(self, headers: HeaderTree | None = None) -> Survey:
+    def survey(self, headers: HeaderTree | None = None, with_functions: bool = True) -> Survey:
         """Compile one program holding every planned function probe (as kprobe and as kfunc) and the skb
         tracepoints, load each entry point through the verifier, trial-attach the tracepoints, and tell per probe
-        and backend what this kernel allows. Raises KernelError if it does not compile."""
+        and backend what this kernel allows (`with_functions=False`: tracepoints only). Raises KernelError if it
+        does not compile."""
         chosen, reasons = choose_backend(self.request.backend, self.view)
         manifest = self.request.manifest
-        function_plan = plan_probes(self.view, "kprobe", manifest)
+        function_plan = plan_probes(self.view, "kprobe", manifest) if with_functions else ProbePlan("kprobe", [])
         functions = [source for source in function_plan.sources if source.is_function]
         tracepoints = plan_probes(self.view, "tracepoint", manifest).sources
         shared_kfunc = self.view.func_ip_mode == "helper"  # else kfunc is one entry point per function: too slow
@@ -323,14 +332,18 @@ class Tracer:
         if not shared_kfunc:
             for source in functions:
                 states["kfunc"][source.probe.name] = REFUSED if refusal else UNTESTED
-        notes = {
-            "kfunc": (f"{'compiled' if shared_kfunc else 'not compiled (no bpf_get_func_ip)'}; "
-                      + (f"not attachable: {refusal}" if refusal else "the kernel loads kfunc programs")),
-            "kprobe": ("programs loaded through the verifier; "
-                       + (f"not attachable: {kprobes_missing}" if kprobes_missing else "kprobes are available")),
-            "tracepoint": (f"{sum(1 for state in states['tracepoint'].values() if state == ATTACHABLE)} of "
-                           f"{len(tracepoints)} raw tracepoints attached in a trial"),
-        }
+        notes: dict[str, str] = {}
+        if functions:
+            kfunc_states = set(states["kfunc"].values())
+            kprobe_ok = sum(1 for state in states["kprobe"].values() if state in (VERIFIED, ATTACHABLE))
+            notes["kfunc"] = (("compiled" if shared_kfunc else "not compiled (no bpf_get_func_ip: one entry point "
+                                                                "per function)")
+                              + (f"; not attachable: {refusal}" if refusal and REFUSED in kfunc_states
+                                 else "; the kernel loads kfunc programs" if ATTACHABLE in kfunc_states else ""))
+            notes["kprobe"] = (f"{kprobe_ok} of {len(functions)} loaded through the verifier; "
+                               + (f"not attachable: {kprobes_missing}" if kprobes_missing else "kprobes are available"))
+        notes["tracepoint"] = (f"{sum(1 for state in states['tracepoint'].values() if state == ATTACHABLE)} of "
+                               f"{len(tracepoints)} raw tracepoints attached in a trial")
         rejected = report.rejected
         if rejected:
             notes["rejected"] = f"{rejected[0].entry}: {rejected[0].reason}"

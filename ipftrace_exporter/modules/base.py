@@ -8,7 +8,8 @@ A module is a `Module` subclass. Its C runs inside two generated functions, with
   data (`c_data`): `skb`, `t` (parsed headers on the packet's first event, zeros afterwards) and `u8 *data`, this
       module's own `data_size` bytes (already zeroed). It runs on every event of a traced packet.
 C must read kernel memory with bpf_probe_read_kernel (IPFT_MOD_READ / IPFT_MOD_MEMBER below) and put only numbers
-validated in Python into the text. Helper names must start with `ipft_<module name>_`.
+validated in Python into the text. Helper names must start with `ipft_<module name>_`; `ipft_hook_*` is
+reserved for the generated hook functions.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import ClassVar
 
 from ..errors import KernelError, UsageError
+from ..events import MODULE_DATA_SIZE
 from ..kernel.btf import (
     DEFAULT_PATH,
     FALLBACK_GSO_TYPES,
@@ -32,7 +34,7 @@ FieldValue = str | int | float | bool
 Fields = dict[str, FieldValue]
 
 MODULE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
-DATA_SIZE = 64  # bytes of custom data per event (events.MODULE_DATA_SIZE)
+DATA_SIZE = MODULE_DATA_SIZE  # bytes of custom data per event
 
 # Shared by every module's C; guarded so that several modules (and the compile check) can each carry it.
 C_HELPERS = """\

@@ -103,7 +103,8 @@ def test_tcp_filtered_by_destination_port_shows_only_that_port(netpair: NetPair,
     )], stdout=__import__("subprocess").PIPE)
     try:
         assert server.stdout is not None and server.stdout.readline().strip() == "listening"
-        tool = start_tool("ipftrace", *TRACEPOINT, "-l4", "TCP", "-dp", str(wanted), "-o", "json", "--timeout", "6")
+        tool = start_tool("ipftrace", *TRACEPOINT, "-l4", "TCP", "-d4", netpair.addr_b4, "-dp", str(wanted), "-o", "json",
+                          "--timeout", "6")
         netpair.python_in(netpair.ns_a, "import socket, time\n"
                           f"for port in ({other}, {wanted}):\n"
                           f"    c = socket.create_connection(('{netpair.addr_b4}', port), timeout=5)\n"
@@ -112,7 +113,8 @@ def test_tcp_filtered_by_destination_port_shows_only_that_port(netpair: NetPair,
         assert code == 0, err
         paths = json_paths(out)
         assert len(paths) >= 3  # SYN, ACK, data, FIN ... towards the wanted port
-        assert {path["dport"] for path in paths} == {wanted}
+        odd = {p["skb"] for p in paths if p["dport"] != wanted}
+        assert not odd, [(p["outcome"], p["dport"], [(e["timestamp_ns"], e["function"], e["cpu"]) for e in p["events"]]) for p in paths if p["skb"] in odd]
         assert {path["daddr"] for path in paths} == {netpair.addr_b4}
     finally:
         server.kill()

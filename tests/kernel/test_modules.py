@@ -107,8 +107,10 @@ def test_gso_on_a_bulk_transfer_shows_segments_on_transmit_in_json_and_text(netp
     assert re.fullmatch(rf"TCP\t{re.escape(netpair.addr_a4)}:\d+\t->\t{re.escape(netpair.addr_b4)}:{port}", head)
     assert re.fullmatch(r"\s+Time Stamp  Function\s+Custom Data", columns)
     row = re.compile(r"\s*\d+  (\S+)\s+\(len: (\d+) gso_size: (\d+) gso_segs: (\d+) gso_type: ([A-Z0-9_|x]*)\)")
-    rows = [row.fullmatch(line) for block in blocks for line in block.splitlines()[2:] if line[:1] != "("]
-    assert all(rows), [line for block in blocks for line in block.splitlines()]
+    lines = [line for block in blocks for line in block.splitlines()[2:]
+             if line[:1] != "(" and not line.startswith("DROPPED at ")]  # how a path ended
+    rows = [row.fullmatch(line) for line in lines]
+    assert all(rows), [line for line, match in zip(lines, rows) if not match]
     assert any(m.group(1) in TRANSMIT and int(m.group(3)) > 0 and "SKB_GSO_TCPV4" in m.group(5).split("|")
                for m in rows if m)
 
@@ -161,9 +163,19 @@ def test_tcp_flags_of_a_handshake(netpair: NetPair, start_tool) -> None:
     assert syn_ack["ack"] == (syn["seq"] + 1) % 2**32
     assert ack["seq"] == (syn["seq"] + 1) % 2**32
     assert ack["ack"] == (syn_ack["seq"] + 1) % 2**32
-    # every event of a TCP packet carries its header, not only the first one
+    # every event of the packet's crossing (transmit in one namespace to receive in the other) carries the same
+    # header, found again at each event. (Later events are left out: a TCP skb freed where no tracepoint fires
+    # leaves its path open, and a new skb at the same address can join it.)
+    crossings = 0
     for path in paths:
-        assert all(event["modules"].get("tcp") for event in path["events"]), path
+        names = [event["function"] for event in path["events"]]
+        if "net:netif_receive_skb" not in names:
+            continue
+        crossing = path["events"][: names.index("net:netif_receive_skb") + 1]
+        headers = [event["modules"].get("tcp") for event in crossing]
+        assert all(header == headers[0] for header in headers), json.dumps(path, indent=1)
+        crossings += len(crossing) > 1
+    assert crossings >= 3
 
 
 def test_module_data_reaches_span_attributes(netpair: NetPair, cache_dir: str) -> None:

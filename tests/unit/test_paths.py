@@ -138,3 +138,18 @@ def test_flush_returns_everything() -> None:
 def test_limits_must_be_positive(field: str) -> None:
     with pytest.raises(ValueError, match=field):
         PathLimits(**{field: 0})
+
+
+def test_a_path_that_went_idle_continues_with_its_headers() -> None:
+    clock = Clock()
+    paths = assembler(clock)
+    paths.add(event(10, RECEIVE, first=True, proto=6, sport=40000, dport=8080))
+    clock.now = 2000
+    (first,) = paths.expire()
+    assert first.outcome == "timeout"
+    paths.add_many([event(2100, IP_RCV), event(2200, CONSUME)])  # the kernel still tracked the skb
+    clock.now = 3000
+    (rest,) = paths.expire()
+    assert rest.continued and rest.outcome == "consumed"
+    assert rest.describe().dport == 8080
+    assert not first.continued

@@ -1,0 +1,347 @@
+"""Kernel overhead: a ping flood and a UDP blast between two test namespaces, without the tracer, with the tracer
+filtering for another flow, and with the tracer matching the flood. Needs root.
+
+    .venv/bin/python bench/bench_kernel.py [--pings 50000] [--datagrams 200000] [--rate 20000] [--runs 3]
+                                           [--otlp] [--write bench/RESULTS.md]
+
+The tracer is the daemon (`ipftrace-exporter`, backend tracepoint, the flows below) started fresh for each case;
+it is ready (probes attached) before the flood starts. Traffic runs only between this script's namespaces
+(10.199.N.1 in a -> 10.199.N.2 in b, as tests/kernel/netns.py makes them).
+- ping flood: `ping -f -q -c N` in a; rate = echo replies received / ping's own elapsed time.
+- UDP blast: a Python sender in a sends N 16-byte datagrams as fast as it can; a Python receiver in b counts them;
+  rate = datagrams received / (last - first arrival).
+- paced UDP: the same at `--rate` datagrams/s (the "no lost events at 20k matching packets/s" target).
+Lost events are the daemon's `ipftrace_events_lost_total` (counted in the kernel) scraped after the flood.
+Each cell is the median of `--runs` runs. `--otlp` also exports spans to a gRPC OTLP receiver in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from benchlib import command_line, machine_facts, table, write_section  # noqa: E402
+
+from tests.kernel.netns import NetPair, create_pair, delete_pair  # noqa: E402
+
+PROJECT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+UDP_PORT = 9911
+TARGET_OTHER, TARGET_MATCHING = 0.85, 0.70
+
+RECEIVER = r"""
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+s.bind((sys.argv[1], int(sys.argv[2])))
+print("ready", flush=True)
+s.settimeout(30)
+buf = bytearray(2048)
+s.recv_into(buf)
+first = last = time.monotonic()
+count = 1
+s.settimeout(1.0)
+recv = s.recv_into
+mono = time.monotonic
+try:
+    while True:
+        recv(buf)
+        last = mono()
+        count += 1
+except socket.timeout:
+    pass
+print(count, first, last, flush=True)
+"""
+
+SENDER = r"""
+import socket, sys, time
+target = (sys.argv[1], int(sys.argv[2]))
+total, rate = int(sys.argv[3]), float(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect(target)
+payload = b"ipftrace-bench!!"
+send = s.send
+sent = 0
+started = time.monotonic()
+if rate <= 0:
+    for _ in range(total):
+        try:
+            send(payload)
+        except OSError:
+            continue
+        sent += 1
+else:
+    batch = 50
+    while sent < total:
+        for _ in range(batch):
+            try:
+                send(payload)
+            except OSError:
+                pass
+        sent += batch
+        ahead = started + sent / rate - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
+print(sent, time.monotonic() - started, flush=True)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Unlabelled counters and the sums of labelled ones, by metric name."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        series, value = line.rsplit(" ", 1)
+        name = series.split("{", 1)[0]
+        out[name] = out.get(name, 0.0) + float(value)
+    return out
+
+
+def foreign_programs(own: set[int]) -> int:
+    """ipft_* BPF programs loaded by someone else right now (other tracers on this machine skew the numbers)."""
+    listing = subprocess.run(["bpftool", "prog", "list"], capture_output=True, text=True).stdout
+    ids = {int(m.group(1)) for m in re.finditer(r"^(\d+): \S+\s+name (ipft_\S+)", listing, re.M)}
+    return len(ids - own)
+
+
+def program_ids(pid: int) -> set[int]:
+    """BPF program ids a process holds (from /proc/PID/fdinfo)."""
+    ids: set[int] = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+            try:
+                text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+            except OSError:
+                continue
+            match = re.search(r"^prog_id:\s*(\d+)", text, re.M)
+            if match:
+                ids.add(int(match.group(1)))
+    except OSError:
+        pass
+    return ids
+
+
+class Daemon:
+    """ipftrace-exporter with a config, ready before use, stopped with SIGTERM."""
+
+    def __init__(self, flows: str, workdir: Path, cache_dir: str, env: dict[str, str]) -> None:
+        self.port = free_port()
+        config = workdir / "config.yaml"
+        config.write_text(f"backend: tracepoint\nflows:\n{flows}\npaths: {{idle_timeout: 1s}}\n")
+        ready = workdir / "ready"
+        ready.unlink(missing_ok=True)
+        self.log = open(workdir / "daemon.log", "w")
+        self.proc = subprocess.Popen(
+            [str(BIN / "ipftrace-exporter"), "--config", str(config), "--metrics-address",
+             f"127.0.0.1:{self.port}", "--ready-file", str(ready)],
+            stdout=self.log, stderr=subprocess.STDOUT,
+            env=dict(os.environ, IPFTRACE_CACHE_DIR=cache_dir, **env))
+        deadline = time.monotonic() + 90
+        while not ready.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"daemon did not start: {(workdir / 'daemon.log').read_text()[-2000:]}")
+            time.sleep(0.05)
+        self.programs = program_ids(self.proc.pid)
+
+    def metrics(self) -> dict[str, float]:
+        return scrape(self.port)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the daemon has used so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+@dataclass
+class Result:
+    """One workload under one tracer mode."""
+
+    rates: list[float] = field(default_factory=list)
+    lost: list[float] = field(default_factory=list)
+    events: list[float] = field(default_factory=list)
+    paths: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    foreign: list[int] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return statistics.median(self.rates)
+
+
+def ping_flood(pair: NetPair, count: int) -> float:
+    done = pair.exec_in(pair.ns_a, ["ping", "-f", "-q", "-c", str(count), "-W", "1", pair.addr_b4], timeout=300,
+                        check=False)
+    match = re.search(r"(\d+) packets transmitted, (\d+) received.*time (\d+)ms", done.stdout)
+    if not match:
+        raise RuntimeError(f"ping output not understood: {done.stdout} {done.stderr}")
+    return int(match.group(2)) / (int(match.group(3)) / 1000)
+
+
+def udp_blast(pair: NetPair, count: int, rate: float) -> float:
+    receiver = pair.popen_in(pair.ns_b, [sys.executable, "-c", RECEIVER, pair.addr_b4, str(UDP_PORT)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert receiver.stdout is not None
+        if receiver.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"receiver did not start: {receiver.communicate()[1]}")
+        pair.exec_in(pair.ns_a, [sys.executable, "-c", SENDER, pair.addr_b4, str(UDP_PORT), str(count), str(rate)],
+                     timeout=600)
+        out, err = receiver.communicate(timeout=60)
+    finally:
+        if receiver.poll() is None:
+            receiver.kill()
+            receiver.wait()
+    received, first, last = out.split()
+    return int(received) / max(float(last) - float(first), 1e-6)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pings", type=int, default=50_000)
+    parser.add_argument("--datagrams", type=int, default=200_000)
+    parser.add_argument("--rate", type=float, default=20_000, help="paced UDP rate, datagrams/s")
+    parser.add_argument("--paced-seconds", type=float, default=5.0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--otlp", action="store_true", help="export spans to a gRPC OTLP receiver in this process")
+    parser.add_argument("--cache-dir", default=os.environ.get("IPFTRACE_CACHE_DIR", "/tmp/ipft-cache"))
+    parser.add_argument("--write", metavar="RESULTS_MD", help="replace the 'Kernel overhead' section there")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0 or shutil.which("bpftool") is None:
+        print("needs root and bpftool", file=sys.stderr)
+        return 2
+
+    receiver = None
+    env: dict[str, str] = {}
+    if args.otlp:
+        sys.path.insert(0, str(PROJECT))
+        from tests.support.otlp_receiver import GrpcOtlpReceiver  # noqa: PLC0415
+
+        receiver = GrpcOtlpReceiver().__enter__()
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.endpoint
+
+    pair = create_pair(200 + os.getpid() % 50)
+    workdir = Path(tempfile.mkdtemp(prefix="ipft-bench-"))
+    other = "  - {name: other, l4proto: TCP, daddr: 10.199.250.250, dport: 1}\n"
+    flows = {
+        "ping": {"other flow": other, "matching": f"  - {{name: ping, l4proto: ICMP, daddr: {pair.addr_b4}}}\n"},
+        "udp": {"other flow": other,
+                "matching": f"  - {{name: udp, l4proto: UDP, daddr: {pair.addr_b4}, dport: {UDP_PORT}}}\n"},
+    }
+    paced_count = int(args.rate * args.paced_seconds)
+    workloads = {
+        "ping": ("ping flood", lambda: ping_flood(pair, args.pings)),
+        "udp": ("UDP blast", lambda: udp_blast(pair, args.datagrams, 0)),
+        "paced": (f"UDP paced at {args.rate:,.0f}/s", lambda: udp_blast(pair, paced_count, args.rate)),
+    }
+    results: dict[tuple[str, str], Result] = {}
+    try:
+        for run in range(args.runs):
+            for key, (_, work) in workloads.items():
+                modes = ("untraced", "other flow", "matching") if key != "paced" else ("untraced", "matching")
+                for mode in modes:
+                    result = results.setdefault((key, mode), Result())
+                    if mode == "untraced":
+                        result.foreign.append(foreign_programs(set()))
+                        result.rates.append(work())
+                        continue
+                    daemon = Daemon(flows["udp" if key == "paced" else key][mode], workdir, args.cache_dir, env)
+                    try:
+                        before = daemon.metrics()
+                        cpu = daemon.cpu_seconds()
+                        result.foreign.append(foreign_programs(daemon.programs))
+                        result.rates.append(work())
+                        time.sleep(1.5)  # idle timeout + settle: paths finish
+                        after = daemon.metrics()
+                        result.cpu.append(daemon.cpu_seconds() - cpu)
+                    finally:
+                        daemon.stop()
+                    for name, bucket in (("ipftrace_events_lost_total", result.lost),
+                                         ("ipftrace_events_total", result.events),
+                                         ("ipftrace_paths_total", result.paths)):
+                        bucket.append(after.get(name, 0.0) - before.get(name, 0.0))
+                print(f"run {run + 1}: {key} done", file=sys.stderr, flush=True)
+    finally:
+        delete_pair(pair)
+        if receiver is not None:
+            receiver.__exit__(None, None, None)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    rows = []
+    verdicts = []
+    for key, (label, _) in workloads.items():
+        base = results[(key, "untraced")].rate
+        for mode in ("untraced", "other flow", "matching"):
+            result = results.get((key, mode))
+            if result is None:
+                continue
+            ratio = result.rate / base
+            target = {"other flow": TARGET_OTHER, "matching": TARGET_MATCHING}.get(mode)
+            verdict = ""
+            if target is not None and key != "paced":
+                verdict = f">= {target}: {'met' if ratio >= target else 'NOT met'}"
+                verdicts.append(ratio >= target)
+            if key == "paced" and mode == "matching":
+                verdict = f"lost = 0: {'met' if max(result.lost) == 0 else 'NOT met'}"
+            rows.append([
+                label, mode, f"{result.rate:,.0f}", f"{ratio:.2f}", verdict,
+                "-" if not result.events else f"{statistics.median(result.events):,.0f}",
+                "-" if not result.lost else f"{max(result.lost):,.0f}",
+                "-" if not result.paths else f"{statistics.median(result.paths):,.0f}",
+                "-" if not result.cpu else f"{statistics.median(result.cpu):.1f}",
+                max(result.foreign),
+            ])
+    lines = [
+        *machine_facts(),
+        "",
+        f"Command: `{command_line()}`",
+        "",
+        f"Median of {args.runs} runs; daemon `-b tracepoint`{' exporting to a gRPC OTLP receiver' if args.otlp else ', no OTLP endpoint (paths assembled and counted, not encoded)'}. "
+        "Ratio = traced rate / untraced rate of the same workload. Events, paths and daemon CPU are per run "
+        "(median), lost events the worst run. `foreign` = ipft_* programs of other processes attached during the "
+        "run (other tracers on this machine slow every column down, the untraced one included).",
+        "",
+        table(["workload", "tracer", "packets/s", "ratio", "target", "events", "lost", "paths", "daemon CPU s",
+               "foreign"], rows),
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.write:
+        write_section(args.write, "Kernel overhead", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

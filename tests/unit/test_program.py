@@ -1,0 +1,107 @@
+"""Program rendering for the function backends (pure: no BCC, no kernel) and the collector's load verdicts."""
+
+from __future__ import annotations
+
+import errno
+import re
+
+import pytest
+
+from ipftrace_exporter.collector import LOADED, REFUSED, REJECTED, LoadFailure, ProgramCheck, VerifyReport
+from ipftrace_exporter.flows import FlowSpec
+from ipftrace_exporter.probes import Probe, ProbeKind, ProbeRole
+from ipftrace_exporter.program import FUNC_ADDRESS_SLOTS, ProbeSource, ProgramOptions, render
+
+FLOWS = (FlowSpec(name="any"),)
+
+
+def function_sources(kind: ProbeKind, positions: list[int]) -> list[ProbeSource]:
+    sources = []
+    for index, position in enumerate(positions):
+        role = ProbeRole.EGRESS if index == len(positions) - 1 else ProbeRole.STEP
+        probe = Probe(index, f"fn{index}", kind, position, role)
+        sources.append(ProbeSource(probe, f"fn{index}", position - 1))
+    return sources
+
+
+def with_free_tracepoint(sources: list[ProbeSource]) -> list[ProbeSource]:
+    probe = Probe(len(sources), "skb:kfree_skb", ProbeKind.TRACEPOINT, 1, ProbeRole.DROP)
+    return [*sources, ProbeSource(probe, "kfree_skb", 0, location_arg=1, reason_arg=2)]
+
+
+def definitions(text: str) -> list[str]:
+    return re.findall(r"^int (\w+)\(", text, re.MULTILINE)
+
+
+def test_kprobe_functions_share_one_entry_point_per_skb_position() -> None:
+    sources = with_free_tracepoint(function_sources(ProbeKind.KPROBE, [1, 1, 2, 3, 1, 2]))
+    program = render(sources, FLOWS)
+    assert definitions(program.text) == ["ipft_kprobe_arg1", "ipft_kprobe_arg2", "ipft_kprobe_arg3",
+                                         "ipft_tracepoint_6"]
+    assert "PT_REGS_PARM2(ctx)" in program.text and "PT_REGS_PARM4" not in program.text
+    assert "#define IPFT_KPROBE_IP(ctx) bpf_get_func_ip(ctx)" in program.text
+    assert f"BPF_HASH(ipft_funcs, u64, struct ipft_func, {max(64, FUNC_ADDRESS_SLOTS * 6)});" in program.text
+    entries = program.entries()
+    assert [s.target for s in entries["ipft_kprobe_arg1"]] == ["fn0", "fn1", "fn4"]
+    assert len(program.function_sources()) == 6
+
+
+def test_kfunc_functions_share_entry_points_that_read_the_skb_from_its_btf_position() -> None:
+    program = render(function_sources(ProbeKind.KFUNC, [2, 1, 7]), FLOWS)
+    assert definitions(program.text) == ["ipft_kfunc_arg2", "ipft_kfunc_arg1", "ipft_kfunc_arg7"]
+    assert "ipft_function(ctx, (struct sk_buff *)ctx[1], bpf_get_func_ip(ctx))" in program.text
+    assert "(struct sk_buff *)ctx[6]" in program.text  # fentry reads any argument, not just registers 1-5
+
+
+def test_without_the_func_ip_helper_kfunc_gets_one_entry_point_per_function_and_kprobes_use_the_ip() -> None:
+    options = ProgramOptions(func_ip="regs")
+    kfunc = render(function_sources(ProbeKind.KFUNC, [1, 1, 2]), FLOWS, options)
+    assert definitions(kfunc.text) == ["ipft_kfunc_0", "ipft_kfunc_1", "ipft_kfunc_2"]
+    assert "ipft_handle(ctx, (struct sk_buff *)ctx[1], 2, 0, 3, 0, 0)" in kfunc.text  # constant id, egress role
+    assert "ipft_funcs" not in kfunc.text and all(not s.shared for s in kfunc.sources)
+    kprobe = render(function_sources(ProbeKind.KPROBE, [1, 1]), FLOWS, options)
+    assert definitions(kprobe.text) == ["ipft_kprobe_arg1"]
+    assert "(PT_REGS_IP(ctx) - 1)" in kprobe.text and "bpf_get_func_ip" not in kprobe.text
+
+
+def test_a_tracepoint_only_program_has_no_function_map() -> None:
+    program = render(with_free_tracepoint([]), FLOWS)
+    assert "ipft_funcs" not in program.text
+    assert definitions(program.text) == ["ipft_tracepoint_0"]
+
+
+def test_kprobes_reach_only_five_register_arguments() -> None:
+    with pytest.raises(ValueError, match="arguments 1-5, skb is 6"):
+        render(function_sources(ProbeKind.KPROBE, [6]), FLOWS)
+
+
+def test_unknown_func_ip_mode_is_refused_at_construction() -> None:
+    with pytest.raises(ValueError, match="func_ip"):
+        ProgramOptions(func_ip="guess")
+
+
+@pytest.mark.parametrize(("number", "refused", "words"), [
+    (errno.EPERM, True, "EPERM"),
+    (524, True, "ENOTSUPP"),
+    (errno.EOPNOTSUPP, True, "does not support"),
+    (errno.EACCES, False, "verifier rejected"),
+    (errno.EINVAL, False, "verifier rejected"),
+    (errno.ENOENT, False, "no such function"),
+])
+def test_a_load_failure_tells_a_refusal_from_a_verifier_verdict(number: int, refused: bool, words: str) -> None:
+    failure = LoadFailure("kfunc__ip_rcv", number, "R1 invalid mem access" if not refused else "")
+    assert failure.refused is refused
+    assert words in failure.describe()
+
+
+def test_verify_report_finds_the_check_of_a_probe_by_its_entry_point() -> None:
+    program = render(function_sources(ProbeKind.KPROBE, [1, 2]), FLOWS)
+    first, second = program.sources
+    report = VerifyReport([
+        ProgramCheck("ipft_kprobe_arg1", ProbeKind.KPROBE, LOADED, "", (first,)),
+        ProgramCheck("ipft_kprobe_arg2", ProbeKind.KPROBE, REJECTED, "bad", (second,)),
+        ProgramCheck("ipft_kfunc_arg1", ProbeKind.KFUNC, REFUSED, "EPERM", ()),
+    ])
+    assert report.for_source(first).status == LOADED  # type: ignore[union-attr]
+    assert [check.entry for check in report.rejected] == ["ipft_kprobe_arg2"]
+    assert [check.ok for check in report.by_kind(ProbeKind.KFUNC)] == [True]
