@@ -1,7 +1,7 @@
 """Kernel overhead: a ping flood and a UDP blast between two test namespaces, without the tracer, with the tracer
 filtering for another flow, and with the tracer matching the flood. Needs root.
 
-    .venv/bin/python bench/bench_kernel.py [--pings 50000] [--datagrams 200000] [--rate 20000] [--runs 3]
+    .venv/bin/python bench/bench_kernel.py [--pings 200000] [--datagrams 200000] [--rate 20000] [--runs 5]
                                            [--otlp] [--write bench/RESULTS.md]
 
 The tracer is the daemon (`ipftrace-exporter`, backend tracepoint, the flows below) started fresh for each case;
@@ -13,6 +13,7 @@ it is ready (probes attached) before the flood starts. Traffic runs only between
 - paced UDP: the same at `--rate` datagrams/s (the "no lost events at 20k matching packets/s" target).
 Lost events are the daemon's `ipftrace_events_lost_total` (counted in the kernel) scraped after the flood.
 Each cell is the median of `--runs` runs. `--otlp` also exports spans to a gRPC OTLP receiver in this process.
+"matching, 1/10 sampled" is the matching flow with `traces: {sample_ratio: 0.1}` (counters stay exact).
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from benchlib import command_line, machine_facts, table, write_section  # noqa: E402
+from benchlib import command_line, machine_facts, table, write_section
 
-from tests.kernel.netns import NetPair, create_pair, delete_pair  # noqa: E402
+from tests.kernel.netns import NetPair, create_pair, delete_pair
 
 PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -122,7 +123,7 @@ def scrape(port: int) -> dict[str, float]:
 def foreign_programs(own: set[int]) -> int:
     """ipft_* BPF programs loaded by someone else right now (other tracers on this machine skew the numbers)."""
     listing = subprocess.run(["bpftool", "prog", "list"], capture_output=True, text=True).stdout
-    ids = {int(m.group(1)) for m in re.finditer(r"^(\d+): \S+\s+name (ipft_\S+)", listing, re.M)}
+    ids = {int(m.group(1)) for m in re.finditer(r"^(\d+): \S+\s+name (ipft_\S+)", listing, re.MULTILINE)}
     return len(ids - own)
 
 
@@ -135,7 +136,7 @@ def program_ids(pid: int) -> set[int]:
                 text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
             except OSError:
                 continue
-            match = re.search(r"^prog_id:\s*(\d+)", text, re.M)
+            match = re.search(r"^prog_id:\s*(\d+)", text, re.MULTILINE)
             if match:
                 ids.add(int(match.group(1)))
     except OSError:
@@ -146,10 +147,11 @@ def program_ids(pid: int) -> set[int]:
 class Daemon:
     """ipftrace-exporter with a config, ready before use, stopped with SIGTERM."""
 
-    def __init__(self, flows: str, workdir: Path, cache_dir: str, env: dict[str, str]) -> None:
+    def __init__(self, flows: str, workdir: Path, cache_dir: str, env: dict[str, str],
+                 paths: str = "{idle_timeout: 1s}", extra: str = "") -> None:
         self.port = free_port()
         config = workdir / "config.yaml"
-        config.write_text(f"backend: tracepoint\nflows:\n{flows}\npaths: {{idle_timeout: 1s}}\n")
+        config.write_text(f"backend: tracepoint\nflows:\n{flows}\npaths: {paths}\n{extra}")
         ready = workdir / "ready"
         ready.unlink(missing_ok=True)
         self.log = open(workdir / "daemon.log", "w")
@@ -230,13 +232,16 @@ def udp_blast(pair: NetPair, count: int, rate: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pings", type=int, default=50_000)
+    parser.add_argument("--pings", type=int, default=200_000)
     parser.add_argument("--datagrams", type=int, default=200_000)
     parser.add_argument("--rate", type=float, default=20_000, help="paced UDP rate, datagrams/s")
     parser.add_argument("--paced-seconds", type=float, default=5.0)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--otlp", action="store_true", help="export spans to a gRPC OTLP receiver in this process")
     parser.add_argument("--cache-dir", default=os.environ.get("IPFTRACE_CACHE_DIR", "/tmp/ipft-cache"))
+    parser.add_argument("--workloads", default="ping,udp,paced", help="comma-separated subset of ping,udp,paced")
+    parser.add_argument("--modes", default="untraced;other flow;matching;matching, 1/10 sampled",
+                        help="semicolon-separated tracer modes")
     parser.add_argument("--write", metavar="RESULTS_MD", help="replace the 'Kernel overhead' section there")
     args = parser.parse_args(argv)
     if os.geteuid() != 0 or shutil.which("bpftool") is None:
@@ -247,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     env: dict[str, str] = {}
     if args.otlp:
         sys.path.insert(0, str(PROJECT))
-        from tests.support.otlp_receiver import GrpcOtlpReceiver  # noqa: PLC0415
+        from tests.support.otlp_receiver import GrpcOtlpReceiver
 
         receiver = GrpcOtlpReceiver().__enter__()
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.endpoint
@@ -266,18 +271,24 @@ def main(argv: list[str] | None = None) -> int:
         "udp": ("UDP blast", lambda: udp_blast(pair, args.datagrams, 0)),
         "paced": (f"UDP paced at {args.rate:,.0f}/s", lambda: udp_blast(pair, paced_count, args.rate)),
     }
+    chosen = set(args.workloads.split(","))
+    workloads = {key: value for key, value in workloads.items() if key in chosen}
+    wanted_modes = set(args.modes.split(";"))
     results: dict[tuple[str, str], Result] = {}
     try:
         for run in range(args.runs):
             for key, (_, work) in workloads.items():
-                modes = ("untraced", "other flow", "matching") if key != "paced" else ("untraced", "matching")
-                for mode in modes:
+                modes = (("untraced", "other flow", "matching", "matching, 1/10 sampled") if key != "paced"
+                         else ("untraced", "matching"))
+                for mode in [mode for mode in modes if mode in wanted_modes or mode == "untraced"]:
                     result = results.setdefault((key, mode), Result())
                     if mode == "untraced":
                         result.foreign.append(foreign_programs(set()))
                         result.rates.append(work())
                         continue
-                    daemon = Daemon(flows["udp" if key == "paced" else key][mode], workdir, args.cache_dir, env)
+                    sampled = mode.endswith("sampled")
+                    daemon = Daemon(flows["udp" if key == "paced" else key][mode.split(",")[0]], workdir,
+                                    args.cache_dir, env, extra="traces: {sample_ratio: 0.1}\n" if sampled else "")
                     try:
                         before = daemon.metrics()
                         cpu = daemon.cpu_seconds()
@@ -303,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     verdicts = []
     for key, (label, _) in workloads.items():
         base = results[(key, "untraced")].rate
-        for mode in ("untraced", "other flow", "matching"):
+        for mode in ("untraced", "other flow", "matching", "matching, 1/10 sampled"):
             result = results.get((key, mode))
             if result is None:
                 continue

@@ -22,11 +22,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from benchlib import FLOWS, command_line, machine_facts, make_probes, synthetic_events, table, write_section  # noqa: E402
+from benchlib import FLOWS, command_line, machine_facts, make_probes, synthetic_events, table, write_section
 
-from ipftrace_exporter import events as events_module  # noqa: E402
-from ipftrace_exporter.paths import PathAssembler, PathLimits, SkbPath  # noqa: E402
-from ipftrace_exporter.spans import SpanEncoder, WallClock  # noqa: E402
+from ipftrace_exporter import events as events_module
+from ipftrace_exporter.paths import PathAssembler, PathLimits, SkbPath
+from ipftrace_exporter.spans import SpanEncoder, WallClock
 
 POLL_RECORDS = 256
 BATCH_SPANS = 4096
@@ -66,7 +66,7 @@ class Clocks:
         self.wall = 0.0
         self._cpu0 = self._wall0 = 0.0
 
-    def __enter__(self) -> "Clocks":
+    def __enter__(self) -> Clocks:
         self._cpu0, self._wall0 = time.thread_time(), time.perf_counter()
         return self
 
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu >= 0:
         os.sched_setaffinity(0, {args.cpu})
 
-    from bench_spans import NaiveEncoder  # noqa: PLC0415 - the SDK baseline
+    from bench_spans import NaiveEncoder
 
     probes = make_probes()
     buffer = events_module.encode_many(synthetic_events(args.events, per_path=args.per_path))

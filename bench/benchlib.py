@@ -11,8 +11,8 @@ from collections.abc import Iterator, Sequence
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from ipftrace_exporter.events import FLAG_SAMPLED, FLAG_TUPLE, MODULE_DATA_SIZE, Event  # noqa: E402
-from ipftrace_exporter.probes import Probe, ProbeKind, ProbeRole, ProbeTable  # noqa: E402
+from ipftrace_exporter.events import FLAG_SAMPLED, FLAG_TUPLE, MODULE_DATA_SIZE, Event
+from ipftrace_exporter.probes import Probe, ProbeKind, ProbeRole, ProbeTable
 
 # What the tracepoint backend attaches on this kernel, in plan order (steps, then the two free tracepoints).
 TRACEPOINTS = [

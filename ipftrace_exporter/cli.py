@@ -148,23 +148,24 @@ def ipftrace_cli(ipversion: str, l4proto: str, saddr4: str | None, daddr4: str |
         raise UsageError("--output yaml writes a manifest and needs --list")
     if manifest_file is not None and not Path(manifest_file).is_file():
         raise UsageError(f"manifest {manifest_file}: file not found")
-    from .modules import load_modules  # noqa: PLC0415 - modules may import optional code
+    from .modules import ModuleContext, load_modules  # noqa: PLC0415 - modules may import optional code
 
-    loaded = load_modules(modules)
+    view = KernelView()
+    loaded = load_modules(modules, ModuleContext(btf=lambda: view.btf)) if modules else []
     request = TraceRequest(flows=(flow,), backend=backend, manifest=manifest_file,
                            options=ProgramOptions(), modules=tuple(m.code for m in loaded))
     if list_only:
-        return list_probes(request, output)
-    return trace(request, output, count, timeout, ready_file, loaded)
+        return list_probes(request, output, view)
+    return trace(request, output, count, timeout, ready_file, loaded, view)
 
 
-def list_probes(request: TraceRequest, output: str) -> int:
+def list_probes(request: TraceRequest, output: str, view: KernelView | None = None) -> int:
     """Print what would be traced on this kernel: per function its skb position and, per backend, whether it can
     attach here (checked by compiling and loading through the verifier). `-o yaml`: a manifest for this kernel."""
     from . import manifest as manifests  # noqa: PLC0415
     from .tracer import function_specs  # noqa: PLC0415
 
-    view = KernelView()
+    view = view or KernelView()
     if output == "yaml":
         specs, _ = function_specs(view, request.manifest)
         click.echo(manifests.dump_manifest(specs, comment=f"ipftrace manifest for Linux {_kernel_release()}"),
@@ -203,10 +204,10 @@ def _kernel_release() -> str:
 
 
 def trace(request: TraceRequest, output: str, count: int | None, timeout: float | None,
-          ready_file: Path | None, loaded_modules: Sequence[Any] = ()) -> int:
+          ready_file: Path | None, loaded_modules: Sequence[Any] = (), view: KernelView | None = None) -> int:
     """Attach, print paths as they complete, detach. Exit 0 when done, 130 after Ctrl-C."""
     stop = install_stop_handlers()
-    tracer = Tracer(request)
+    tracer = Tracer(request, view)
     printed = 0
     try:
         try:

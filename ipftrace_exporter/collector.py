@@ -11,6 +11,7 @@ import errno
 import functools
 import logging
 import os
+import platform
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -36,6 +37,59 @@ KFUNC_TRIAL_FUNCTIONS = ("ip_rcv", "netif_receive_skb", "__netif_receive_skb", "
 # `r0 = 0; exit`: the smallest program the verifier accepts.
 _TRIVIAL_PROGRAM = bytes([0xB7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0])
 LOADED, ATTACHED, REFUSED, REJECTED = "loaded", "attached", "refused", "rejected"
+# bpf(2): the command and the attach types the raw loader uses (uapi/linux/bpf.h).
+BPF_PROG_LOAD = 5
+ATTACH_TRACE_RAW_TP, ATTACH_TRACE_FENTRY = 23, 24
+_NR_BPF = {"x86_64": 321, "aarch64": 280, "ppc64le": 361, "s390x": 351, "riscv64": 280}
+_VERIFIER_LOG_SIZE = 1 << 20
+
+
+class _ProgLoadAttr(ctypes.Structure):
+    """The BPF_PROG_LOAD part of union bpf_attr (fields up to log_true_size, Linux 6.4; older kernels accept
+    the zero tail)."""
+
+    _fields_ = [
+        ("prog_type", ctypes.c_uint32), ("insn_cnt", ctypes.c_uint32), ("insns", ctypes.c_uint64),
+        ("license", ctypes.c_uint64), ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32),
+        ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32), ("prog_flags", ctypes.c_uint32),
+        ("prog_name", ctypes.c_char * 16), ("prog_ifindex", ctypes.c_uint32),
+        ("expected_attach_type", ctypes.c_uint32), ("prog_btf_fd", ctypes.c_uint32),
+        ("func_info_rec_size", ctypes.c_uint32), ("func_info", ctypes.c_uint64), ("func_info_cnt", ctypes.c_uint32),
+        ("line_info_rec_size", ctypes.c_uint32), ("line_info", ctypes.c_uint64), ("line_info_cnt", ctypes.c_uint32),
+        ("attach_btf_id", ctypes.c_uint32), ("attach_prog_fd", ctypes.c_uint32), ("core_relo_cnt", ctypes.c_uint32),
+        ("fd_array", ctypes.c_uint64), ("core_relos", ctypes.c_uint64), ("core_relo_rec_size", ctypes.c_uint32),
+        ("log_true_size", ctypes.c_uint32),
+    ]
+
+
+def load_btf_program(insns: int, size: int, license_text: bytes, name: str, prog_type: int, attach_type: int,
+                     btf_id: int) -> int:
+    """bpf(BPF_PROG_LOAD) of a program bound to vmlinux BTF id `btf_id` (fentry: a FUNC; tp_btf: a
+    btf_trace_* typedef). BCC derives the id from the program's name by parsing vmlinux BTF on every load;
+    taking it from our own BTF reader makes hundreds of loads cheap. Returns the fd; raises LoadFailure with
+    the verifier's last words."""
+    number = _NR_BPF.get(platform.machine())
+    if number is None:
+        raise KernelError(f"no bpf(2) syscall number known for {platform.machine()}")
+    libc = ctypes.CDLL(None, use_errno=True)
+    license_buffer = ctypes.create_string_buffer(license_text)
+    attr = _ProgLoadAttr(prog_type=prog_type, insn_cnt=size // 8, insns=insns,
+                         license=ctypes.addressof(license_buffer), expected_attach_type=attach_type,
+                         attach_btf_id=btf_id, prog_name=name.encode()[:15])
+    fd = libc.syscall(number, BPF_PROG_LOAD, ctypes.byref(attr), ctypes.sizeof(attr))
+    if fd >= 0:
+        return int(fd)
+    failure = ctypes.get_errno()
+    if failure in REFUSAL_ERRNOS:
+        raise LoadFailure(name, failure)
+    log_buffer = ctypes.create_string_buffer(_VERIFIER_LOG_SIZE)
+    attr.log_level, attr.log_size, attr.log_buf = 1, _VERIFIER_LOG_SIZE, ctypes.addressof(log_buffer)
+    fd = libc.syscall(number, BPF_PROG_LOAD, ctypes.byref(attr), ctypes.sizeof(attr))
+    if fd >= 0:  # loads with a log: take it
+        return int(fd)
+    lines = log_buffer.value.decode(errors="replace").splitlines()
+    log.debug("verifier log of %s:\n%s", name, "\n".join(lines[-40:]))
+    raise LoadFailure(name, ctypes.get_errno() or failure, _last_words(lines))
 
 
 @contextlib.contextmanager
@@ -226,13 +280,17 @@ class Collector:
 
     `addresses` maps kernel function names to their kallsyms addresses: shared function entry points find their
     probe by the traced function's address (see program.py), so a function without an address cannot be probed.
+    `btf_ids` maps kernel function names to their vmlinux BTF FUNC ids: kfunc programs are then loaded directly
+    (see load_btf_program); without an id BCC's loader looks it up by name (one BTF parse per function).
     """
 
     def __init__(self, program: Program, headers: HeaderTree,
-                 addresses: Mapping[str, Sequence[int]] | None = None) -> None:
+                 addresses: Mapping[str, Sequence[int]] | None = None,
+                 btf_ids: Mapping[str, int] | None = None) -> None:
         self.program = program
         self.headers = headers
         self.addresses = addresses or {}
+        self.btf_ids = btf_ids or {}
         self._bpf = None  # type: ignore[var-annotated]
         self._records: list[bytes] = []
         self._lock = threading.Lock()
@@ -285,6 +343,59 @@ class Collector:
         bpf.funcs[load_name] = _import_bcc().BPF.Function(bpf, load_name, fd)
         return fd
 
+    def _load_btf(self, entry: str, name: str, attach_type: int, btf_id: int) -> int:
+        """Load entry point `entry` as a BTF-bound tracing program (fentry or tp_btf) named `name`; the fd is kept
+        until close. Raises LoadFailure."""
+        bpf = self._bpf
+        known = bpf.funcs.get(name.encode())
+        if known is not None:
+            return int(known.fd)
+        lib = _bcc_lib()
+        start = lib.bpf_function_start(bpf.module, entry.encode())
+        if not start:
+            raise KernelError(f"entry point {entry} is not in the compiled program")
+        fd = load_btf_program(start, lib.bpf_function_size(bpf.module, entry.encode()),
+                              lib.bpf_module_license(bpf.module), name, PROG_TRACING, attach_type, btf_id)
+        bpf.funcs[name.encode()] = _import_bcc().BPF.Function(bpf, name.encode(), fd)
+        return fd
+
+    def _load_kfunc(self, entry: str, function: str) -> tuple[str, int]:
+        """Load `entry` as the fentry program of `function`: (program name, fd)."""
+        name = f"kfunc__{function}"
+        btf_id = self.btf_ids.get(function)
+        if btf_id:
+            return name, self._load_btf(entry, name, ATTACH_TRACE_FENTRY, btf_id)
+        return name, self._load(entry, ProbeKind.KFUNC, name)
+
+    def verify_tp_btf(self, stand_ins: Mapping[int, tuple[str, int]]) -> VerifyReport:
+        """Load each shared kfunc entry point as a tp_btf program on a stand-in tracepoint whose sk_buff sits at
+        the same argument (`stand_ins`: skb position -> (tracepoint, btf_trace_* typedef id)). fentry and tp_btf
+        programs see the same BTF-typed u64 argument array, so this runs the verifier over the kfunc body on
+        kernels that refuse fentry. The program must be rendered with func_ip="verify" (tp_btf has no
+        bpf_get_func_ip). Positions without a stand-in are reported REFUSED with the reason."""
+        self.compile()
+        report = VerifyReport()
+        for entry, sources in self.program.entries().items():
+            if sources[0].probe.kind is not ProbeKind.KFUNC:
+                continue
+            stand_in = stand_ins.get(sources[0].skb_arg + 1)
+            if stand_in is None:
+                report.checks.append(ProgramCheck(entry, ProbeKind.KFUNC, REFUSED,
+                                                  f"no tracepoint has an sk_buff at argument {sources[0].skb_arg + 1}",
+                                                  sources))
+                continue
+            tracepoint, btf_id = stand_in
+            name = f"tp_btf__{tracepoint}"
+            try:
+                self._load_btf(entry, name, ATTACH_TRACE_RAW_TP, btf_id)
+            except LoadFailure as failure:
+                status = REFUSED if failure.refused else REJECTED
+                report.checks.append(ProgramCheck(entry, ProbeKind.KFUNC, status, failure.describe(), sources, name))
+            else:
+                report.checks.append(ProgramCheck(entry, ProbeKind.KFUNC, LOADED, "", sources, name))
+                self._forget(name)
+        return report
+
     def _forget(self, name: str) -> None:
         function = self._bpf.funcs.pop(name.encode(), None) if self._bpf is not None else None
         if function is not None:
@@ -305,7 +416,10 @@ class Collector:
                 report.checks.append(ProgramCheck(entry, kind, REFUSED, refused[kind], sources, name))
                 continue
             try:
-                self._load(entry, kind, name)
+                if kind is ProbeKind.KFUNC:
+                    self._load_kfunc(entry, sources[0].target)
+                else:
+                    self._load(entry, kind, name)
             except LoadFailure as failure:
                 status = REFUSED if failure.refused else REJECTED
                 if failure.refused:
@@ -322,10 +436,10 @@ class Collector:
     def _try_attach(self, entry: str, tracepoint: str) -> tuple[str, str]:
         bpf = self._bpf
         try:
-            bpf.attach_raw_tracepoint(tp=tracepoint, fn_name=entry)
+            bpf.attach_raw_tracepoint(tp=tracepoint.encode(), fn_name=entry.encode())
         except Exception as err:  # noqa: BLE001 - BCC: bare Exception
             return LOADED, f"attach failed: {str(err).strip().splitlines()[0] if str(err).strip() else err!r}"
-        bpf.detach_raw_tracepoint(tp=tracepoint)
+        bpf.detach_raw_tracepoint(tp=tracepoint.encode())
         return ATTACHED, ""
 
     def attach(self) -> AttachReport:
@@ -364,7 +478,7 @@ class Collector:
             self.close()
             first = report.failed[0][1] if report.failed else "no probes"
             raise AttachError(f"no probe could be attached ({len(report.failed)} failed; first: {first})")
-        bpf["events"].open_ring_buffer(self._on_record)
+        bpf[b"events"].open_ring_buffer(self._on_record)
         return report
 
     def _fill_function_map(self) -> dict[str, str]:
@@ -373,7 +487,7 @@ class Collector:
         shared = [source for source in self.program.function_sources() if source.shared]
         if not shared:
             return {}
-        table = self._bpf["ipft_funcs"]
+        table = self._bpf[b"ipft_funcs"]
         unmapped: dict[str, str] = {}
         for source in shared:
             addresses = [address for address in self.addresses.get(source.target, ()) if address]
@@ -393,13 +507,12 @@ class Collector:
         kind = source.probe.kind
         if kind is ProbeKind.TRACEPOINT:
             self._load(source.entry_name, kind)
-            bpf.attach_raw_tracepoint(tp=source.target, fn_name=source.entry_name)
+            bpf.attach_raw_tracepoint(tp=source.target.encode(), fn_name=source.entry_name.encode())
         elif kind is ProbeKind.KPROBE:
             self._load(source.entry_name, kind)
-            bpf.attach_kprobe(event=source.target, fn_name=source.entry_name)
+            bpf.attach_kprobe(event=source.target.encode(), fn_name=source.entry_name.encode())
         elif kind is ProbeKind.KFUNC:
-            name = f"kfunc__{source.target}"
-            fd = self._load(source.entry_name, kind, name)
+            name, fd = self._load_kfunc(source.entry_name, source.target)
             link = _bcc_lib().bpf_attach_kfunc(fd)
             if link < 0:
                 self._forget(name)
@@ -470,7 +583,7 @@ class BpfCounters:
     def hits(self) -> Iterable[tuple[int, int, int]]:
         """(flow_id, probe_id, count) for every non-zero slot."""
         out = []
-        for key, values in self._bpf["hits"].items():
+        for key, values in self._bpf[b"hits"].items():
             total = sum(values)
             if total:
                 slot = key.value
@@ -480,7 +593,7 @@ class BpfCounters:
     def drops(self) -> Iterable[tuple[int, int, int, int]]:
         """(flow_id, location, reason, count)."""
         out = []
-        for key, values in self._bpf["drops"].items():
+        for key, values in self._bpf[b"drops"].items():
             total = sum(values)
             if total:
                 out.append((key.flow_id, key.location, key.reason, total))
@@ -488,6 +601,6 @@ class BpfCounters:
 
     def totals(self) -> Mapping[str, int]:
         """{'events', 'lost', 'matched', 'track_full'} summed over CPUs."""
-        table = self._bpf["stats"]
+        table = self._bpf[b"stats"]
         names = {STAT_EVENTS: "events", STAT_LOST: "lost", STAT_MATCHED: "matched", STAT_TRACK_FULL: "track_full"}
         return {name: int(sum(table[ctypes.c_int(index)])) for index, name in names.items()}

@@ -13,11 +13,12 @@ from .config import Config
 from .errors import KernelError
 from .httpserver import Heartbeat, HttpServer
 from .metrics import ExporterMetrics, KernelCounters
+from .modules import LoadedModule, ModuleContext, event_attributes, load_modules
 from .otlp import DROP_REASONS, OtlpSink
 from .paths import SkbPath
 from .program import ProgramOptions
 from .spans import SpanEncoder, WallClock, resource_attributes
-from .tracer import AUTO_ORDER, KernelView, Tracer, TraceRequest, function_backend_unavailable, plan_probes
+from .tracer import KernelView, Tracer, TraceRequest, choose_backend, plan_probes
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ POLL_MS = 100
 SHUTDOWN_FLUSH_S = 5.0
 
 
-def trace_request(config: Config, modules: tuple = ()) -> TraceRequest:  # type: ignore[type-arg]
+def trace_request(config: Config, modules: tuple[LoadedModule, ...] = ()) -> TraceRequest:
     """The TraceRequest a config describes."""
     options = ProgramOptions(
         max_inflight=config.paths.max_inflight,
@@ -36,39 +37,23 @@ def trace_request(config: Config, modules: tuple = ()) -> TraceRequest:  # type:
                         limits=config.paths, modules=tuple(m.code for m in modules))
 
 
-def load_config_modules(config: Config) -> tuple:  # type: ignore[type-arg]
-    """The config's modules, loaded (unknown names and bad options raise UsageError)."""
+def load_config_modules(config: Config, view: KernelView | None = None) -> tuple[LoadedModule, ...]:
+    """The config's modules, loaded (unknown names and bad options raise UsageError naming the module)."""
     if not config.modules:
         return ()
-    from .modules import load_modules  # noqa: PLC0415
-
-    return tuple(load_modules([spec.text for spec in config.modules]))
-
-
-def event_attributes(modules: tuple):  # type: ignore[no-untyped-def,type-arg]
-    """Span attributes from module data, or None without modules."""
-    if not modules:
-        return None
-    from . import modules as module_api  # noqa: PLC0415
-
-    make = getattr(module_api, "event_attributes", None)
-    return make(modules) if make is not None else None
+    context = ModuleContext(btf=(lambda: view.btf) if view is not None else None)
+    return tuple(load_modules(config.modules, context))
 
 
 def check(config: Config, cache_dir: str | None = None) -> list[str]:
     """Validate, plan and compile without attaching; the lines to print."""
-    modules = load_config_modules(config)
+    view = KernelView()
+    modules = load_config_modules(config, view)
     request = trace_request(config, modules)
-    tracer = Tracer(request, cache_dir=cache_dir)
-    backend = config.backend
-    if backend == "auto":
-        backend = next((b for b in AUTO_ORDER if function_backend_unavailable(b) is None), "tracepoint")
-    plan = plan_probes(tracer.view, backend, config.manifest)
-    from .collector import Collector  # noqa: PLC0415
-    from .program import render  # noqa: PLC0415
-
-    program = render(plan.sources, request.flows, request.options, request.modules)
-    collector = Collector(program, tracer.headers())
+    tracer = Tracer(request, view=view, cache_dir=cache_dir)
+    backend, _ = choose_backend(config.backend, view)
+    plan = plan_probes(view, backend, config.manifest)
+    collector = tracer.collector_for(plan, tracer.headers(), addresses=False)
     try:
         collector.compile()
     finally:
@@ -89,9 +74,10 @@ class Daemon:
     def __init__(self, config: Config, ready_file: Path | None = None, cache_dir: str | None = None) -> None:
         self.config = config
         self.ready_file = ready_file
-        self.modules = load_config_modules(config)
+        view = KernelView()
+        self.modules = load_config_modules(config, view)
         self.request = trace_request(config, self.modules)
-        self.tracer = Tracer(self.request, view=KernelView(), cache_dir=cache_dir)
+        self.tracer = Tracer(self.request, view=view, cache_dir=cache_dir)
         self.sink: OtlpSink | None = None
         self.metrics = ExporterMetrics(config.flow_names, span_stats=self._span_stats,
                                        span_drop_reasons=DROP_REASONS, version=__version__,
@@ -132,7 +118,7 @@ class Daemon:
     def _start_sink(self) -> None:
         otlp = self.config.traces.otlp
         encoder = SpanEncoder(self.tracer.probes, list(self.config.flow_names), WallClock(), resource_attributes(),
-                              event_attributes=event_attributes(self.modules))
+                              event_attributes=event_attributes(self.modules) if self.modules else None)
         sink = OtlpSink(encoder, endpoint=otlp.endpoint, protocol=otlp.protocol, timeout_s=otlp.timeout_s,
                         headers=otlp.headers)
         if sink.enabled:

@@ -6,7 +6,8 @@ import functools
 import ipaddress
 import socket
 import struct
-from typing import Iterable, Iterator, NamedTuple
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 # struct ipft_event (little endian, natural alignment, 152 bytes):
 #   u64 ts, skb, location; u32 probe_id, cpu, len, ifindex, reason; u16 flow_id; u8 ipversion, l4proto;
@@ -18,6 +19,7 @@ MODULE_DATA_SIZE = 64
 FLAG_TUPLE = 1 << 0  # the packet's headers were parsed at this probe (addresses/ports are valid)
 FLAG_SAMPLED = 1 << 1  # the packet was sampled for tracing when first matched
 FLAG_GAP = 1 << 2  # an earlier event of this skb was lost (ring buffer full)
+FLAG_PREV_LOST = 1 << 3  # first event: the previous packet traced at this skb address lost its end event
 
 
 class Event(NamedTuple):

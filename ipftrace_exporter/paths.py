@@ -3,8 +3,14 @@
 A path ends when its skb is freed (consume / drop), reaches a manifest egress function, goes idle, or
 grows past `max_events` (marked truncated). Ended paths wait `settle_ns` for stragglers from other CPUs
 (an event whose timestamp is not after the end belongs to the ended path; a later one starts a new path,
-so a freed address that is reused never merges two packets). At most `max_inflight` paths are kept:
-the oldest is evicted (emitted as truncated) and counted.
+so a freed address that is reused never merges two packets). At most `max_inflight` paths, holding at most
+`max_held_events` events together, are kept: the least recently touched is evicted (emitted as truncated) and
+counted.
+
+Events lost in the kernel (ring buffer full) never merge packets and mark what they damage: a packet whose first
+event is lost is not sent at all; a lost step flags the packet's next event (FLAG_GAP: the path ends truncated);
+a lost end flags the first event of the next packet traced at the address (FLAG_PREV_LOST: the old path, still
+open, ends truncated rather than timeout).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Protocol
 
-from .events import FLAG_GAP, FLAG_TUPLE, Event, format_address
+from .events import FLAG_GAP, FLAG_PREV_LOST, FLAG_TUPLE, Event, format_address
 from .probes import ProbeRole, ProbeTable
 from .protocols import PORT_PROTOCOLS, protocol_name
 
@@ -41,9 +47,12 @@ class PathLimits:
     max_events: int = 256
     max_inflight: int = 65536
     settle_ns: int = 50_000_000
+    # Events held in open paths, all together: beyond it the least recently touched paths are evicted (truncated).
+    # max_inflight x max_events alone would allow 16M events (GBs) when paths never end; an event costs ~0.7 KB.
+    max_held_events: int = 65536
 
     def __post_init__(self) -> None:
-        for name in ("idle_timeout_ns", "max_events", "max_inflight"):
+        for name in ("idle_timeout_ns", "max_events", "max_inflight", "max_held_events"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.settle_ns < 0:
@@ -153,12 +162,18 @@ class PathAssembler:
         self._timed_out: OrderedDict[int, Event] = OrderedDict()  # skb -> headers of a path that went idle
         self.evicted = 0
         self.unknown_probe_events = 0
+        self._held = 0  # events in open paths
         self._roles = tuple(probe.role for probe in probes)  # by probe id
 
     @property
     def inflight(self) -> int:
         """Paths currently open (not yet ended)."""
         return len(self._open)
+
+    @property
+    def held_events(self) -> int:
+        """Events held in open paths (at most `limits.max_held_events`, or `max_events` if larger)."""
+        return self._held
 
     def add(self, event: Event) -> list[SkbPath]:
         """Take one event; returns the paths this event forced out (evicted or truncated)."""
@@ -178,6 +193,7 @@ class PathAssembler:
         settling = self._settling
         get_settling = settling.get
         max_events = self.limits.max_events
+        max_held = max(self.limits.max_held_events, max_events)
         step = ProbeRole.STEP
         for event in events:
             probe_id = event.probe_id
@@ -196,15 +212,20 @@ class PathAssembler:
                 path = self._open_path(skb, event.flow_id, done)
                 if not flags & FLAG_TUPLE and self._timed_out:
                     self._continue(path)
-            elif flags & FLAG_TUPLE and path.tuple_event is not None:
-                # The kernel saw a new packet at this address: the old one was freed where no probe saw it.
+            elif flags & FLAG_TUPLE and (path.events[0].flags & FLAG_TUPLE or path.tuple_event is not None
+                                         or event.timestamp_ns > path.events[0].timestamp_ns):
+                # The kernel saw a new packet at this address (a TUPLE event is a packet's first, so an open path
+                # holding a tuple or an earlier event is another packet, freed where no probe saw it or whose
+                # first event was lost).
                 del open_paths[skb]
-                done.append(self._finish(path, OUTCOME_TIMEOUT))
+                self._held -= len(path.events)
+                done.append(self._finish(path, OUTCOME_TRUNCATED if flags & FLAG_PREV_LOST else OUTCOME_TIMEOUT))
                 path = self._open_path(skb, event.flow_id, done)
             else:
                 touch(skb)
             path_events = path.events
             path_events.append(event)
+            self._held += 1
             if flags & FLAG_GAP:
                 path.gap = True
             role = roles[probe_id]
@@ -212,13 +233,25 @@ class PathAssembler:
                 self._end(path, event, role, done)
             elif len(path_events) >= max_events:
                 del open_paths[skb]
+                self._held -= len(path_events)
                 done.append(self._finish(path, OUTCOME_TRUNCATED))
+            if self._held > max_held:
+                self._shed(max_held, done)
         return done
+
+    def _shed(self, max_held: int, done: list[SkbPath]) -> None:
+        """Evict the least recently touched open paths (as truncated) until at most `max_held` events are held."""
+        while self._held > max_held and self._open:
+            _, oldest = self._open.popitem(last=False)
+            self._held -= len(oldest.events)
+            self.evicted += 1
+            done.append(self._finish(oldest, OUTCOME_TRUNCATED))
 
     def _open_path(self, skb: int, flow_id: int, done: list[SkbPath]) -> SkbPath:
         """A new open path for `skb`, evicting the least recently touched one when at the limit."""
         if len(self._open) >= self.limits.max_inflight:
             _, oldest = self._open.popitem(last=False)
+            self._held -= len(oldest.events)
             self.evicted += 1
             done.append(self._finish(oldest, OUTCOME_TRUNCATED))
         path = self._open[skb] = SkbPath(skb, flow_id)
@@ -235,6 +268,7 @@ class PathAssembler:
         """The skb was freed or left: the path ends and settles (stragglers may still join it)."""
         skb = path.skb
         del self._open[skb]
+        self._held -= len(path.events)
         path.end_ts = event.timestamp_ns
         if role is ProbeRole.DROP:
             path.outcome = OUTCOME_DROPPED
@@ -276,6 +310,7 @@ class PathAssembler:
             if path.events[-1].timestamp_ns > idle_before:
                 break
             del self._open[skb]
+            self._held -= len(path.events)
             done.append(self._finish(path, OUTCOME_TIMEOUT))
             header = path.tuple_event
             if header is not None:
@@ -290,4 +325,5 @@ class PathAssembler:
         self._settling.clear()
         done.extend(self._finish(path, OUTCOME_TIMEOUT) for path in self._open.values())
         self._open.clear()
+        self._held = 0
         return done

@@ -6,7 +6,8 @@ position: it finds its probe id by the traced function's address (`bpf_get_func_
 which the collector fills from kallsyms. So hundreds of functions compile as fast as one; the collector loads
 the shared body once per kprobe position, and once per function for kfunc (fentry needs the function's BTF id
 at load time, but the instructions are the same). Without `bpf_get_func_ip` (kernels before 5.15), kprobes use
-the instruction pointer instead and kfunc probes fall back to one entry point per function."""
+the instruction pointer instead and kfunc probes fall back to one entry point per function. ProgramOptions.func_ip
+"verify" renders kfunc entry points for a verifier check as tp_btf programs (see collector.verify_tp_btf)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,10 @@ from .probes import Probe, ProbeKind, ProbeRole
 ROLE_CODES = {ProbeRole.STEP: 0, ProbeRole.CONSUME: 1, ProbeRole.DROP: 2, ProbeRole.EGRESS: 3}
 MAX_KPROBE_ARG = 5
 FUNCTION_KINDS = frozenset({ProbeKind.KPROBE, ProbeKind.KFUNC})
-FUNC_IP_MODES = ("helper", "regs")
+# helper: bpf_get_func_ip (5.15+); regs: the instruction pointer (kprobe) and one kfunc entry point per function;
+# verify: an unknown number instead, so kfunc entry points can pass the verifier as tp_btf programs (which lack
+# bpf_get_func_ip) on kernels that refuse fentry; never for tracing.
+FUNC_IP_MODES = ("helper", "regs", "verify")
 # Hash-map slots per function probe: a name can have several kallsyms addresses (static functions).
 FUNC_ADDRESS_SLOTS = 4
 
@@ -136,7 +140,7 @@ def entry_point(source: ProbeSource) -> str:
         skb = _arg("ctx", source.skb_arg, "struct sk_buff *")
         if source.shared:
             return (f"int {source.entry_name}(unsigned long long *ctx)\n"
-                    f"{{\n    return ipft_function(ctx, {skb}, bpf_get_func_ip(ctx));\n}}\n")
+                    f"{{\n    return ipft_function(ctx, {skb}, IPFT_KFUNC_IP(ctx));\n}}\n")
         return (f"int {source.entry_name}(unsigned long long *ctx)\n"
                 f"{{\n    return ipft_handle(ctx, {skb}, {tail}, 0, 0);\n}}\n")
     raise ValueError(f"unknown probe kind {probe.kind}")
@@ -146,12 +150,14 @@ def function_lookup(num_functions: int, func_ip: str) -> str:
     """C for shared function entry points: the address -> probe map and `ipft_function()`."""
     slots = max(64, FUNC_ADDRESS_SLOTS * int(num_functions))
     if func_ip == "helper":
-        kprobe_ip = "#define IPFT_KPROBE_IP(ctx) bpf_get_func_ip(ctx)"
+        ip_macros = "#define IPFT_KPROBE_IP(ctx) bpf_get_func_ip(ctx)\n#define IPFT_KFUNC_IP(ctx) bpf_get_func_ip(ctx)"
+    elif func_ip == "verify":
+        ip_macros = "#define IPFT_KPROBE_IP(ctx) bpf_ktime_get_ns()\n#define IPFT_KFUNC_IP(ctx) bpf_ktime_get_ns()"
     else:  # the instruction pointer after the breakpoint (x86: int3 is one byte), or the probed address
-        kprobe_ip = ("#if defined(__TARGET_ARCH_x86) || defined(bpf_target_x86)\n"
+        ip_macros = ("#if defined(__TARGET_ARCH_x86) || defined(bpf_target_x86)\n"
                      "#define IPFT_KPROBE_IP(ctx) (PT_REGS_IP(ctx) - 1)\n#else\n"
                      "#define IPFT_KPROBE_IP(ctx) PT_REGS_IP(ctx)\n#endif")
-    return f"""{kprobe_ip}
+    return f"""{ip_macros}
 struct ipft_func {{
     u32 probe_id;
     u32 role;
@@ -208,7 +214,7 @@ def render(
         if source.probe.id != index:
             raise ValueError(f"probe {source.target} has id {source.probe.id}, expected {index}")
     # kfunc without bpf_get_func_ip: one entry point per function (slow to compile, but correct).
-    per_function = options.func_ip != "helper"
+    per_function = options.func_ip == "regs"
     sources = [replace(s, shared=not (per_function and s.probe.kind is ProbeKind.KFUNC)) if s.is_function else s
                for s in sources]
     body = bpf_source()

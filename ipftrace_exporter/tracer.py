@@ -23,7 +23,7 @@ from .collector import (
 from .errors import AttachError, KernelError, UsageError
 from .events import decode_many
 from .flows import FlowSpec, check_flows
-from .kernel.btf import Btf
+from .kernel.btf import KIND_FUNC, KIND_TYPEDEF, Btf
 from .kernel.headers import HeaderTree, HeaderTreeBuilder, choose_header_tree
 from .kernel.symbols import KernelSymbols
 from .paths import PathAssembler, PathLimits, SkbPath
@@ -45,6 +45,14 @@ EGRESS_TRACEPOINTS = {
 }
 SKB_LAYOUT_MEMBERS = ("head", "data", "len", "protocol", "network_header", "dev")
 KPROBE_PMU = "/sys/bus/event_source/devices/kprobe/type"
+# Tracepoints whose TP_PROTO has a struct sk_buff * at argument N: kfunc entry points for skb position N are
+# verifier-checked as tp_btf programs on them where fentry is refused (Tracer.verify_kfunc_as_tp_btf).
+TP_BTF_STAND_INS = {
+    1: ("netif_receive_skb", "consume_skb", "kfree_skb"),
+    2: ("tcp_retransmit_skb", "sock_rcvqueue_full"),
+    3: ("udp_fail_queue_rcv_skb",),
+    4: ("qdisc_dequeue",),
+}
 _TEXT_SYMBOL_TYPES = frozenset("tTwW")
 
 
@@ -122,6 +130,27 @@ class KernelView:
         """How shared function entry points learn the traced function: "helper" (bpf_get_func_ip, Linux 5.15+)
         or "regs" (the instruction pointer; kfunc then needs one entry point per function)."""
         return "helper" if "BPF_FUNC_get_func_ip" in self.btf.enum("bpf_func_id") else "regs"
+
+    def function_btf_ids(self, names: Collection[str]) -> dict[str, int]:
+        """vmlinux BTF FUNC type ids of `names` (the ids fentry programs attach to); absent names left out."""
+        found = {}
+        for name in names:
+            ids = self.btf.find(name, KIND_FUNC)
+            if ids:
+                found[name] = ids[0]
+        return found
+
+    def tp_btf_stand_ins(self) -> dict[int, tuple[str, int]]:
+        """skb position -> (tracepoint, btf_trace_* typedef id) of a tracepoint with an sk_buff there."""
+        found: dict[int, tuple[str, int]] = {}
+        for position, events in TP_BTF_STAND_INS.items():
+            for event in events:
+                params = self.btf.tracepoint_params(event)
+                ids = self.btf.find(f"btf_trace_{event}", KIND_TYPEDEF)
+                if params and ids and len(params) >= position and "struct sk_buff *" in params[position - 1][1]:
+                    found[position] = (event, ids[0])
+                    break
+        return found
 
     def function_addresses(self, names: Collection[str]) -> dict[str, list[int]]:
         """kallsyms text addresses of `names` (a static function name can have several); hidden addresses
@@ -273,19 +302,30 @@ class Tracer:
         options = replace(self.request.options, func_ip=self.view.func_ip_mode)
         return render(plan.sources, self.request.flows, options, self.request.modules)
 
-    def collector_for(self, plan: ProbePlan, headers: HeaderTree) -> Collector:
-        """A collector for a plan (function probes get their kallsyms addresses)."""
+    def collector_for(self, plan: ProbePlan, headers: HeaderTree, addresses: bool = True) -> Collector:
+        """A collector for a plan: function probes get their kallsyms addresses, kfunc probes their BTF ids."""
         functions = [source.target for source in plan.sources if source.is_function]
-        addresses = self.view.function_addresses(functions) if functions else {}
-        return Collector(self.program_for(plan), headers, addresses)
+        found = self.view.function_addresses(functions) if functions and addresses else {}
+        kfuncs = [source.target for source in plan.sources if source.probe.kind is ProbeKind.KFUNC]
+        return Collector(self.program_for(plan), headers, found, self.view.function_btf_ids(kfuncs))
 
     def verify(self, backend: str, headers: HeaderTree | None = None) -> tuple[ProbePlan, VerifyReport]:
         """Plan `backend` (not auto), compile its program and load every entry point through the kernel verifier
         without attaching (kfunc: as the first function's fentry program). Raises KernelError if it does not
         compile."""
         plan = plan_probes(self.view, backend, self.request.manifest)
-        with Collector(self.program_for(plan), headers or self.headers()) as collector:
+        with self.collector_for(plan, headers or self.headers(), addresses=False) as collector:
             return plan, collector.verify()
+
+    def verify_kfunc_as_tp_btf(self, headers: HeaderTree | None = None) -> tuple[ProbePlan, VerifyReport]:
+        """Where fentry is refused: compile the kfunc plan's entry points with a stand-in for bpf_get_func_ip and
+        load each through the verifier as a tp_btf program on a tracepoint with its sk_buff at the same argument
+        (same BTF-typed argument array as fentry). Raises KernelError if it does not compile."""
+        plan = plan_probes(self.view, "kfunc", self.request.manifest)
+        options = replace(self.request.options, func_ip="verify")
+        program = render(plan.sources, self.request.flows, options, self.request.modules)
+        with Collector(program, headers or self.headers()) as collector:
+            return plan, collector.verify_tp_btf(self.view.tp_btf_stand_ins())
 
     def survey(self, headers: HeaderTree | None = None, with_functions: bool = True) -> Survey:
         """Compile one program holding every planned function probe (as kprobe and as kfunc) and the skb
@@ -386,17 +426,21 @@ class Tracer:
         raise AttachError(f"no backend could attach ({reasons})")
 
     def _log_choice(self, backend: str, report: AttachReport) -> None:
+        """One line: the backend, why earlier ones were refused, what attached (and, for a manifest traced with
+        tracepoints, that function-level probing is unavailable: then at warning level)."""
         refused = "; ".join(f"{name} refused: {why}" for name, why in self.fallback_reasons.items())
         failed = ""
         if report.failed:
             source, why = report.failed[0]
             failed = f" (first: {source.probe.name}: {why})"
-        log.info("backend %s%s: %d probes attached, %d failed%s", backend, f" ({refused})" if refused else "",
-                 len(report.attached), len(report.failed), failed)
+        line = (f"backend {backend}{f' ({refused})' if refused else ''}: {len(report.attached)} probes attached, "
+                f"{len(report.failed)} failed{failed}")
         if self.request.manifest and backend == "tracepoint" and self.request.backend == "auto":
-            log.warning("function-level probing is unavailable on this kernel; tracing the manifest's flows "
-                        "with skb tracepoints instead (its egress functions end paths where a tracepoint marks "
-                        "the same moment)")
+            log.warning("%s; function-level probing is unavailable on this kernel, so the manifest's flows are "
+                        "traced with skb tracepoints (its egress functions end paths where a tracepoint marks the "
+                        "same moment)", line)
+        else:
+            log.info("%s", line)
 
     @property
     def backend(self) -> str:

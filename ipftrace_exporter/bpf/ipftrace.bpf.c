@@ -24,6 +24,7 @@
 #define IPFT_FLAG_TUPLE 1 /* first event of a packet: headers parsed and matched here */
 #define IPFT_FLAG_SAMPLED 2
 #define IPFT_FLAG_GAP 4 /* an earlier event of this skb was lost (ring buffer full) */
+#define IPFT_FLAG_PREV_LOST 8 /* first event: the previous traced packet at this address lost its end event */
 
 #define IPFT_STAT_EVENTS 0
 #define IPFT_STAT_LOST 1
@@ -82,6 +83,9 @@ struct ipft_drop_key {
 
 BPF_RINGBUF_OUTPUT(events, IPFT_RINGBUF_PAGES);
 BPF_TABLE("lru_hash", u64, struct ipft_track, tracked, IPFT_MAX_INFLIGHT);
+/* skb addresses whose traced packet ended (freed, egress) while the ring buffer was full: the next packet traced
+ * at the address says so in its first event, and user space ends the old path as truncated. */
+BPF_TABLE("lru_hash", u64, u8, ipft_lost_ends, 4096);
 BPF_PERCPU_ARRAY(hits, u64, IPFT_NUM_FLOWS * IPFT_NUM_PROBES);
 BPF_PERCPU_HASH(drops, struct ipft_drop_key, u64, IPFT_MAX_DROP_KEYS);
 BPF_PERCPU_ARRAY(stats, u64, 4);
@@ -97,10 +101,61 @@ static __always_inline void ipft_stat(u32 index)
         *value += 1;
 }
 
+/* The sk_buff fields every probe reads (protocol, network_header, head, data) sit together in every kernel
+ * since 4.x: they are read with one bpf_probe_read_kernel() of the span that covers them (offsets from the
+ * running kernel's BTF, so the span is a compile-time constant), instead of one call per field. */
+#define IPFT_OFF(field) __builtin_offsetof(struct sk_buff, field)
+#define IPFT_END(field) (IPFT_OFF(field) + sizeof(((struct sk_buff *)0)->field))
+#define IPFT_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define IPFT_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define IPFT_HOT_START IPFT_MIN(IPFT_MIN(IPFT_OFF(protocol), IPFT_OFF(network_header)), \
+                                IPFT_MIN(IPFT_OFF(head), IPFT_OFF(data)))
+#define IPFT_HOT_END IPFT_MAX(IPFT_MAX(IPFT_END(protocol), IPFT_END(network_header)), \
+                              IPFT_MAX(IPFT_END(head), IPFT_END(data)))
+#define IPFT_HOT_SIZE 64
+#define IPFT_HOT_GET(dst, hot, field) \
+    __builtin_memcpy(&(dst), (hot) + IPFT_OFF(field) - IPFT_HOT_START, sizeof(dst))
+
+struct ipft_skb {
+    unsigned char *head;
+    unsigned char *data;
+    u16 network_header;
+    u16 protocol; /* host order */
+};
+
+static __always_inline int ipft_skb_read(struct sk_buff *skb, struct ipft_skb *out)
+{
+    if (IPFT_HOT_END - IPFT_HOT_START <= IPFT_HOT_SIZE) {
+        u8 hot[IPFT_HOT_SIZE];
+        if (bpf_probe_read_kernel(hot, IPFT_HOT_END - IPFT_HOT_START, (char *)skb + IPFT_HOT_START) < 0)
+            return -1;
+        IPFT_HOT_GET(out->head, hot, head);
+        IPFT_HOT_GET(out->data, hot, data);
+        IPFT_HOT_GET(out->network_header, hot, network_header);
+        IPFT_HOT_GET(out->protocol, hot, protocol);
+    } else { /* a kernel with these fields far apart: one read each */
+        IPFT_SKB_FIELD(out->head, skb, head);
+        IPFT_SKB_FIELD(out->data, skb, data);
+        IPFT_SKB_FIELD(out->network_header, skb, network_header);
+        IPFT_SKB_FIELD(out->protocol, skb, protocol);
+    }
+    out->protocol = bpf_ntohs(out->protocol);
+    return 0;
+}
+
+/* The first bytes at the network header, read at once: an IPv4 header without options or an IPv6 header
+ * without extension headers, followed by the L4 ports. */
+#define IPFT_L3_READ 44
+
+static __always_inline int ipft_has_ports(u8 l4proto)
+{
+    return l4proto == 6 || l4proto == 17 || l4proto == 132 || l4proto == 136;
+}
+
 static __always_inline void ipft_ports(unsigned char *l4, struct ipft_tuple *t)
 {
     u16 ports[2] = {};
-    if (t->l4proto != 6 && t->l4proto != 17 && t->l4proto != 132 && t->l4proto != 136)
+    if (!ipft_has_ports(t->l4proto))
         return;
     if (IPFT_READ(ports, l4) < 0)
         return;
@@ -109,30 +164,51 @@ static __always_inline void ipft_ports(unsigned char *l4, struct ipft_tuple *t)
     t->has_ports = 1;
 }
 
-static __always_inline int ipft_parse_ipv4(unsigned char *l3, struct ipft_tuple *t)
+static __always_inline void ipft_ports_from(const u8 *raw, struct ipft_tuple *t)
 {
-    struct iphdr iph = {};
-    if (IPFT_READ(iph, l3) < 0 || iph.version != 4 || iph.ihl < 5)
+    if (!ipft_has_ports(t->l4proto))
+        return;
+    t->sport = ((u16)raw[0] << 8) | raw[1];
+    t->dport = ((u16)raw[2] << 8) | raw[3];
+    t->has_ports = 1;
+}
+
+static __always_inline int ipft_parse_ipv4(unsigned char *l3, const u8 *raw, int full, struct ipft_tuple *t)
+{
+    const struct iphdr *iph = (const struct iphdr *)raw;
+    if (iph->version != 4 || iph->ihl < 5)
         return 0;
     t->ipversion = 4;
-    t->l4proto = iph.protocol;
-    t->saddr[0] = iph.saddr;
-    t->daddr[0] = iph.daddr;
-    if ((bpf_ntohs(iph.frag_off) & 0x1fff) == 0)
-        ipft_ports(l3 + iph.ihl * 4, t);
+    t->l4proto = iph->protocol;
+    t->saddr[0] = iph->saddr;
+    t->daddr[0] = iph->daddr;
+    if ((bpf_ntohs(iph->frag_off) & 0x1fff) == 0) {
+        if (iph->ihl == 5 && full)
+            ipft_ports_from(raw + 20, t);
+        else
+            ipft_ports(l3 + iph->ihl * 4, t);
+    }
     return 1;
 }
 
-static __always_inline int ipft_parse_ipv6(unsigned char *l3, struct ipft_tuple *t)
+static __always_inline int ipft_parse_ipv6(unsigned char *l3, const u8 *raw, int full, struct ipft_tuple *t)
 {
-    struct ipv6hdr ip6 = {};
-    if (IPFT_READ(ip6, l3) < 0 || ip6.version != 6)
+    const struct ipv6hdr *ip6 = (const struct ipv6hdr *)raw;
+    if (ip6->version != 6)
         return 0;
     t->ipversion = 6;
-    __builtin_memcpy(t->saddr, &ip6.saddr, 16);
-    __builtin_memcpy(t->daddr, &ip6.daddr, 16);
-    u8 next = ip6.nexthdr;
-    unsigned char *cursor = l3 + sizeof(ip6);
+    __builtin_memcpy(t->saddr, &ip6->saddr, 16);
+    __builtin_memcpy(t->daddr, &ip6->daddr, 16);
+    u8 next = ip6->nexthdr;
+    if (next != 0 && next != 43 && next != 60 && next != 51 && next != 44) { /* no extension header */
+        t->l4proto = next;
+        if (full)
+            ipft_ports_from(raw + 40, t);
+        else
+            ipft_ports(l3 + sizeof(*ip6), t);
+        return 1;
+    }
+    unsigned char *cursor = l3 + sizeof(*ip6);
     int later_fragment = 0;
 #pragma unroll
     for (int i = 0; i < IPFT_MAX_EXT_HEADERS; i++) {
@@ -161,33 +237,33 @@ static __always_inline int ipft_parse_ipv6(unsigned char *l3, struct ipft_tuple 
 /* Parse the packet's IP and L4 headers. from_data: the IP header is at skb->data at this probe (receive
  * entry points, before the network header offset is set); otherwise head + network_header is tried first.
  * The IP version must agree with skb->protocol when that is set. */
-static __always_inline int ipft_parse(struct sk_buff *skb, struct ipft_tuple *t, int from_data)
+static __always_inline int ipft_parse(const struct ipft_skb *s, struct ipft_tuple *t, int from_data)
 {
-    unsigned char *head = 0, *data = 0;
-    u16 network_header = 0;
-    u16 protocol = 0;
-    IPFT_SKB_FIELD(head, skb, head);
-    IPFT_SKB_FIELD(data, skb, data);
-    IPFT_SKB_FIELD(network_header, skb, network_header);
-    IPFT_SKB_FIELD(protocol, skb, protocol);
-    protocol = bpf_ntohs(protocol);
-
-    unsigned char *first = data, *second = 0;
-    if (!from_data && network_header != (u16)~0U && network_header != 0) {
-        first = head + network_header;
-        second = data;
+    unsigned char *first = s->data, *second = 0;
+    if (!from_data && s->network_header != (u16)~0U && s->network_header != 0) {
+        first = s->head + s->network_header;
+        second = s->data;
     }
 #pragma unroll
     for (int attempt = 0; attempt < 2; attempt++) {
         unsigned char *l3 = attempt == 0 ? first : second;
-        u8 version_byte = 0;
-        if (!l3 || IPFT_READ(version_byte, l3) < 0)
+        u8 raw[IPFT_L3_READ] = {};
+        int full = 1;
+        if (!l3)
             return 0;
-        u8 version = version_byte >> 4;
-        if (version == 4 && (protocol == IPFT_ETH_P_IP || protocol == 0))
-            return ipft_parse_ipv4(l3, t);
-        if (version == 6 && (protocol == IPFT_ETH_P_IPV6 || protocol == 0))
-            return ipft_parse_ipv6(l3, t);
+        if (bpf_probe_read_kernel(raw, sizeof(raw), l3) < 0) {
+            /* an unreadable page within IPFT_L3_READ bytes: the bare header, the ports read on their own */
+            full = 0;
+            if (bpf_probe_read_kernel(raw, 20, l3) < 0)
+                return 0;
+            if ((raw[0] >> 4) == 6 && bpf_probe_read_kernel(raw, 40, l3) < 0)
+                return 0;
+        }
+        u8 version = raw[0] >> 4;
+        if (version == 4 && (s->protocol == IPFT_ETH_P_IP || s->protocol == 0))
+            return ipft_parse_ipv4(l3, raw, full, t);
+        if (version == 6 && (s->protocol == IPFT_ETH_P_IPV6 || s->protocol == 0))
+            return ipft_parse_ipv6(l3, raw, full, t);
     }
     return 0;
 }
@@ -213,9 +289,11 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     int first = 0;
     u32 flow_id = 0;
     u8 sampled = 0, gap = 0;
-    unsigned char *head = 0;
-    IPFT_SKB_FIELD(head, skb, head);
-    int parsed = ipft_parse(skb, &t, from_data);
+    struct ipft_skb fields = {};
+    if (ipft_skb_read(skb, &fields) < 0)
+        return 0;
+    unsigned char *head = fields.head;
+    int parsed = ipft_parse(&fields, &t, from_data);
     int flow = parsed ? ipft_match_flow(&t) : -1;
     struct ipft_track *track = tracked.lookup(&key);
     /* A tracked address whose headers now parse to another flow, or whose data buffer changed, is a new
@@ -265,8 +343,15 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
         ipft_stat(IPFT_STAT_LOST);
         if (role == IPFT_ROLE_STEP) {
             struct ipft_track *current = tracked.lookup(&key);
-            if (current)
-                current->gap = 1;
+            if (current) {
+                if (first)
+                    current->sampled = 0; /* its first event (the headers) is lost: send none of this packet */
+                else
+                    current->gap = 1; /* the next event says the path has a hole */
+            }
+        } else if (!first) {
+            u8 one = 1;
+            ipft_lost_ends.update(&key, &one);
         }
         return 0;
     }
@@ -284,6 +369,10 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     event->flags = IPFT_FLAG_SAMPLED | (gap ? IPFT_FLAG_GAP : 0);
     if (first) {
         event->flags |= IPFT_FLAG_TUPLE;
+        if (ipft_lost_ends.lookup(&key)) {
+            event->flags |= IPFT_FLAG_PREV_LOST;
+            ipft_lost_ends.delete(&key);
+        }
         event->ipversion = t.ipversion;
         event->l4proto = t.l4proto;
         __builtin_memcpy(event->saddr, t.saddr, 16);

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from ipftrace_exporter import manifest as manifests
-from ipftrace_exporter.collector import LOADED, REFUSED, Collector, kfunc_refusal
+from ipftrace_exporter.collector import LOADED, REFUSED, REJECTED, Collector, kfunc_refusal
 from ipftrace_exporter.errors import KernelError
 from ipftrace_exporter.flows import FlowSpec
 from ipftrace_exporter.probes import ProbeKind
@@ -115,6 +115,37 @@ def test_kfunc_programs_compile_and_the_kernel_answer_is_not_a_compile_error(tra
             assert "EPERM" in check.reason or "not support" in check.reason
 
 
+def test_kfunc_entry_points_pass_the_verifier_as_tp_btf_programs(tracer: Tracer, headers) -> None:
+    """fentry is refused here, tp_btf is not: same BTF-typed argument array, so the kfunc body meets the
+    verifier with its sk_buff typed as on fentry (bpf_get_func_ip replaced: tp_btf lacks it)."""
+    discovery = Tracer(TraceRequest(flows=FLOWS), tracer.view)
+    plan, report = discovery.verify_kfunc_as_tp_btf(headers)
+    stand_ins = tracer.view.tp_btf_stand_ins()
+    assert {1, 2, 3} <= set(stand_ins)
+    checked = 0
+    for check in report.checks:
+        position = check.sources[0].skb_arg + 1
+        if position in stand_ins:
+            assert check.status == LOADED, f"{check.entry} as {check.load_name}: {check.reason}"
+            checked += len(check.sources)
+    functions = [source for source in plan.sources if source.probe.kind is ProbeKind.KFUNC]
+    assert checked >= 0.9 * len(functions)
+
+
+def test_a_kfunc_body_reading_past_the_arguments_is_rejected_by_the_verifier(tracer: Tracer, headers) -> None:
+    """The tp_btf check can fail: the skb-position-2 body on a one-argument tracepoint reads past its
+    arguments."""
+    plan = plan_probes(tracer.view, "kfunc", DEFAULT_MANIFEST)
+    program = render(plan.sources, FLOWS, ProgramOptions(func_ip="verify"))
+    one_argument = tracer.view.tp_btf_stand_ins()[1]
+    with Collector(program, headers) as collector:
+        report = collector.verify_tp_btf({1: one_argument, 2: one_argument})
+    by_position = {check.sources[0].skb_arg + 1: check for check in report.checks}
+    assert by_position[1].status == LOADED, by_position[1].reason
+    assert by_position[2].status == REJECTED
+    assert "verifier rejected" in by_position[2].reason
+
+
 def test_a_compile_error_is_raised_as_such_not_taken_for_a_refusal(tracer: Tracer, headers) -> None:
     plan = plan_probes(tracer.view, "kfunc", DEFAULT_MANIFEST)
     broken = ModuleCode(match_body="    this is not C;")
@@ -130,6 +161,37 @@ def test_kfunc_availability_is_decided_in_milliseconds() -> None:
     assert time.monotonic() - started < 0.5
     if refusal is not None:
         assert "kfunc" in refusal and "ip_rcv" in refusal
+
+
+# ---- attach: per-function failures are counted, never fatal while something attached ----------------------------
+
+@pytest.mark.parametrize("backend", ["kprobe", "kfunc"])
+def test_function_probes_that_cannot_attach_are_counted_and_the_rest_attaches(backend: str, tracer: Tracer,
+                                                                              headers) -> None:
+    plan = plan_probes(tracer.view, backend, DEFAULT_MANIFEST)
+    functions = [source for source in plan.sources if source.is_function]
+    with tracer.collector_for(plan, headers) as collector:
+        assert set(collector.addresses) == {source.target for source in functions}  # kallsyms, as root
+        report = collector.attach()
+        failed = {source.target: why for source, why in report.failed}
+        attached = [source for source in report.attached if source.is_function]
+        assert len(attached) + len(failed) == len(functions)
+        assert {source.probe.kind for source in report.attached} >= {ProbeKind.TRACEPOINT}
+        refused = kprobes_unavailable() if backend == "kprobe" else kfunc_refusal()
+        if refused:
+            assert not attached and len(failed) == len(functions)
+            assert all(why for why in failed.values())
+            if backend == "kfunc":
+                assert all("EPERM" in why for why in failed.values())
+
+
+def test_a_function_without_a_kallsyms_address_is_a_counted_failure(tracer: Tracer, headers) -> None:
+    plan = plan_probes(tracer.view, "kprobe", DEFAULT_MANIFEST)
+    with Collector(tracer.program_for(plan), headers, addresses={}) as collector:
+        report = collector.attach()
+    reasons = {why for source, why in report.failed if source.is_function}
+    assert reasons == {"no kallsyms address (symbol missing or addresses hidden)"}
+    assert report.attached and all(source.probe.kind is ProbeKind.TRACEPOINT for source in report.attached)
 
 
 # ---- auto and explicit backends ----------------------------------------------------------------------------------
@@ -161,6 +223,20 @@ def test_auto_falls_back_to_tracepoint_logs_why_and_traces(start_tool, ping) -> 
     assert "kfunc refused:" in chosen[0] and "EPERM" in chosen[0]
     assert "kprobe refused:" in chosen[0] and "no kprobes" in chosen[0]
     assert auto_s < tracepoint_s + AUTO_EXTRA_S, f"auto {auto_s:.1f}s vs tracepoint {tracepoint_s:.1f}s"
+
+
+def test_auto_with_a_manifest_where_only_tracepoints_work_warns_once_and_traces(start_tool, ping) -> None:  # type: ignore[no-untyped-def]
+    why = _refused_here()
+    if why:
+        pytest.skip(why)
+    running = start_tool("ipftrace", "-iv", "4", "-l4", "ICMP", "-d4", "127.0.0.1", "--count", "1", DEFAULT_MANIFEST)
+    code, out, err = running.finish()
+    assert code == 0, err
+    assert "ICMP\t127.0.0.1\t->\t127.0.0.1" in out
+    lines = log_lines(err)
+    assert len(lines) == 1, err
+    assert lines[0].startswith("ipftrace: WARNING: backend tracepoint (kfunc refused:")
+    assert "function-level probing is unavailable on this kernel" in lines[0]
 
 
 @pytest.mark.parametrize(("backend", "reason"), [("kprobe", "no kprobes"), ("kfunc", "EPERM")])

@@ -49,7 +49,8 @@ def test_kprobe_functions_share_one_entry_point_per_skb_position() -> None:
 def test_kfunc_functions_share_entry_points_that_read_the_skb_from_its_btf_position() -> None:
     program = render(function_sources(ProbeKind.KFUNC, [2, 1, 7]), FLOWS)
     assert definitions(program.text) == ["ipft_kfunc_arg2", "ipft_kfunc_arg1", "ipft_kfunc_arg7"]
-    assert "ipft_function(ctx, (struct sk_buff *)ctx[1], bpf_get_func_ip(ctx))" in program.text
+    assert "ipft_function(ctx, (struct sk_buff *)ctx[1], IPFT_KFUNC_IP(ctx))" in program.text
+    assert "#define IPFT_KFUNC_IP(ctx) bpf_get_func_ip(ctx)" in program.text
     assert "(struct sk_buff *)ctx[6]" in program.text  # fentry reads any argument, not just registers 1-5
 
 
@@ -62,6 +63,13 @@ def test_without_the_func_ip_helper_kfunc_gets_one_entry_point_per_function_and_
     kprobe = render(function_sources(ProbeKind.KPROBE, [1, 1]), FLOWS, options)
     assert definitions(kprobe.text) == ["ipft_kprobe_arg1"]
     assert "(PT_REGS_IP(ctx) - 1)" in kprobe.text and "bpf_get_func_ip" not in kprobe.text
+
+
+def test_the_verify_mode_replaces_bpf_get_func_ip_for_program_types_without_it() -> None:
+    program = render(function_sources(ProbeKind.KFUNC, [1, 2]), FLOWS, ProgramOptions(func_ip="verify"))
+    assert definitions(program.text) == ["ipft_kfunc_arg1", "ipft_kfunc_arg2"]  # still shared
+    assert "bpf_get_func_ip" not in program.text
+    assert "#define IPFT_KFUNC_IP(ctx) bpf_ktime_get_ns()" in program.text
 
 
 def test_a_tracepoint_only_program_has_no_function_map() -> None:

@@ -10,16 +10,20 @@ import string
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ipftrace_exporter import cli
-from ipftrace_exporter.config import COLLECTOR_KEYS, OTLP_KEYS, PATHS_KEYS, TOP_KEYS, parse_config
+from ipftrace_exporter.config import COLLECTOR_KEYS, OTLP_KEYS, PATHS_KEYS, parse_config
 from ipftrace_exporter.errors import ConfigError, UsageError
+from ipftrace_exporter.events import FLAG_GAP, FLAG_PREV_LOST
 from ipftrace_exporter.flows import FLOW_KEYS, FlowSpec, filter_function, flow_from_mapping
 from ipftrace_exporter.manifest import parse_manifest
+from ipftrace_exporter.paths import PathAssembler, PathLimits
 from ipftrace_exporter.probes import Probe, ProbeKind, ProbeRole
 from ipftrace_exporter.program import ProbeSource, render
+
+from .helpers import CONSUME, IP_RCV, PROBES, RECEIVE, event
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -75,6 +79,7 @@ def _one_line_or_value(parse, text: str) -> None:  # type: ignore[no-untyped-def
 
 @SETTINGS
 @given(st.one_of(config_docs.map(_dump), yaml_ish))
+@example("flows: [{l4proto: udp, dport: '²'}]")
 def test_any_config_text_parses_or_fails_with_one_line(text: str) -> None:
     _one_line_or_value(parse_config, text)
 
@@ -99,6 +104,7 @@ manifest_docs = st.one_of(values, st.fixed_dictionaries({}, optional={"functions
 
 @SETTINGS
 @given(st.one_of(manifest_docs.map(_dump), yaml_ish))
+@example("\x0c")
 def test_any_manifest_text_parses_or_fails_with_one_line(text: str) -> None:
     _one_line_or_value(parse_manifest, text)
 
@@ -138,8 +144,9 @@ def no_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cli, "list_probes", lambda *args, **kwargs: cli.EXIT_OK)
 
 
-@SETTINGS
+@settings(SETTINGS, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(args=flag_args)
+@example(args=["-sp", "²"])
 def test_any_ipftrace_flags_succeed_or_fail_with_exit_2_and_one_line(no_kernel: None, args: list[str]) -> None:
     stderr, stdout = io.StringIO(), io.StringIO()
     with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
@@ -166,7 +173,7 @@ _FIXED_LINES = ("static __always_inline int ipft_match_flow(const struct ipft_tu
 
 hostile = st.one_of(
     st.text(max_size=40),
-    st.sampled_from(["1; } evil(); {", "*/ x /*", "10.0.0.1/32 || 1", "6) || (1", "443\n#include <x>", "tcp\"",
+    st.sampled_from(["²", "٣", "1; } evil(); {", "*/ x /*", "10.0.0.1/32 || 1", "6) || (1", "443\n#include <x>", "tcp\"",
                      "4 && 0", "::ffff:10.0.0.1", "10.0.0.0/8", "fd00::/64", "1", "65535", "icmp", "ICMPv6"]),
     st.integers(-(2**40), 2**40), st.none(), st.booleans(), st.floats(),
 )
@@ -186,6 +193,7 @@ def _check_filter_text(text: str) -> None:
 
 @SETTINGS
 @given(st.dictionaries(st.sampled_from(FLOW_KEYS), hostile, max_size=len(FLOW_KEYS)))
+@example({"dport": "²"})
 def test_flow_values_reach_the_bpf_filter_only_as_validated_numbers(raw: dict) -> None:
     try:
         flow = flow_from_mapping(raw)
@@ -199,3 +207,72 @@ def test_flow_values_reach_the_bpf_filter_only_as_validated_numbers(raw: dict) -
     plain = render([source], [FlowSpec(name=flow.name)]).text
     # The whole program differs from a match-everything flow's only inside the filter function.
     assert program.replace(text, "") == plain.replace(filter_function([FlowSpec(name=flow.name)]), "")
+
+
+# ---- lost events never merge two packets into one path ---------------------------------------------------------
+
+
+packets = st.lists(st.tuples(st.integers(0, 1), st.lists(st.booleans(), min_size=4, max_size=4)), min_size=1,
+                   max_size=12)
+
+
+@SETTINGS
+@given(packets)
+def test_lost_events_never_merge_two_packets_into_one_path(plan: list[tuple[int, list[bool]]]) -> None:
+    """Packets one after another at two reused skb addresses (receive, ip_rcv, ip_rcv, consume); some events lost
+    as the kernel loses them: a packet whose first event (the headers) is lost sends nothing more, and once a
+    later step is lost the packet's next events carry FLAG_GAP."""
+    assembler = PathAssembler(PROBES, PathLimits(settle_ns=0, idle_timeout_ns=10**12), clock=lambda: 0)
+    done = []
+    ts = 0
+    lost_end = [False, False]  # per address: the last traced packet there lost its end (the kernel remembers)
+    for packet, (address, kept) in enumerate(plan):
+        skb = 0xFFFF888000001000 + address * 0x1000
+        gap = False
+        if not kept[0]:
+            ts += 40
+            continue
+        for step, (probe, keep) in enumerate(zip((RECEIVE, IP_RCV, IP_RCV, CONSUME), kept)):
+            ts += 10
+            if not keep:
+                gap = gap or probe != CONSUME
+                continue
+            flags = FLAG_GAP if gap else 0
+            if step == 0 and lost_end[address]:
+                flags |= FLAG_PREV_LOST
+                lost_end[address] = False
+            raw = event(ts, probe, skb, first=step == 0, dport=packet, proto=17)
+            done += assembler.add(raw._replace(cpu=packet, flags=raw.flags | flags))
+        lost_end[address] = not kept[3]
+    done += assembler.flush()
+    for path in done:
+        assert len({e.cpu for e in path.events}) == 1, [(e.cpu, e.probe_id) for e in path.events]
+        packet = path.events[0].cpu
+        kept = plan[packet][1]
+        if all(kept):
+            assert path.outcome == "consumed" and len(path.events) == 4
+        elif any(e.flags & FLAG_GAP for e in path.events):
+            assert path.outcome == "truncated"
+        elif not kept[3] and any(p > packet and plan[p][0] == plan[packet][0] and plan[p][1][0]
+                                 for p in range(len(plan))):
+            assert path.outcome == "truncated"  # its end was lost, and the next packet at the address said so
+        if path.outcome == "consumed":
+            assert all(kept)  # a path says it is complete only when it is
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.integers(0, 40), st.sampled_from([RECEIVE, IP_RCV, CONSUME]), st.booleans()),
+                max_size=300),
+       st.integers(1, 8), st.integers(1, 30))
+def test_open_paths_never_hold_more_events_than_the_limit(stream: list[tuple[int, int, bool]], max_events: int,
+                                                         max_held: int) -> None:
+    limits = PathLimits(max_events=max_events, max_inflight=16, max_held_events=max_held, settle_ns=0)
+    assembler = PathAssembler(PROBES, limits, clock=lambda: 0)
+    emitted = 0
+    for ts, (address, probe, first) in enumerate(stream, start=1):
+        emitted += sum(len(p.events) for p in assembler.add(event(ts, probe, 0x1000 * (address + 1), first=first)))
+        assert assembler.held_events == sum(len(p.events) for p in assembler._open.values())
+        assert assembler.held_events <= max(max_held, max_events)
+        assert assembler.inflight <= 16
+    emitted += sum(len(p.events) for p in assembler.flush())
+    assert emitted == len(stream)  # nothing is lost on the way: evicted paths come out (truncated)
