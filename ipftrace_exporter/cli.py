@@ -64,6 +64,13 @@ def write_ready_file(path: Path | None) -> None:
     temporary.replace(path)
 
 
+def exit_code_for(err: Exception) -> int:
+    """2 for bad usage, config or input files; 3 when the kernel side could not be set up."""
+    if isinstance(err, (click.ClickException, UsageError, OSError)):
+        return EXIT_USAGE
+    return EXIT_ATTACH
+
+
 def run_command(prog: str, command: click.Command, args: Sequence[str] | None) -> int:
     """Run a click command; usage errors and our own errors become one line on stderr and an exit code."""
     try:
@@ -72,24 +79,10 @@ def run_command(prog: str, command: click.Command, args: Sequence[str] | None) -
         return int(done.exit_code)
     except click.exceptions.Abort:
         return EXIT_INTERRUPTED
-    except click.UsageError as err:
-        click.echo(f"{prog}: error: {err.format_message()}", err=True)
-        return EXIT_USAGE
-    except click.ClickException as err:
-        click.echo(f"{prog}: error: {err.format_message()}", err=True)
-        return EXIT_USAGE
-    except UsageError as err:
-        click.echo(f"{prog}: error: {err}", err=True)
-        return EXIT_USAGE
-    except AttachError as err:
-        click.echo(f"{prog}: error: {err}", err=True)
-        return EXIT_ATTACH
-    except IpftraceError as err:
-        click.echo(f"{prog}: error: {err}", err=True)
-        return EXIT_ATTACH
-    except OSError as err:
-        click.echo(f"{prog}: error: {err}", err=True)
-        return EXIT_USAGE
+    except (click.ClickException, IpftraceError, OSError) as err:
+        message = err.format_message() if isinstance(err, click.ClickException) else str(err)
+        click.echo(f"{prog}: error: {message}", err=True)
+        return exit_code_for(err)
     return int(result or 0)
 
 

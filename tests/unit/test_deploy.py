@@ -18,6 +18,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from tests.support.contract import CONTRACT_METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -30,18 +31,6 @@ PROMETHEUS_CONFIG = EXAMPLES / "prometheus.yml"
 # The oldest Kubernetes minor still commonly run, and the newest schema kubernetes-validate ships.
 K8S_VERSIONS = ("1.29.0", "1.37.0")
 
-# DESIGN.md "Contract: metrics"; test_contract_metrics_match_the_design_doc keeps it in step where the doc is.
-CONTRACT_METRICS = frozenset({
-    "ipftrace_function_hits_total",
-    "ipftrace_skb_drops_total",
-    "ipftrace_paths_total",
-    "ipftrace_events_total",
-    "ipftrace_events_lost_total",
-    "ipftrace_spans_exported_total",
-    "ipftrace_spans_dropped_total",
-    "ipftrace_probes",
-    "ipftrace_build_info",
-})
 # Series Prometheus itself writes for every target.
 PROMETHEUS_SERIES = frozenset({"up"})
 
@@ -233,8 +222,7 @@ def test_deploy_holds_the_files_issue_5_asks_for() -> None:
         "kustomization.yaml", "namespace.yaml", "serviceaccount.yaml", "configmap.yaml", "daemonset.yaml",
         "service.yaml", "servicemonitor.yaml")]
     wanted += ["grafana/ipftrace-dashboard.json", "examples/prometheus.yml", "examples/docker-compose.yaml",
-               "examples/jaeger/jaeger.yaml", "examples/otel-collector/config.yaml", "config.example.yaml",
-               "README.md"]
+               "examples/jaeger/jaeger.yaml", "examples/otel-collector/config.yaml", "config.example.yaml"]
     for rel in wanted:
         assert (DEPLOY / rel).is_file(), f"deploy/{rel} is missing"
     assert (ROOT / "Dockerfile").is_file() and (ROOT / ".dockerignore").is_file()
@@ -708,7 +696,7 @@ def test_dockerignore_keeps_what_setup_sh_installs() -> None:
 
 
 def test_deploy_readme_explains_every_capability_and_host_mount() -> None:
-    text = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    text = (ROOT / "README.md").read_text(encoding="utf-8")  # its Deploy section
     for capability in exporter_container()["securityContext"]["capabilities"]["add"]:
         assert f"CAP_{capability}" in text, capability
     for path in REQUIRED_HOST_PATHS | {"/proc/config.gz", "/proc/kallsyms"}:

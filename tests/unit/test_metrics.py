@@ -20,6 +20,7 @@ from ipftrace_exporter.metrics import (
 )
 from ipftrace_exporter.paths import OUTCOMES
 from ipftrace_exporter.probes import Probe, ProbeKind, ProbeRole, ProbeTable
+from tests.support.contract import CONTRACT_METRICS
 
 FLOWS = ("icmp", "web")
 PROBES = ProbeTable(
@@ -35,17 +36,7 @@ FUNCTIONS = {
     0xFFFF0100: "ip_rcv_finish",
 }
 REASONS = {2: "NO_SOCKET", 5: "SKB_DROP_REASON_NETFILTER_DROP", 6: "OTHERHOST"}
-CONTRACT = {
-    "ipftrace_function_hits_total",
-    "ipftrace_skb_drops_total",
-    "ipftrace_paths_total",
-    "ipftrace_events_total",
-    "ipftrace_events_lost_total",
-    "ipftrace_spans_exported_total",
-    "ipftrace_spans_dropped_total",
-    "ipftrace_probes",
-    "ipftrace_build_info",
-}
+CONTRACT = CONTRACT_METRICS
 
 
 class DictReader:
