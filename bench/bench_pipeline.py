@@ -19,6 +19,7 @@ import gc
 import os
 import sys
 import time
+from typing import Self
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,7 +67,7 @@ class Clocks:
         self.wall = 0.0
         self._cpu0 = self._wall0 = 0.0
 
-    def __enter__(self) -> Clocks:
+    def __enter__(self) -> Self:
         self._cpu0, self._wall0 = time.thread_time(), time.perf_counter()
         return self
 
@@ -146,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench_spans import NaiveEncoder
 
+    load = os.getloadavg()[0]
     probes = make_probes()
     buffer = events_module.encode_many(synthetic_events(args.events, per_path=args.per_path))
     chunks = polls(buffer, POLL_RECORDS)
@@ -182,15 +184,15 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Command: `{command_line()}`",
         "",
-        f"{events:,} events in paths of {args.per_path} (64 skbs interleaved), {POLL_RECORDS} records per poll, "
-        f"spans encoded in batches of <= {BATCH_SPANS}; pinned to CPU {args.cpu}. Rates are events per CPU-second "
-        "of this thread (`time.thread_time`), so other processes on the machine do not lower them; wall seconds "
-        f"are shown too (load average at the start: {os.getloadavg()[0]:.2f}).",
+        (f"{events:,} events in paths of {args.per_path} (64 skbs interleaved), {POLL_RECORDS} records per poll, "
+         f"spans encoded in batches of <= {BATCH_SPANS}; pinned to CPU {args.cpu}. Rates are events per "
+         "CPU-second of this thread (`time.thread_time`), so other processes on the machine do not lower them; "
+         f"wall seconds are shown too (load average at the start: {load:.2f})."),
         "",
         table(["stage", "events", "CPU s", "wall s", "events/CPU-s", "note"], rows),
         "",
-        f"Span encoding vs the naive SDK baseline (same paths, same run): {ratio:.1f}x (target >= "
-        f"{TARGET_SPAN_RATIO:g}x: {'met' if ratio >= TARGET_SPAN_RATIO else 'NOT met'}).",
+        (f"Span encoding vs the naive SDK baseline (same paths, same run): {ratio:.1f}x (target >= "
+         f"{TARGET_SPAN_RATIO:g}x: {'met' if ratio >= TARGET_SPAN_RATIO else 'NOT met'})."),
     ]
     text = "\n".join(lines)
     print(text)

@@ -64,6 +64,11 @@ def write_ready_file(path: Path | None) -> None:
     temporary.replace(path)
 
 
+def one_line(text: str) -> str:
+    """The message with unprintable characters (line breaks included) escaped, so it stays one line."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
+
+
 def exit_code_for(err: Exception) -> int:
     """2 for bad usage, config or input files; 3 when the kernel side could not be set up."""
     if isinstance(err, (click.ClickException, UsageError, OSError)):
@@ -81,7 +86,7 @@ def run_command(prog: str, command: click.Command, args: Sequence[str] | None) -
         return EXIT_INTERRUPTED
     except (click.ClickException, IpftraceError, OSError) as err:
         message = err.format_message() if isinstance(err, click.ClickException) else str(err)
-        click.echo(f"{prog}: error: {message}", err=True)
+        click.echo(f"{prog}: error: {one_line(message)}", err=True)
         return exit_code_for(err)
     return int(result or 0)
 
@@ -140,7 +145,7 @@ def ipftrace_cli(ipversion: str, l4proto: str, saddr4: str | None, daddr4: str |
     if output == "yaml" and not list_only:
         raise UsageError("--output yaml writes a manifest and needs --list")
     if manifest_file is not None and not Path(manifest_file).is_file():
-        raise UsageError(f"manifest {manifest_file}: file not found")
+        raise UsageError(f"manifest {manifest_file!r}: file not found")
     from .modules import ModuleContext, load_modules  # noqa: PLC0415 - modules may import optional code
 
     view = KernelView()

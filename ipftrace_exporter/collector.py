@@ -26,6 +26,7 @@ from .program import ROLE_CODES, ProbeSource, Program
 log = logging.getLogger(__name__)
 
 STAT_EVENTS, STAT_LOST, STAT_MATCHED, STAT_TRACK_FULL = range(4)
+MAX_RECORDS_PER_POLL = 8192
 BASE_CFLAGS = ("-w", "-Wno-unused-value")
 # BPF program types (enum bpf_prog_type) the collector loads.
 PROG_KPROBE, PROG_RAW_TRACEPOINT, PROG_TRACING = 2, 17, 26
@@ -539,8 +540,11 @@ class Collector:
 
     # ---- data ---------------------------------------------------------------------------------------
     def _on_record(self, _ctx, data, size) -> int:  # type: ignore[no-untyped-def]
-        self._records.append(ctypes.string_at(data, size))
-        return 0
+        records = self._records
+        records.append(ctypes.string_at(data, size))
+        # A negative answer stops this poll: the rest waits in the ring buffer for the next one, so one poll's
+        # batch (and the memory it holds) is bounded however fast the kernel writes.
+        return -1 if len(records) >= MAX_RECORDS_PER_POLL else 0
 
     def poll(self, timeout_ms: int = 100) -> list[bytes]:
         """Wait up to timeout_ms for records; returns the raw records read (possibly none)."""

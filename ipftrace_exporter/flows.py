@@ -117,7 +117,7 @@ def parse_port(value: Any, key: str) -> int | None:
     if isinstance(value, bool):
         raise UsageError(f"{key} {value!r}: must be a port number 1-65535")
     text = str(value).strip()
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise UsageError(f"{key} {value!r}: must be a port number 1-65535")
     port = int(text)
     if not 1 <= port <= 65535:

@@ -109,7 +109,10 @@ def load_manifest(path: str | os.PathLike[str]) -> Manifest:
 
 def parse_manifest(text: str, source: str = "<manifest>") -> Manifest:
     """Validate manifest YAML `text`; `source` names it in error messages."""
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:  # the reader rejects control characters before parsing starts
+        raise UsageError(f"manifest {source}: not valid YAML: {_yaml_problem(exc)}") from None
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None

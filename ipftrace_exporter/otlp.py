@@ -6,7 +6,9 @@ request. That keeps their TLS / certificate / insecure / credential-provider han
 with backoff inside one deadline, compression and User-Agent, none of which is worth re-implementing. The price is
 three private hooks of the pinned 1.45.2 release, each covered by tests/unit/test_otlp.py so an upgrade that moves them
 fails loudly: gRPC `OTLPExporterMixin._export(data)` calling `_translate_data` / `_count_data`, and http
-`OTLPSpanExporter._client.export(bytes)` returning a result with `.success`.
+`OTLPSpanExporter._client.export(bytes)` returning a result with `.success`. The gRPC exporter's client is also
+rebuilt from `_stub(_channel)` (a stub without a request serializer), so the request goes out as the bytes
+`SpanEncoder.encode_bytes` made, never parsed into a message and serialized again.
 
 What this module decides itself (all OTEL_* names it reads are in `ENV` below): whether tracing is on (an endpoint
 is configured), the protocol, endpoint, timeout, headers and compression, with precedence constructor argument
@@ -24,13 +26,17 @@ import logging
 import os
 import threading
 import time
+import types
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 
 from .errors import ConfigError
 from .paths import SkbPath
@@ -200,9 +206,15 @@ def _resolve_compression(argument: str | None, protocol: str, environ: Mapping[s
 
 # ---- transports ---------------------------------------------------------------------------------------------------
 
+GRPC_EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
 
 class Transport(Protocol):
-    """Sends one encoded request; True on success. Never raises for network trouble."""
+    """Sends one encoded request; True on success. Never raises for network trouble.
+
+    A transport may also have `export_bytes(data, spans) -> bool`, taking the request already serialized (what
+    `SpanEncoder.encode_bytes` makes) and its span count: the sink then skips parsing the request into a message
+    only for the transport to serialize it again (both upstream exporters below have it)."""
 
     def export_request(self, request: ExportTraceServiceRequest) -> bool: ...
 
@@ -228,17 +240,36 @@ def _grpc_transport(settings: OtlpSettings) -> Transport:
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace.export import SpanExportResult
 
+    def raw_stub(channel):  # type: ignore[no-untyped-def]
+        """The TraceService stub with the request sent as the bytes it is given (no serializer)."""
+        stub = types.SimpleNamespace()
+        stub.Export = channel.unary_unary(GRPC_EXPORT_METHOD, request_serializer=None,
+                                          response_deserializer=ExportTraceServiceResponse.FromString)
+        return stub
+
     class GrpcRequestExporter(OTLPSpanExporter):
-        """The upstream gRPC span exporter with its SDK-span translation bypassed."""
+        """The upstream gRPC span exporter with its SDK-span translation bypassed: it sends (request bytes, span
+        count) pairs through a stub that does not serialize (also after the upstream reconnects, which rebuilds the
+        client from `_stub`)."""
+
+        def __init__(self, **kwargs):  # type: ignore[no-untyped-def]
+            super().__init__(**kwargs)
+            self._stub = raw_stub
+            if self._channel is not None:
+                self._client = raw_stub(self._channel)
 
         def _translate_data(self, data):  # type: ignore[no-untyped-def, override]
-            return data  # already an ExportTraceServiceRequest
+            return data[0]  # already serialized
 
         def _count_data(self, data):  # type: ignore[no-untyped-def, override]
-            return sum(len(scope.spans) for resource in data.resource_spans for scope in resource.scope_spans)
+            return data[1]
+
+        def export_bytes(self, data: bytes, spans: int) -> bool:
+            return self._export((data, spans)) is SpanExportResult.SUCCESS  # type: ignore[arg-type]
 
         def export_request(self, request: ExportTraceServiceRequest) -> bool:
-            return self._export(request) is SpanExportResult.SUCCESS  # type: ignore[arg-type]
+            spans = sum(len(scope.spans) for resource in request.resource_spans for scope in resource.scope_spans)
+            return self.export_bytes(request.SerializeToString(), spans)
 
     compression = grpc.Compression.Gzip if settings.compression == "gzip" else grpc.Compression.NoCompression
     return GrpcRequestExporter(
@@ -256,10 +287,13 @@ def _http_transport(settings: OtlpSettings) -> Transport:
     class HttpRequestExporter(OTLPSpanExporter):
         """The upstream http/protobuf span exporter, posting our serialized request."""
 
-        def export_request(self, request: ExportTraceServiceRequest) -> bool:
+        def export_bytes(self, data: bytes, spans: int) -> bool:
             if self._shutdown:
                 return False
-            return bool(self._client.export(request.SerializeToString()).success)
+            return bool(self._client.export(data).success)
+
+        def export_request(self, request: ExportTraceServiceRequest) -> bool:
+            return self.export_bytes(request.SerializeToString(), 0)
 
     return HttpRequestExporter(
         endpoint=settings.endpoint,
@@ -449,12 +483,18 @@ class OtlpSink:
     def _export(self, batch: list[SkbPath]) -> bool:
         assert self._transport is not None
         self._quiet.reset()
+        export_bytes = getattr(self._transport, "export_bytes", None)
         try:
-            request = self.encoder.encode(batch)
+            if export_bytes is not None:
+                data = self.encoder.encode_bytes(batch)
+            else:
+                request = self.encoder.encode(batch)
         except Exception as error:  # e.g. a module's event_attributes raised
             self._quiet.message = f"encoding failed: {error!r}"
             log.debug("encoding %d paths failed", len(batch), exc_info=True)
             return False
+        if export_bytes is not None:
+            return bool(export_bytes(data, SpanEncoder.span_count(batch)))
         return self._transport.export_request(request)
 
     def _account(self, ok: bool) -> None:

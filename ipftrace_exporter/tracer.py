@@ -476,8 +476,10 @@ class Tracer:
             return []
         done: list[SkbPath] = []
         if self._collector is not None and not self._collector.closed:
-            records = self._collector.drain()
-            if records:
+            for _ in range(64):  # bounded: each drain takes at most MAX_RECORDS_PER_POLL records
+                records = self._collector.drain()
+                if not records:
+                    break
                 done.extend(self._assembler.add_many(decode_many(b"".join(records))))
         done.extend(self._assembler.flush())
         return done

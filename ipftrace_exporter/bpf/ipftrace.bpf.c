@@ -44,6 +44,7 @@ struct ipft_tuple {
     u8 l4proto;
     u8 has_ports;
     u8 pad;
+    u32 fp; /* fingerprint of this packet among packets of its flow (0: unknown), see ipft_l4_word() */
 };
 
 /* Mirrors events.py RECORD. */
@@ -72,7 +73,8 @@ struct ipft_track {
     u32 flow_id;
     u8 sampled;
     u8 gap;
-    u16 pad;
+    u16 protocol; /* skb->protocol when first matched (host order, 0 if unset) */
+    u32 fp; /* the packet's fingerprint when first matched: another one at the same address is another packet */
 };
 
 struct ipft_drop_key {
@@ -144,8 +146,21 @@ static __always_inline int ipft_skb_read(struct sk_buff *skb, struct ipft_skb *o
 }
 
 /* The first bytes at the network header, read at once: an IPv4 header without options or an IPv6 header
- * without extension headers, followed by the L4 ports. */
-#define IPFT_L3_READ 44
+ * without extension headers, followed by the first 8 bytes of the L4 header. */
+#define IPFT_L3_READ 48
+
+/* Words that differ between packets of one flow and stay the same along one packet's path (NAT and TTL do not
+ * touch them): TCP's sequence number, UDP's length, ICMP's echo id and sequence. Packets freed where no probe
+ * sees it (a UDP datagram read by recvmsg, TCP segments merged in the receive queue) leave their skb address
+ * and often their data buffer to the next packet; the fingerprint tells the two apart. */
+static __always_inline u32 ipft_l4_word(u8 l4proto, const u8 *l4)
+{
+    if (l4proto == 6 || l4proto == 1 || l4proto == 58)
+        return ((u32)l4[4] << 24) | ((u32)l4[5] << 16) | ((u32)l4[6] << 8) | l4[7];
+    if (l4proto == 17 || l4proto == 136)
+        return ((u32)l4[4] << 8) | l4[5];
+    return 0;
+}
 
 static __always_inline int ipft_has_ports(u8 l4proto)
 {
@@ -183,10 +198,12 @@ static __always_inline int ipft_parse_ipv4(unsigned char *l3, const u8 *raw, int
     t->saddr[0] = iph->saddr;
     t->daddr[0] = iph->daddr;
     if ((bpf_ntohs(iph->frag_off) & 0x1fff) == 0) {
-        if (iph->ihl == 5 && full)
+        if (iph->ihl == 5 && full) {
             ipft_ports_from(raw + 20, t);
-        else
+            t->fp = ((u32)bpf_ntohs(iph->id) << 16) ^ ipft_l4_word(t->l4proto, raw + 20);
+        } else {
             ipft_ports(l3 + iph->ihl * 4, t);
+        }
     }
     return 1;
 }
@@ -202,10 +219,12 @@ static __always_inline int ipft_parse_ipv6(unsigned char *l3, const u8 *raw, int
     u8 next = ip6->nexthdr;
     if (next != 0 && next != 43 && next != 60 && next != 51 && next != 44) { /* no extension header */
         t->l4proto = next;
-        if (full)
+        if (full) {
             ipft_ports_from(raw + 40, t);
-        else
+            t->fp = ipft_l4_word(next, raw + 40);
+        } else {
             ipft_ports(l3 + sizeof(*ip6), t);
+        }
         return 1;
     }
     unsigned char *cursor = l3 + sizeof(*ip6);
@@ -296,11 +315,18 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     int parsed = ipft_parse(&fields, &t, from_data);
     int flow = parsed ? ipft_match_flow(&t) : -1;
     struct ipft_track *track = tracked.lookup(&key);
-    /* A tracked address whose headers now parse to another flow, or whose data buffer changed, is a new
-     * packet in a reused skb (its predecessor was freed where no probe saw it): forget the old one. */
-    if (track && parsed && (flow != (int)track->flow_id || track->head != (u64)head)) {
+    /* A tracked address whose headers now parse to another flow, or whose data buffer or fingerprint changed,
+     * is a new packet in a reused skb (its predecessor was freed where no probe saw it): forget the old one. */
+    if (track && parsed && (flow != (int)track->flow_id || track->head != (u64)head
+                            || (t.fp && track->fp && t.fp != track->fp))) {
         tracked.delete(&key);
         track = 0;
+    }
+    /* Headers that do not parse as IP at an address tracked for an IP packet of another protocol (an ARP
+     * request in the skb of a datagram freed unseen): not ours. */
+    if (track && !parsed && fields.protocol && track->protocol && fields.protocol != track->protocol) {
+        tracked.delete(&key);
+        return 0;
     }
     if (track) {
         flow_id = track->flow_id;
@@ -312,6 +338,8 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
         if (!IPFT_MODULE_MATCH(skb, &t))
             return 0;
         fresh.head = (u64)head;
+        fresh.fp = t.fp;
+        fresh.protocol = fields.protocol;
         fresh.flow_id = flow;
         fresh.sampled = IPFT_SAMPLED();
         flow_id = fresh.flow_id;

@@ -14,7 +14,7 @@ from ipftrace_exporter.cli import exporter_cli, ipftrace_cli, run_command
     (["-iv", "4", "-d6", "fd00::1"], "IPv6 address cannot match ipversion 4"),
     (["-d4", "fd00::1"], "not an IPv4 address"),
     (["-iv", "5"], "'5' is not one of"),
-    (["/nonexistent/manifest.yaml"], "manifest /nonexistent/manifest.yaml: file not found"),
+    (["/nonexistent/manifest.yaml"], "manifest '/nonexistent/manifest.yaml': file not found"),
     (["-o", "yaml"], "needs --list"),
     (["-b", "ebpf"], "'ebpf' is not one of"),
     (["-n", "0"], "0 is not in the range"),
