@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import command_line, machine_facts, table, write_section
 
 from tests.kernel.netns import NetPair, create_pair, delete_pair
+from tests.support.bpfprogs import program_ids
 
 PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -126,23 +127,6 @@ def foreign_programs(own: set[int]) -> int:
     listing = subprocess.run(["bpftool", "prog", "list"], capture_output=True, text=True, check=False).stdout
     ids = {int(m.group(1)) for m in re.finditer(r"^(\d+): \S+\s+name (ipft_\S+)", listing, re.MULTILINE)}
     return len(ids - own)
-
-
-def program_ids(pid: int) -> set[int]:
-    """BPF program ids a process holds (from /proc/PID/fdinfo)."""
-    ids: set[int] = set()
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fdinfo"):
-            try:
-                text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
-            except OSError:
-                continue
-            match = re.search(r"^prog_id:\s*(\d+)", text, re.MULTILINE)
-            if match:
-                ids.add(int(match.group(1)))
-    except OSError:
-        pass
-    return ids
 
 
 class Daemon:

@@ -7,8 +7,9 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import click
 
@@ -16,7 +17,7 @@ from .errors import AttachError, IpftraceError, UsageError
 from .flows import FlowSpec, parse_ipversion, parse_l4proto, parse_network, parse_port
 from .output import PathFormatter
 from .program import ProgramOptions
-from .tracer import BACKENDS, KernelView, TraceRequest, Tracer, plan_probes
+from .tracer import BACKENDS, KernelView, Tracer, TraceRequest
 
 EXIT_OK, EXIT_USAGE, EXIT_ATTACH, EXIT_INTERRUPTED = 0, 2, 3, 130
 log = logging.getLogger("ipftrace_exporter")
@@ -71,7 +72,7 @@ def one_line(text: str) -> str:
 
 def exit_code_for(err: Exception) -> int:
     """2 for bad usage, config or input files; 3 when the kernel side could not be set up."""
-    if isinstance(err, (click.ClickException, UsageError, OSError)):
+    if isinstance(err, (click.ClickException, UsageError, OSError, ValueError)):
         return EXIT_USAGE
     return EXIT_ATTACH
 
@@ -84,7 +85,7 @@ def run_command(prog: str, command: click.Command, args: Sequence[str] | None) -
         return int(done.exit_code)
     except click.exceptions.Abort:
         return EXIT_INTERRUPTED
-    except (click.ClickException, IpftraceError, OSError) as err:
+    except (click.ClickException, IpftraceError, OSError, ValueError) as err:
         message = err.format_message() if isinstance(err, click.ClickException) else str(err)
         click.echo(f"{prog}: error: {one_line(message)}", err=True)
         return exit_code_for(err)
@@ -144,9 +145,9 @@ def ipftrace_cli(ipversion: str, l4proto: str, saddr4: str | None, daddr4: str |
     flow = _flow_from_flags(ipversion, l4proto, saddr4, daddr4, saddr6, daddr6, sport, dport)
     if output == "yaml" and not list_only:
         raise UsageError("--output yaml writes a manifest and needs --list")
-    if manifest_file is not None and not Path(manifest_file).is_file():
+    if manifest_file is not None and not _is_file(manifest_file):
         raise UsageError(f"manifest {manifest_file!r}: file not found")
-    from .modules import ModuleContext, load_modules  # noqa: PLC0415 - modules may import optional code
+    from .modules import ModuleContext, load_modules
 
     view = KernelView()
     loaded = load_modules(modules, ModuleContext(btf=lambda: view.btf)) if modules else []
@@ -157,11 +158,18 @@ def ipftrace_cli(ipversion: str, l4proto: str, saddr4: str | None, daddr4: str |
     return trace(request, output, count, timeout, ready_file, loaded, view)
 
 
+def _is_file(path: str) -> bool:
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):  # e.g. an embedded NUL byte
+        return False
+
+
 def list_probes(request: TraceRequest, output: str, view: KernelView | None = None) -> int:
     """Print what would be traced on this kernel: per function its skb position and, per backend, whether it can
     attach here (checked by compiling and loading through the verifier). `-o yaml`: a manifest for this kernel."""
-    from . import manifest as manifests  # noqa: PLC0415
-    from .tracer import function_specs  # noqa: PLC0415
+    from . import manifest as manifests
+    from .tracer import function_specs
 
     view = view or KernelView()
     if output == "yaml":
@@ -196,7 +204,7 @@ def list_probes(request: TraceRequest, output: str, view: KernelView | None = No
 
 
 def _kernel_release() -> str:
-    import platform  # noqa: PLC0415
+    import platform
 
     return platform.release()
 
@@ -239,7 +247,7 @@ def trace(request: TraceRequest, output: str, count: int | None, timeout: float 
 def _blame_modules(tracer: Tracer, loaded_modules: Sequence[Any]) -> None:
     """After a failed start: raise ModuleError naming the module whose C does not compile, if one does not."""
     if loaded_modules:
-        from .modules import check_modules  # noqa: PLC0415
+        from .modules import check_modules
 
         check_modules(loaded_modules, tracer.headers())
 
@@ -247,7 +255,7 @@ def _blame_modules(tracer: Tracer, loaded_modules: Sequence[Any]) -> None:
 def _module_text(loaded_modules: Sequence[Any]) -> Callable[[Any], str] | None:
     if not loaded_modules:
         return None
-    from .modules import data_text  # noqa: PLC0415
+    from .modules import data_text
 
     return data_text(loaded_modules)
 
@@ -271,9 +279,9 @@ def ipftrace_main(argv: Sequence[str] | None = None) -> None:
 def exporter_cli(config_file: str | None, check: bool, metrics_address: str | None, ready_file: Path | None,
                  log_level: str) -> int:
     """Trace packets through the kernel; export paths as OTLP traces and per-function counts on /metrics."""
-    from .config import apply_overrides, default_config, load_config  # noqa: PLC0415
-    from .daemon import Daemon  # noqa: PLC0415
-    from .daemon import check as check_config  # noqa: PLC0415
+    from .config import apply_overrides, default_config, load_config
+    from .daemon import Daemon
+    from .daemon import check as check_config
 
     setup_logging(log_level, "ipftrace-exporter")
     config = load_config(config_file) if config_file else default_config()

@@ -6,8 +6,9 @@ Only validated numbers ever reach the generated C: names, addresses and ports ar
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from .errors import UsageError
 from .protocols import PORT_PROTOCOLS, parse_protocol, protocol_name

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Protocol
+from typing import Protocol
 
 from .events import FLAG_GAP, FLAG_PREV_LOST, FLAG_TUPLE, Event, format_address
 from .probes import ProbeRole, ProbeTable
@@ -100,7 +101,7 @@ class SkbPath:
                 return event
         return self.header
 
-    def describe(self) -> "FlowTuple":
+    def describe(self) -> FlowTuple:
         """Addresses, ports and protocol of this path's packet."""
         event = self.tuple_event
         if event is None:

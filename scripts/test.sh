@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+.venv/bin/ruff check --quiet ipftrace_exporter tests bench
 exec .venv/bin/python -m pytest "$@"

@@ -48,7 +48,7 @@ def sample(metrics: str, name: str, **labels: str) -> float:
     """The value of one series (0 when absent)."""
     want = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
     for line in metrics.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
+        if line.startswith((name + "{", name + " ")):
             series, value = line.rsplit(" ", 1)
             inside = series[len(name):].strip("{}")
             if ",".join(sorted(inside.split(","))) == want or (not labels and not inside):

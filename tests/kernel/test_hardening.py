@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from tests.support.bpfprogs import program_ids
 from tests.support.otlp_receiver import GrpcOtlpReceiver, attributes
 
 from .conftest import BIN, Running
@@ -60,23 +61,6 @@ def rss_kib(pid: int) -> int:
             return int(line.split()[1])
     raise AssertionError(f"no VmRSS for {pid}")
 
-
-def program_ids(pid: int) -> set[int]:
-    """Ids of the BPF programs a process holds open (prog fds and the links of attached tracepoints)."""
-    ids: set[int] = set()
-    try:
-        fds = os.listdir(f"/proc/{pid}/fdinfo")
-    except OSError:
-        return ids
-    for fd in fds:
-        try:
-            text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
-        except OSError:
-            continue
-        match = re.search(r"^prog_id:\s*(\d+)", text, re.MULTILINE)
-        if match:
-            ids.add(int(match.group(1)))
-    return ids
 
 
 def loaded_ipft_programs() -> set[int]:

@@ -18,6 +18,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+
 from tests.support.contract import CONTRACT_METRICS
 
 ROOT = Path(__file__).resolve().parents[2]

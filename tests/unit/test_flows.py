@@ -5,7 +5,13 @@ import re
 import pytest
 
 from ipftrace_exporter.errors import UsageError
-from ipftrace_exporter.flows import FlowSpec, filter_function, flow_condition, flow_from_mapping, parse_network
+from ipftrace_exporter.flows import (
+    FlowSpec,
+    filter_function,
+    flow_condition,
+    flow_from_mapping,
+    parse_network,
+)
 
 
 def test_cidr_becomes_masked_word_comparisons() -> None:

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import json
 
+from ipftrace_exporter.output import PathFormatter
 from ipftrace_exporter.paths import PathAssembler, PathLimits
 
 from .helpers import CONSUME, DROP, IP_RCV, PROBES, RECEIVE, event
-from ipftrace_exporter.output import PathFormatter
 
 
 class Names:
