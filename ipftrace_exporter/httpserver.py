@@ -116,7 +116,8 @@ class HttpServer:
             target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="ipftrace-http", daemon=True
         )
         self._thread.start()
-        log.info("serving /metrics, /healthz, /readyz on %s", self.url)
+        log.info("serving /metrics, /healthz, /readyz on %s (port %d; e.g. %s/metrics)", self.address, self.port,
+                 self.url)
         return self.port
 
     def close(self) -> None:
