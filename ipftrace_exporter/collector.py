@@ -14,7 +14,7 @@ import os
 import platform
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Self
 
@@ -322,31 +322,35 @@ class Collector:
     def _load(self, entry: str, kind: ProbeKind, name: str | None = None) -> int:
         """Load entry point `entry` (as program `name`: kfunc programs are named kfunc__<function>, which selects
         the function's BTF id); returns the fd (kept until close). Raises LoadFailure."""
-        bpf = self._bpf
-        load_name = (name or entry).encode()
-        known = bpf.funcs.get(load_name)
-        if known is not None:
-            return int(known.fd)
-        lib = _bcc_lib()
-        start = lib.bpf_function_start(bpf.module, entry.encode())
-        if not start:
-            raise KernelError(f"entry point {entry} is not in the compiled program")
-        with _captured_stderr() as output:
-            fd = lib.bcc_func_load(bpf.module, PROG_TYPES[kind], load_name, start,
-                                   lib.bpf_function_size(bpf.module, entry.encode()),
-                                   lib.bpf_module_license(bpf.module), lib.bpf_module_kern_version(bpf.module),
-                                   0, None, 0, None, 0xFFFFFFFF)
-            number = _failed_errno(fd) if fd < 0 else 0
-        if fd < 0:
-            log.debug("loading %s as %s: errno %d\n%s", entry, load_name.decode(), number, "\n".join(output))
-            detail = "" if number in REFUSAL_ERRNOS else _last_words(output)
-            raise LoadFailure(load_name.decode(), number, detail)
-        bpf.funcs[load_name] = _import_bcc().BPF.Function(bpf, load_name, fd)
-        return fd
+        load_name = name or entry
+
+        def load(start: int, size: int) -> int:
+            bpf, lib = self._bpf, _bcc_lib()
+            with _captured_stderr() as output:
+                fd = lib.bcc_func_load(bpf.module, PROG_TYPES[kind], load_name.encode(), start, size,
+                                       lib.bpf_module_license(bpf.module), lib.bpf_module_kern_version(bpf.module),
+                                       0, None, 0, None, 0xFFFFFFFF)
+                number = _failed_errno(fd) if fd < 0 else 0
+            if fd < 0:
+                log.debug("loading %s as %s: errno %d\n%s", entry, load_name, number, "\n".join(output))
+                detail = "" if number in REFUSAL_ERRNOS else _last_words(output)
+                raise LoadFailure(load_name, number, detail)
+            return int(fd)
+
+        return self._load_once(entry, load_name, load)
 
     def _load_btf(self, entry: str, name: str, attach_type: int, btf_id: int) -> int:
         """Load entry point `entry` as a BTF-bound tracing program (fentry or tp_btf) named `name`; the fd is kept
         until close. Raises LoadFailure."""
+        def load(start: int, size: int) -> int:
+            module_license = _bcc_lib().bpf_module_license(self._bpf.module)
+            return load_btf_program(start, size, module_license, name, PROG_TRACING, attach_type, btf_id)
+
+        return self._load_once(entry, name, load)
+
+    def _load_once(self, entry: str, name: str, load: Callable[[int, int], int]) -> int:
+        """The fd of program `name` made from entry point `entry`: loaded by `load(start, size)` the first time,
+        then kept in BCC's table (closed by cleanup) and reused."""
         bpf = self._bpf
         known = bpf.funcs.get(name.encode())
         if known is not None:
@@ -355,8 +359,7 @@ class Collector:
         start = lib.bpf_function_start(bpf.module, entry.encode())
         if not start:
             raise KernelError(f"entry point {entry} is not in the compiled program")
-        fd = load_btf_program(start, lib.bpf_function_size(bpf.module, entry.encode()),
-                              lib.bpf_module_license(bpf.module), name, PROG_TRACING, attach_type, btf_id)
+        fd = load(start, lib.bpf_function_size(bpf.module, entry.encode()))
         bpf.funcs[name.encode()] = _import_bcc().BPF.Function(bpf, name.encode(), fd)
         return fd
 
