@@ -35,10 +35,10 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from benchlib import command_line, machine_facts, table, write_section
+from benchlib import command_line, machine_facts, report, table
 
 from tests.kernel.netns import NetPair, create_pair, delete_pair
-from tests.support.bpfprogs import program_ids
+from tests.support.procfs import program_ids
 
 PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -367,11 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         table(["workload", "tracer", "packets/s", "rate ratio", "CPU us/packet", "CPU ratio", "target", "events",
                "lost", "paths", "daemon CPU s", "foreign"], rows),
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        write_section(args.write, "Kernel overhead", text)
-    return 0
+    return report(lines, args.write, "Kernel overhead")
 
 
 if __name__ == "__main__":

@@ -32,10 +32,10 @@ from benchlib import (
     command_line,
     machine_facts,
     make_probes,
+    report,
     rss_kib,
     synthetic_events,
     table,
-    write_section,
 )
 
 from ipftrace_exporter import events as events_module
@@ -197,11 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             f"RSS over time: {', '.join(trace)}.",
             f"Growth {growth:.1f} MiB (target < {TARGET_MB} MB: {'met' if growth < TARGET_MB else 'NOT met'}).",
         ]
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        write_section(args.write, "Memory", text)
-    return 0
+    return report(lines, args.write, "Memory")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from typing import Self
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from benchlib import FLOWS, command_line, machine_facts, make_probes, synthetic_events, table, write_section
+from benchlib import FLOWS, command_line, machine_facts, make_probes, report, synthetic_events, table
 
 from ipftrace_exporter import events as events_module
 from ipftrace_exporter.paths import PathAssembler, PathLimits, SkbPath
@@ -194,11 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         (f"Span encoding vs the naive SDK baseline (same paths, same run): {ratio:.1f}x (target >= "
          f"{TARGET_SPAN_RATIO:g}x: {'met' if ratio >= TARGET_SPAN_RATIO else 'NOT met'})."),
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        write_section(args.write, "User-space pipeline", text)
-    return 0
+    return report(lines, args.write, "User-space pipeline")
 
 
 if __name__ == "__main__":

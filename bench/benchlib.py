@@ -13,6 +13,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from ipftrace_exporter.events import FLAG_SAMPLED, FLAG_TUPLE, MODULE_DATA_SIZE, Event
 from ipftrace_exporter.probes import Probe, ProbeKind, ProbeRole, ProbeTable
+from tests.support.procfs import rss_kib  # noqa: F401 - re-exported for the bench scripts
 
 # What the tracepoint backend attaches on this kernel, in plan order (steps, then the two free tracepoints).
 TRACEPOINTS = [
@@ -98,15 +99,6 @@ def synthetic_events(count: int, per_path: int = 6, concurrent: int = 64, end: b
             slot[0] = 0  # never freed where a probe sees it: left open
 
 
-def rss_kib(pid: int | str = "self") -> int:
-    """VmRSS of a process, KiB."""
-    with open(f"/proc/{pid}/status", encoding="utf-8") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A Markdown table (printed as is and pasted into RESULTS.md)."""
     cells = [[str(cell) for cell in row] for row in rows]
@@ -134,3 +126,12 @@ def write_section(path: str, title: str, body: str) -> None:
         text = text[:start] + section + (text[end:] if end >= 0 else "")
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(text)
+
+
+def report(lines: Sequence[str], write_to: str | None, title: str) -> int:
+    """Print a bench's result section and, with --write FILE, put it into that Markdown file; exit status 0."""
+    text = "\n".join(lines)
+    print(text)
+    if write_to:
+        write_section(write_to, title, text)
+    return 0

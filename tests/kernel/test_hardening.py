@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from tests.support.bpfprogs import program_ids
 from tests.support.otlp_receiver import GrpcOtlpReceiver, attributes
+from tests.support.procfs import program_ids, rss_kib
 
 from .conftest import BIN, Running
 from .netns import NetPair
@@ -53,14 +53,6 @@ def blast(pair: NetPair, count: int, pause: float = 0.0) -> None:
     after every 100)."""
     pair.exec_in(pair.ns_a, [sys.executable, "-c", BLAST, pair.addr_b4, str(UDP_PORT), str(count), str(pause)],
                  timeout=60)
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
-
 
 
 def loaded_ipft_programs() -> set[int]:

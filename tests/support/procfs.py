@@ -1,4 +1,4 @@
-"""Which BPF programs a process holds (for tests and benchmarks that check nothing of ours is left loaded)."""
+"""Process facts from /proc for tests and benchmarks: BPF programs held, resident memory."""
 
 from __future__ import annotations
 
@@ -23,3 +23,12 @@ def program_ids(pid: int) -> set[int]:
         if match:
             ids.add(int(match.group(1)))
     return ids
+
+
+def rss_kib(pid: int | str = "self") -> int:
+    """VmRSS of a process, KiB."""
+    with open(f"/proc/{pid}/status", encoding="utf-8") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
