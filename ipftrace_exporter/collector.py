@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 from typing import Self
 
 from .errors import AttachError, KernelError
+from .events import RECORD_SIZE
 from .kernel.headers import HeaderTree
 from .probes import ProbeKind
 from .program import ROLE_CODES, ProbeSource, Program
+from .ringbuf import RingReader, direct_read_supported, frame_size
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +295,8 @@ class Collector:
         self.addresses = addresses or {}
         self.btf_ids = btf_ids or {}
         self._bpf = None  # type: ignore[var-annotated]
-        self._records: list[bytes] = []
+        self._reader: RingReader | None = None  # direct reader of the ring buffer's mapping (x86)
+        self._records: list[bytes] = []  # frames from libbpf's callback (elsewhere)
         self._lock = threading.Lock()
         self.closed = False
 
@@ -482,8 +485,20 @@ class Collector:
             self.close()
             first = report.failed[0][1] if report.failed else "no probes"
             raise AttachError(f"no probe could be attached ({len(report.failed)} failed; first: {first})")
-        bpf[b"events"].open_ring_buffer(self._on_record)
+        self._open_ring_buffer()
         return report
+
+    def _open_ring_buffer(self) -> None:
+        """Read the ring buffer through its mapping where the CPU allows it (many records per copy), else through
+        libbpf's callback (one ctypes call per record)."""
+        table = self._bpf[b"events"]
+        if direct_read_supported():
+            try:
+                self._reader = RingReader(table.map_fd, table.max_entries, RECORD_SIZE)
+                return
+            except OSError as err:
+                log.warning("the ring buffer could not be mapped (%s); reading it through libbpf", err)
+        table.open_ring_buffer(self._on_record)
 
     def _fill_function_map(self) -> dict[str, str]:
         """Write address -> (probe id, role) for the shared function entry points; returns {function: why} for
@@ -528,6 +543,9 @@ class Collector:
 
     def close(self) -> None:
         """Detach every probe and free the maps (idempotent)."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         if self._bpf is not None and not self.closed:
             try:
                 self._bpf.cleanup()
@@ -544,28 +562,36 @@ class Collector:
     # ---- data ---------------------------------------------------------------------------------------
     def _on_record(self, _ctx, data, size) -> int:  # type: ignore[no-untyped-def]
         records = self._records
-        records.append(ctypes.string_at(data, size))
+        records.append(ctypes.string_at(data - 8, frame_size(size)))  # the ring's header precedes the record
         # A negative answer stops this poll: the rest waits in the ring buffer for the next one, so one poll's
         # batch (and the memory it holds) is bounded however fast the kernel writes.
         return -1 if len(records) >= MAX_RECORDS_PER_POLL else 0
 
-    def poll(self, timeout_ms: int = 100) -> list[bytes]:
-        """Wait up to timeout_ms for records; returns the raw records read (possibly none)."""
+    def poll(self, timeout_ms: int = 100) -> bytes:
+        """Wait up to timeout_ms for records; returns those read as back-to-back ring-buffer frames (8-byte
+        header + record each; `events.decode_frames`), at most MAX_RECORDS_PER_POLL, possibly none."""
         if self._bpf is None:
-            return []
+            return b""
         with self._lock:
+            reader = self._reader
+            if reader is not None:
+                return reader.read(MAX_RECORDS_PER_POLL) if reader.wait(timeout_ms) else b""
             self._bpf.ring_buffer_poll(timeout_ms)
+            if not self._records:  # the kernel wakes readers only past a fill threshold: look anyway
+                self._bpf.ring_buffer_consume()
             records, self._records = self._records, []
-        return records
+        return b"".join(records)
 
-    def drain(self) -> list[bytes]:
-        """Every record waiting in the ring buffer, without waiting for a wake-up (on shutdown)."""
+    def drain(self) -> bytes:
+        """Records waiting in the ring buffer, without waiting (on shutdown): at most MAX_RECORDS_PER_POLL."""
         if self._bpf is None:
-            return []
+            return b""
         with self._lock:
+            if self._reader is not None:
+                return self._reader.read(MAX_RECORDS_PER_POLL)
             self._bpf.ring_buffer_consume()
             records, self._records = self._records, []
-        return records
+        return b"".join(records)
 
     def counters(self) -> BpfCounters:
         """A reader of the kernel's counter maps (for metrics at scrape time)."""

@@ -9,12 +9,18 @@ import struct
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
+from .ringbuf import FRAME_HEADER_SIZE, frame_size
+
 # struct ipft_event (little endian, natural alignment, 152 bytes):
 #   u64 ts, skb, location; u32 probe_id, cpu, len, ifindex, reason; u16 flow_id; u8 ipversion, l4proto;
 #   u8 saddr[16], daddr[16]; u16 sport, dport (host order); u32 flags; u8 data[64]
 RECORD = struct.Struct("<QQQIIIIIHBB16s16sHHI64s")
 RECORD_SIZE = RECORD.size
 MODULE_DATA_SIZE = 64
+# A record as it sits in the BPF ring buffer: the ring's 8-byte header (length, page offset), then the record.
+FRAME = struct.Struct(f"<{FRAME_HEADER_SIZE}x{RECORD.format[1:]}")
+FRAME_SIZE = FRAME.size
+assert FRAME_SIZE == frame_size(RECORD_SIZE), "struct ipft_event must be a multiple of 8 bytes"
 
 FLAG_TUPLE = 1 << 0  # the packet's headers were parsed at this probe (addresses/ports are valid)
 FLAG_SAMPLED = 1 << 1  # the packet was sampled for tracing when first matched
@@ -66,6 +72,19 @@ def decode_many(buffer: bytes) -> Iterator[Event]:
     if len(buffer) % RECORD_SIZE:
         raise ValueError(f"buffer of {len(buffer)} bytes is not a whole number of {RECORD_SIZE}-byte records")
     return map(_MAKE_EVENT, RECORD.iter_unpack(buffer))
+
+
+def decode_frames(buffer: bytes) -> Iterator[Event]:
+    """Back-to-back ring-buffer frames (what Collector.poll returns) -> Events."""
+    if len(buffer) % FRAME_SIZE:
+        raise ValueError(f"buffer of {len(buffer)} bytes is not a whole number of {FRAME_SIZE}-byte frames")
+    return map(_MAKE_EVENT, FRAME.iter_unpack(buffer))
+
+
+def encode_frames(events: Iterable[Event]) -> bytes:
+    """Events -> back-to-back ring-buffer frames (headers say: submitted, RECORD_SIZE bytes)."""
+    header = RECORD_SIZE.to_bytes(4, "little") + bytes(4)
+    return b"".join(header + RECORD.pack(*event) for event in events)
 
 
 def encode(event: Event) -> bytes:

@@ -11,10 +11,13 @@ the instruction pointer instead and kfunc probes fall back to one entry point pe
 
 from __future__ import annotations
 
+import mmap
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
 
+from .events import FRAME_SIZE
 from .flows import FlowSpec, filter_function
 from .probes import Probe, ProbeKind, ProbeRole
 
@@ -63,6 +66,9 @@ class ModuleCode:
     data_body: str = ""  # statements filling `u8 *data` (64 bytes) (skb, t in scope)
 
 
+PAGE_SIZE = mmap.PAGESIZE
+
+
 @dataclass(frozen=True, slots=True)
 class ProgramOptions:
     """Sizes and sampling written into the program."""
@@ -72,6 +78,7 @@ class ProgramOptions:
     sample_ratio: float = 1.0
     max_drop_keys: int = 16384
     func_ip: str = "helper"  # how a shared function entry point learns its function: "helper" or "regs"
+    cpus: int = 0  # CPUs that may write records (0: this machine's count); sets the reader's wake-up interval
 
     def __post_init__(self) -> None:
         if self.func_ip not in FUNC_IP_MODES:
@@ -83,6 +90,15 @@ class ProgramOptions:
             raise ValueError(f"sample ratio must be within 0..1, got {self.sample_ratio}")
         if self.max_inflight <= 0 or self.max_drop_keys <= 0:
             raise ValueError("map sizes must be positive")
+        if self.cpus < 0:
+            raise ValueError(f"cpus must be 0 (this machine) or positive, got {self.cpus}")
+
+    @property
+    def wakeup_every(self) -> int:
+        """Records per CPU between two wake-ups of the reader: all CPUs together wake it about once per eighth
+        of the ring, so it reads in large batches yet long before the ring fills."""
+        ring_records = self.ringbuf_pages * PAGE_SIZE // FRAME_SIZE
+        return max(1, ring_records // (8 * (self.cpus or os.cpu_count() or 1)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +242,7 @@ def render(
         f"#define IPFT_MAX_INFLIGHT {int(options.max_inflight)}",
         f"#define IPFT_RINGBUF_PAGES {int(options.ringbuf_pages)}",
         f"#define IPFT_MAX_DROP_KEYS {int(options.max_drop_keys)}",
+        f"#define IPFT_WAKEUP_EVERY {int(options.wakeup_every)}",
         f"#define IPFT_SAMPLED() {sample_expression(options.sample_ratio)}",
         "#define IPFT_MODULE_MATCH(skb, t) ipft_module_match(skb, t)",
         "#define IPFT_MODULE_DATA(skb, t, data) ipft_module_data(skb, t, data)",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -21,7 +22,7 @@ from .collector import (
     kfunc_refusal,
 )
 from .errors import AttachError, KernelError, UsageError
-from .events import decode_many
+from .events import decode_frames
 from .flows import FlowSpec, check_flows
 from .kernel.btf import KIND_FUNC, KIND_TYPEDEF, Btf
 from .kernel.headers import HeaderTree, HeaderTreeBuilder, choose_header_tree
@@ -100,6 +101,13 @@ class KernelNames:
         if self._symbols is None:
             return hex(address)
         return self._symbols.function_name(address)
+
+
+def _preload(symbols: KernelSymbols) -> None:
+    try:
+        symbols.load()
+    except KernelError as err:
+        log.warning("%s: drop locations will be shown as addresses", err)
 
 
 class KernelView:
@@ -395,6 +403,20 @@ class Tracer:
         others were not used. Raises AttachError."""
         headers = self.headers()
         auto = self.request.backend == "auto"
+        # Free locations are named from kallsyms when the first drop ends a path: read it now, while BCC compiles
+        # (which releases the GIL), not in the reader's loop, where half a second of parsing lets the ring overflow.
+        symbols = self.view.symbols
+        preload = (threading.Thread(target=_preload, args=(symbols,), name="ipftrace-kallsyms", daemon=True)
+                   if symbols is not None else None)
+        if preload is not None:
+            preload.start()
+        try:
+            return self._start(headers, auto)
+        finally:
+            if preload is not None:
+                preload.join()
+
+    def _start(self, headers: HeaderTree, auto: bool) -> AttachReport:
         for backend in self.candidates():
             known = function_backend_unavailable(backend, self.view)
             if known is not None:
@@ -463,10 +485,10 @@ class Tracer:
         assembler = self._assembler
         if assembler is None or self._collector is None:
             return []
-        records = self._collector.poll(timeout_ms)
+        frames = self._collector.poll(timeout_ms)
         done: list[SkbPath] = []
-        if records:
-            done.extend(assembler.add_many(decode_many(b"".join(records))))
+        if frames:
+            done.extend(assembler.add_many(decode_frames(frames)))
         done.extend(assembler.expire())
         return done
 
@@ -477,10 +499,10 @@ class Tracer:
         done: list[SkbPath] = []
         if self._collector is not None and not self._collector.closed:
             for _ in range(64):  # bounded: each drain takes at most MAX_RECORDS_PER_POLL records
-                records = self._collector.drain()
-                if not records:
+                frames = self._collector.drain()
+                if not frames:
                     break
-                done.extend(self._assembler.add_many(decode_many(b"".join(records))))
+                done.extend(self._assembler.add_many(decode_frames(frames)))
         done.extend(self._assembler.flush())
         return done
 
