@@ -14,6 +14,8 @@ it is ready (probes attached) before the flood starts. Traffic runs only between
 Lost events are the daemon's `ipftrace_events_lost_total` (counted in the kernel) scraped after the flood.
 The flood (ping, UDP sender) is pinned to the last CPU, the UDP receiver to CPU 0; the daemon is not pinned.
 Each cell is the median of `--runs` runs. `--otlp` also exports spans to a gRPC OTLP receiver in this process.
+"other flow, empty programs" runs a copy of the daemon whose BPF programs return at their first statement: the
+floor set by the kernel's tracepoint dispatch, which no program body can go below.
 "matching, 1/10 sampled" is the matching flow with `traces: {sample_ratio: 0.1}` (counters stay exact).
 """
 
@@ -44,6 +46,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 UDP_PORT = 9911
 TARGET_OTHER, TARGET_MATCHING = 0.85, 0.70
+MODES = ("untraced", "other flow", "other flow, empty programs", "matching", "matching, 1/10 sampled")
 
 RECEIVER = r"""
 import socket, sys, time
@@ -133,7 +136,7 @@ class Daemon:
     """ipftrace-exporter with a config, ready before use, stopped with SIGTERM."""
 
     def __init__(self, flows: str, workdir: Path, cache_dir: str, env: dict[str, str],
-                 paths: str = "{idle_timeout: 1s}", extra: str = "") -> None:
+                 paths: str = "{idle_timeout: 1s}", extra: str = "", command: list[str] | None = None) -> None:
         self.port = free_port()
         config = workdir / "config.yaml"
         config.write_text(f"backend: tracepoint\nflows:\n{flows}\npaths: {paths}\n{extra}")
@@ -141,7 +144,7 @@ class Daemon:
         ready.unlink(missing_ok=True)
         self.log = open(workdir / "daemon.log", "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [str(BIN / "ipftrace-exporter"), "--config", str(config), "--metrics-address",
+            [*(command or [str(BIN / "ipftrace-exporter")]), "--config", str(config), "--metrics-address",
              f"127.0.0.1:{self.port}", "--ready-file", str(ready)],
             stdout=self.log, stderr=subprocess.STDOUT,
             env=dict(os.environ, IPFTRACE_CACHE_DIR=cache_dir, **env))
@@ -200,6 +203,24 @@ def busy_seconds() -> float:
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
+def empty_program_daemon(workdir: Path) -> list[str]:
+    """A daemon command running a copy of the package whose BPF programs return at their first statement: the
+    floor any program body sits on (the kernel's raw-tracepoint dispatch plus an empty program)."""
+    copy = workdir / "empty-program"
+    shutil.copytree(PROJECT / "ipftrace_exporter", copy / "ipftrace_exporter", dirs_exist_ok=True)
+    source = copy / "ipftrace_exporter" / "bpf" / "ipftrace.bpf.c"
+    text = source.read_text()
+    entry = "    if (!skb)\n        return 0;\n    u64 key = (u64)skb;"
+    if entry not in text:
+        raise RuntimeError("ipft_handle's first statement changed: update empty_program_daemon")
+    source.write_text(text.replace(entry, "    if (skb)\n        return 0;\n    u64 key = (u64)skb;"))
+    site = next(path for path in sys.path if path.endswith("site-packages"))
+    # -S: the editable install's import hook would otherwise load the project's own package, not the copy.
+    starter = (f"import sys; sys.path[:0] = [{str(copy)!r}, {site!r}]; "
+               "from ipftrace_exporter.cli import exporter_main; sys.exit(exporter_main())")
+    return [sys.executable, "-S", "-c", starter]
+
+
 def measured(work, packets: int, result: Result) -> None:  # type: ignore[no-untyped-def]
     """Run one workload; record its rate and the machine's busy CPU time per packet."""
     before = busy_seconds()
@@ -251,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--otlp", action="store_true", help="export spans to a gRPC OTLP receiver in this process")
     parser.add_argument("--cache-dir", default=os.environ.get("IPFTRACE_CACHE_DIR", "/tmp/ipft-cache"))
     parser.add_argument("--workloads", default="ping,udp,paced", help="comma-separated subset of ping,udp,paced")
-    parser.add_argument("--modes", default="untraced;other flow;matching;matching, 1/10 sampled",
+    parser.add_argument("--modes", default=";".join(MODES),
                         help="semicolon-separated tracer modes")
     parser.add_argument("--write", metavar="RESULTS_MD", help="replace the 'Kernel overhead' section there")
     args = parser.parse_args(argv)
@@ -289,8 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for run in range(args.runs):
             for key, (_, work, packets) in workloads.items():
-                modes = (("untraced", "other flow", "matching", "matching, 1/10 sampled") if key != "paced"
-                         else ("untraced", "matching"))
+                modes = MODES if key != "paced" else ("untraced", "matching")
                 for mode in [mode for mode in modes if mode in wanted_modes or mode == "untraced"]:
                     result = results.setdefault((key, mode), Result())
                     if mode == "untraced":
@@ -298,8 +318,10 @@ def main(argv: list[str] | None = None) -> int:
                         measured(work, packets, result)
                         continue
                     sampled = mode.endswith("sampled")
+                    command = empty_program_daemon(workdir) if mode.endswith("empty programs") else None
                     daemon = Daemon(flows["udp" if key == "paced" else key][mode.split(",")[0]], workdir,
-                                    args.cache_dir, env, extra="traces: {sample_ratio: 0.1}\n" if sampled else "")
+                                    args.cache_dir, env, extra="traces: {sample_ratio: 0.1}\n" if sampled else "",
+                                    command=command)
                     try:
                         before = daemon.metrics()
                         cpu = daemon.cpu_seconds()
@@ -326,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, (label, _, _) in workloads.items():
         base = results[(key, "untraced")].rate
         base_cost = results[(key, "untraced")].cost
-        for mode in ("untraced", "other flow", "matching", "matching, 1/10 sampled"):
+        for mode in MODES:
             result = results.get((key, mode))
             if result is None:
                 continue

@@ -314,6 +314,12 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     unsigned char *head = fields.head;
     int parsed = ipft_parse(&fields, &t, from_data);
     int flow = parsed ? ipft_match_flow(&t) : -1;
+    /* Headers that parse to none of the flows are never traced here, whatever the tracking map holds (a tracked
+     * address whose headers now match no flow is another packet, below): the common case on a busy node skips
+     * the map lookup. Where a packet ends, the lookup still runs, to forget an entry left by a predecessor that
+     * was freed where no probe saw it. */
+    if (parsed && flow < 0 && role == IPFT_ROLE_STEP)
+        return 0;
     struct ipft_track *track = tracked.lookup(&key);
     /* A tracked address whose headers now parse to another flow, or whose data buffer or fingerprint changed,
      * is a new packet in a reused skb (its predecessor was freed where no probe saw it): forget the old one. */
