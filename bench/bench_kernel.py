@@ -274,8 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", default="ping,udp,paced", help="comma-separated subset of ping,udp,paced")
     parser.add_argument("--modes", default=";".join(MODES),
                         help="semicolon-separated tracer modes")
+    parser.add_argument("--ring-buffer-pages", type=int, help="the daemon's collector.ring_buffer_pages (default: its own)")
     parser.add_argument("--write", metavar="RESULTS_MD", help="replace the 'Kernel overhead' section there")
     args = parser.parse_args(argv)
+    ring = f"collector: {{ring_buffer_pages: {args.ring_buffer_pages}}}\n" if args.ring_buffer_pages else ""
     if os.geteuid() != 0 or shutil.which("bpftool") is None:
         print("needs root and bpftool", file=sys.stderr)
         return 2
@@ -320,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
                     sampled = mode.endswith("sampled")
                     command = empty_program_daemon(workdir) if mode.endswith("empty programs") else None
                     daemon = Daemon(flows["udp" if key == "paced" else key][mode.split(",")[0]], workdir,
-                                    args.cache_dir, env, extra="traces: {sample_ratio: 0.1}\n" if sampled else "",
+                                    args.cache_dir, env,
+                                    extra=ring + ("traces: {sample_ratio: 0.1}\n" if sampled else ""),
                                     command=command)
                     try:
                         before = daemon.metrics()
@@ -370,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
                 "-" if not result.cpu else f"{statistics.median(result.cpu):.1f}",
                 max(result.foreign),
             ])
+    ring_text = f", `collector.ring_buffer_pages: {args.ring_buffer_pages}`" if args.ring_buffer_pages else ""
     export = ("exporting spans to a gRPC OTLP receiver in the bench process" if args.otlp
               else "no OTLP endpoint (paths assembled and counted, not encoded)")
     lines = [
@@ -377,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Command: `{command_line()}`",
         "",
-        (f"Median of {args.runs} runs; daemon `-b tracepoint`, {export}. Rate ratio = traced rate / untraced "
+        (f"Median of {args.runs} runs; daemon `-b tracepoint`{ring_text}, {export}. Rate ratio = traced rate / untraced "
          "rate of the same workload. CPU us/packet = busy time of all CPUs (/proc/stat: user, system, irq, "
          "softirq; not idle or steal) per packet sent, daemon included; CPU ratio = untraced / traced cost, i.e. "
          "the throughput ratio a CPU-bound flood would see; targets are judged on it, because on this VM the "

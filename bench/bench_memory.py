@@ -84,17 +84,17 @@ def pipeline(events: int, max_inflight: int) -> list[list[str]]:
     assembler = PathAssembler(make_probes(), PathLimits(max_inflight=max_inflight, idle_timeout_ns=3600 * 10**9),
                               clock=lambda: 0)
     encoder = SpanEncoder(make_probes(), FLOWS, WallClock(), {"service.name": "bench"}, seed=1)
-    decode_many = events_module.decode_many
+    decode_frames, encode_frames = events_module.decode_frames, events_module.encode_frames
     step = max(events // 10, 1)
     samples: list[tuple[int, int]] = []
     fed = 0
-    records: list[bytes] = []
+    records: list[events_module.Event] = []
     encoded = 0
     generator = synthetic_events(events, per_path=4, concurrent=256, end=False, seed=3)
     for event in generator:
-        records.append(events_module.encode(event))
-        if len(records) == POLL_RECORDS:
-            done = assembler.add_many(decode_many(b"".join(records)))
+        records.append(event)
+        if len(records) == POLL_RECORDS:  # as Collector.poll hands them out: one bytes of ring frames
+            done = assembler.add_many(decode_frames(encode_frames(records)))
             done += assembler.expire()
             if done:
                 encoded += len(encoder.encode_bytes(done))

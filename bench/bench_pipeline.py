@@ -3,9 +3,10 @@
     .venv/bin/python bench/bench_pipeline.py [--events 1000000] [--per-path 6] [--naive-events 30000]
                                              [--write bench/RESULTS.md]
 
-Synthetic records (events.encode_many of tracepoint-backend-shaped events: 64 skbs in flight, `--per-path` events
+Synthetic records (events.encode_frames of tracepoint-backend-shaped events: 64 skbs in flight, `--per-path` events
 each, the first carrying the parsed tuple, the last a consume or (1 in 10) a drop) are cut into ring-buffer polls
-of 256 records and fed to the same calls the daemon makes: `events.decode_many(b"".join(records))`,
+of 256 records (one bytes object of ring frames each, as Collector.poll returns them) and fed to the same calls
+the daemon makes: `events.decode_frames(frames)`,
 `PathAssembler.add_many` + `expire`, then `SpanEncoder.encode_bytes` in batches of at most 4096 spans (the OTLP
 sender's batch). The naive baseline makes the same spans with the OpenTelemetry SDK (one SDK span per event,
 bench_spans.NaiveEncoder) and encodes them with the OTLP exporter's encoder. Every rate is events per second of
@@ -35,11 +36,10 @@ TARGET_DECODE_ASSEMBLE = 200_000
 TARGET_SPAN_RATIO = 5.0
 
 
-def polls(buffer: bytes, size: int) -> list[list[bytes]]:
-    """The buffer as the collector hands it out: lists of single-record bytes, `size` records per poll."""
-    record = events_module.RECORD_SIZE
-    records = [buffer[i:i + record] for i in range(0, len(buffer), record)]
-    return [records[i:i + size] for i in range(0, len(records), size)]
+def polls(buffer: bytes, size: int) -> list[bytes]:
+    """The buffer as the collector hands it out: back-to-back ring frames, `size` records per poll."""
+    step = events_module.FRAME_SIZE * size
+    return [buffer[i:i + step] for i in range(0, len(buffer), step)]
 
 
 def batches(paths: list[SkbPath], limit: int) -> list[list[SkbPath]]:
@@ -76,25 +76,25 @@ class Clocks:
         self.wall += time.perf_counter() - self._wall0
 
 
-def run_decode(chunks: list[list[bytes]]) -> Clocks:
-    """decode_many over every poll."""
-    decode_many = events_module.decode_many
+def run_decode(chunks: list[bytes]) -> Clocks:
+    """decode_frames over every poll."""
+    decode_frames = events_module.decode_frames
     clocks = Clocks()
     count = 0
     with clocks:
-        for records in chunks:
-            for _ in decode_many(b"".join(records)):
+        for frames in chunks:
+            for _ in decode_frames(frames):
                 count += 1
     return clocks
 
 
-def run_stream(chunks: list[list[bytes]], encoder: SpanEncoder, keep_events: int) -> tuple[Clocks, Clocks, int, int,
+def run_stream(chunks: list[bytes], encoder: SpanEncoder, keep_events: int) -> tuple[Clocks, Clocks, int, int,
                                                                                             list[SkbPath]]:
     """The daemon's pipeline, poll by poll: decode + assemble (+ expire), then encode whenever a sender batch is full.
     Paths are dropped once encoded (as in the daemon), except the first ones holding `keep_events` events (returned
     for the baseline comparison)."""
     assembler = PathAssembler(make_probes(), PathLimits(settle_ns=0), clock=lambda: 0)
-    decode_many = events_module.decode_many
+    decode_frames = events_module.decode_frames
     assemble, encode = Clocks(), Clocks()
     pending: list[SkbPath] = []
     pending_spans = 0
@@ -102,9 +102,9 @@ def run_stream(chunks: list[list[bytes]], encoder: SpanEncoder, keep_events: int
     kept: list[SkbPath] = []
     # settle_ns=0 and a clock at 0: expire(0) releases every ended path at the next poll (the daemon's 50 ms
     # settle time is shorter than its 100 ms poll), and no open path goes idle.
-    for index, records in enumerate(chunks):
+    for index, frames in enumerate(chunks):
         with assemble:
-            done = assembler.add_many(decode_many(b"".join(records)))
+            done = assembler.add_many(decode_frames(frames))
             done += assembler.expire(0)
             if index == len(chunks) - 1:
                 done += assembler.flush()
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
     load = os.getloadavg()[0]
     probes = make_probes()
-    buffer = events_module.encode_many(synthetic_events(args.events, per_path=args.per_path))
+    buffer = events_module.encode_frames(synthetic_events(args.events, per_path=args.per_path))
     chunks = polls(buffer, POLL_RECORDS)
     del buffer
     gc.collect()
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     met = events / assemble.cpu >= TARGET_DECODE_ASSEMBLE
 
     rows = [
-        ["decode (decode_many)", f"{events:,}", f"{decode.cpu:.2f}", f"{decode.wall:.2f}", rate(events, decode), ""],
+        ["decode (decode_frames)", f"{events:,}", f"{decode.cpu:.2f}", f"{decode.wall:.2f}", rate(events, decode), ""],
         ["decode + assemble (add_many, expire)", f"{events:,}", f"{assemble.cpu:.2f}", f"{assemble.wall:.2f}",
          rate(events, assemble), f"target >= {TARGET_DECODE_ASSEMBLE:,}: {'met' if met else 'NOT met'}"],
         ["span encoding (SpanEncoder.encode_bytes)", f"{events:,}", f"{encode.cpu:.2f}", f"{encode.wall:.2f}",

@@ -74,7 +74,7 @@ class ProgramOptions:
     """Sizes and sampling written into the program."""
 
     max_inflight: int = 65536
-    ringbuf_pages: int = 256
+    ringbuf_pages: int = 1024
     sample_ratio: float = 1.0
     max_drop_keys: int = 16384
     func_ip: str = "helper"  # how a shared function entry point learns its function: "helper" or "regs"

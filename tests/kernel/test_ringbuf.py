@@ -72,7 +72,7 @@ def test_every_submitted_record_is_read_once_through_a_wrapping_ring(
 def test_a_quiet_ring_is_read_within_the_poll_interval_without_a_wakeup(
         netpair: NetPair, cache_dir: str, monkeypatch: pytest.MonkeyPatch, reader: str) -> None:
     use_reader(reader, monkeypatch)
-    # One ping into a 1 MiB ring is far below the wake-up interval: the reader must find it by its own timeout.
-    paths, totals = trace_pings(netpair, cache_dir, pages=256, count=1)
+    # One ping into a 4 MiB ring is far below the wake-up interval: the reader must find it by its own timeout.
+    paths, totals = trace_pings(netpair, cache_dir, pages=1024, count=1)
     assert totals["events"] > 0
     assert sum(len(path.events) for path in paths) == totals["events"]

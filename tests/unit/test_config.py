@@ -148,7 +148,7 @@ def test_backend_is_case_insensitive():
 
 def test_collector_ring_buffer_pages():
     assert parse_config("collector: {ring_buffer_pages: 1024}").collector.ring_buffer_pages == 1024
-    assert default_config().collector.ring_buffer_pages == 256
+    assert default_config().collector.ring_buffer_pages == 1024
 
 
 # ---- many flows ---------------------------------------------------------------------------------------
@@ -489,7 +489,7 @@ def test_describe_lists_every_section():
         "idle_timeout 2s",
         "endpoint http://jaeger:4317",
         "metrics: 0.0.0.0:9436",
-        "ring_buffer_pages 256",
+        "ring_buffer_pages 1024",
     ):
         assert expected in text
 
