@@ -23,7 +23,7 @@ from .events import RECORD_SIZE
 from .kernel.headers import HeaderTree
 from .probes import ProbeKind
 from .program import ROLE_CODES, ProbeSource, Program
-from .ringbuf import RingReader, direct_read_supported, frame_size
+from .ringbuf import FRAME_HEADER_SIZE, RingReader, direct_read_supported, frame_size
 
 log = logging.getLogger(__name__)
 
@@ -562,7 +562,8 @@ class Collector:
     # ---- data ---------------------------------------------------------------------------------------
     def _on_record(self, _ctx, data, size) -> int:  # type: ignore[no-untyped-def]
         records = self._records
-        records.append(ctypes.string_at(data - 8, frame_size(size)))  # the ring's header precedes the record
+        # libbpf hands out the record; the ring's header sits just before it
+        records.append(ctypes.string_at(data - FRAME_HEADER_SIZE, frame_size(size)))
         # A negative answer stops this poll: the rest waits in the ring buffer for the next one, so one poll's
         # batch (and the memory it holds) is bounded however fast the kernel writes.
         return -1 if len(records) >= MAX_RECORDS_PER_POLL else 0
