@@ -46,6 +46,8 @@ PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 UDP_PORT = 9911
 TARGET_OTHER, TARGET_MATCHING = 0.85, 0.70
+# A flow nothing in the floods matches: the tracer filters every packet and traces none.
+OTHER_FLOW = "  - {name: other, l4proto: TCP, daddr: 10.199.250.250, dport: 1}\n"
 MODES = ("untraced", "other flow", "other flow, empty programs", "matching", "matching, 1/10 sampled")
 
 RECEIVER = r"""
@@ -293,10 +295,10 @@ def main(argv: list[str] | None = None) -> int:
 
     pair = create_pair(200 + os.getpid() % 50)
     workdir = Path(tempfile.mkdtemp(prefix="ipft-bench-"))
-    other = "  - {name: other, l4proto: TCP, daddr: 10.199.250.250, dport: 1}\n"
     flows = {
-        "ping": {"other flow": other, "matching": f"  - {{name: ping, l4proto: ICMP, daddr: {pair.addr_b4}}}\n"},
-        "udp": {"other flow": other,
+        "ping": {"other flow": OTHER_FLOW,
+                 "matching": f"  - {{name: ping, l4proto: ICMP, daddr: {pair.addr_b4}}}\n"},
+        "udp": {"other flow": OTHER_FLOW,
                 "matching": f"  - {{name: udp, l4proto: UDP, daddr: {pair.addr_b4}, dport: {UDP_PORT}}}\n"},
     }
     paced_count = int(args.rate * args.paced_seconds)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_kernel import Daemon
+from bench_kernel import OTHER_FLOW, Daemon
 from benchlib import command_line, machine_facts, report, table
 
 from tests.kernel.netns import NetPair, create_pair, delete_pair
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     pair = create_pair(150 + os.getpid() % 50)
     workdir = Path(tempfile.mkdtemp(prefix="ipft-probe-cost-"))
     modes = {
-        "other flow": "  - {name: other, l4proto: TCP, daddr: 10.199.250.250, dport: 1}\n",
+        "other flow": OTHER_FLOW,
         "matching": f"  - {{name: ping, l4proto: ICMP, daddr: {pair.addr_b4}}}\n",
     }
     samples: dict[str, list[tuple[float, float, dict]]] = {mode: [] for mode in modes}

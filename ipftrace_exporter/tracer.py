@@ -103,11 +103,14 @@ class KernelNames:
         return self._symbols.function_name(address)
 
 
+_NO_SYMBOLS = "%s: drop locations will be shown as addresses"
+
+
 def _preload(symbols: KernelSymbols) -> None:
     try:
         symbols.load()
     except KernelError as err:
-        log.warning("%s: drop locations will be shown as addresses", err)
+        log.warning(_NO_SYMBOLS, err)
 
 
 class KernelView:
@@ -126,7 +129,7 @@ class KernelView:
         try:
             return KernelSymbols(self.kallsyms_path)
         except KernelError as err:
-            log.warning("%s: drop locations will be shown as addresses", err)
+            log.warning(_NO_SYMBOLS, err)
             return None
 
     @cached_property
