@@ -160,22 +160,12 @@ def table(rows: list[Row], starts: list[tuple[str, float, float, str]], repeat: 
         lines.append(f"| {row.backend} | {functions} | {row.entry_points} | {row.plan:.2f} | {row.compile:.2f} "
                      f"| {row.load:.3f} | {row.load_what} | {row.total:.2f} | {row.median_total:.2f} "
                      f"| {row.outcome} |")
-    per_function = next((row for row in rows if row.entry_points > row.functions > 0), None)
     tp_btf = next((row for row in rows if row.backend == "kfunc as tp_btf"), None)
     if tp_btf is not None:
         lines += ["", ("kfunc as tp_btf: where fentry is refused, the kfunc entry points (compiled with a stand-in "
                        "for bpf_get_func_ip) are loaded through the verifier as tp_btf programs on a tracepoint with "
                        "its sk_buff at the same argument, so the kfunc body is verifier-checked with the same "
                        f"BTF-typed arguments: {tp_btf.outcome}.")]
-    shared_all = max((row for row in rows if row.backend == "kfunc"), key=lambda row: row.functions, default=None)
-    base = next((row for row in rows if row.backend == "tracepoint"), None)
-    if per_function is not None and shared_all is not None and base is not None:
-        each = max(0.0, per_function.compile - base.compile) / per_function.functions
-        lines += ["", (f"Entry points are shared per skb position, so compile time hardly grows with the number of "
-                       f"functions: {shared_all.functions} kfunc functions compile in {shared_all.compile:.1f} s. "
-                       f"One entry point per function (the pre-5.15 kfunc fallback, and what `auto` rendered "
-                       f"before) adds about {each:.2f} s of compile time per function over the tracepoint-only "
-                       f"program: about {each * shared_all.functions / 60:.1f} min for {shared_all.functions}.")]
     lines += ["", "| `Tracer.start()` requested | chosen | best | median |", "|---|---|---:|---:|"]
     for requested, best, median, chosen in starts:
         lines.append(f"| {requested} | {chosen} | {best:.2f} | {median:.2f} |")
@@ -197,8 +187,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--sizes", default="50,200,all")
-    parser.add_argument("--per-function-kfunc", type=int, default=50,
-                        help="also time kfunc with one entry point per function (pre-5.15 fallback) for N; 0: skip")
     parser.add_argument("--write", type=Path, help="results file whose Start-up section is replaced")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
@@ -219,14 +207,6 @@ def main() -> None:
             for count, path in manifest_for.items():
                 rows.append(measure(tracer, headers, backend, path, count, args.repeat))
                 print(f"{backend} {count}: {rows[-1].total:.2f}s", file=sys.stderr)
-        if args.per_function_kfunc:
-            count = args.per_function_kfunc
-            path = Path(scratch) / "per-function.yaml"
-            path.write_text(manifests.dump_manifest(discovered[:count]))
-            row = measure(tracer, headers, "kfunc", str(path), count, 1, ProgramOptions(func_ip="regs"))
-            row.backend = "kfunc, one entry point per function"
-            rows.append(row)
-            print(f"{row.backend} {count}: {row.total:.2f}s", file=sys.stderr)
         rows.append(measure(tracer, headers, "tracepoint", None, 0, args.repeat))
         rows.append(measure_tp_btf(tracer, headers, manifest_for, args.repeat))
     starts = start_times(("tracepoint", "auto"), cache_dir, args.repeat)

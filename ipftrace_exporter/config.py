@@ -38,6 +38,7 @@ from .flows import (
     parse_network,
     parse_port,
 )
+from .manifest import default_manifest_path
 from .paths import PathLimits
 
 BACKENDS = ("auto", "kfunc", "kprobe", "tracepoint")
@@ -173,7 +174,7 @@ class Config:
         lines = [f"config: {self.source}", f"flows ({len(self.flows)}):"]
         lines += [f"  {flow.describe()}" for flow in self.flows]
         lines.append(f"backend: {self.backend}")
-        lines.append(f"manifest: {self.manifest or 'none (BTF auto-discovery / tracepoints)'}")
+        lines.append(f"manifest: {self.manifest or 'none (BTF auto-discovery: every function taking an skb)'}")
         lines.append(f"modules: {', '.join(m.text for m in self.modules) or 'none'}")
         lines.append(
             f"paths: idle_timeout {_format_ns(self.paths.idle_timeout_ns)}, "
@@ -389,10 +390,17 @@ def _backend(raw: Any, path: str) -> str:
     raise _Invalid(path, f"{_show(raw)}: must be one of {', '.join(BACKENDS)}")
 
 
+CURATED_MANIFEST = "default"  # `manifest: default`: the curated manifest shipped with the package
+
+
 def _manifest(raw: Any, path: str) -> str:
     if not isinstance(raw, str) or not raw.strip():
-        raise _Invalid(path, f"{_show(raw)}: must be a file path (or null for auto-discovery)")
-    return raw.strip()
+        raise _Invalid(path, f"{_show(raw)}: must be a file path, {CURATED_MANIFEST!r} (the curated manifest) or null "
+                             "(BTF auto-discovery)")
+    text = raw.strip()
+    if text == CURATED_MANIFEST:
+        return default_manifest_path()
+    return text
 
 
 def _modules(raw: Any) -> tuple[ModuleSpec, ...]:

@@ -26,6 +26,7 @@ FLAG_TUPLE = 1 << 0  # the packet's headers were parsed at this probe (addresses
 FLAG_SAMPLED = 1 << 1  # the packet was sampled for tracing when first matched
 FLAG_GAP = 1 << 2  # an earlier event of this skb was lost (ring buffer full)
 FLAG_PREV_LOST = 1 << 3  # first event: the previous packet traced at this skb address lost its end event
+FLAG_LEFT = 1 << 4  # an egress probe where the device has a parent (hardware): the packet left the host
 
 
 class Event(NamedTuple):

@@ -43,6 +43,10 @@ class CounterReader(Protocol):
         """(flow_id, free location address, drop reason number, count)."""
         ...
 
+    def untraced(self) -> Iterable[tuple[int, str, int]]:
+        """(flow_id, reason, count) of matching packets not traced (sampled out, or their first record lost)."""
+        ...
+
     def totals(self) -> Mapping[str, int]:
         """{"events": records written to the ring buffer, "lost": records lost because it was full}."""
         ...
@@ -176,11 +180,12 @@ class IpftraceCollector:
     def collect(self) -> Iterator[Metric]:
         """Every metric family with this scrape's samples; never raises because of a reader."""
         kernel = self._kernel
-        (hits, drops, events, lost, paths, exported, dropped, probes, build, errors) = self._families()
-        ok = {"hits": True, "drops": True, "totals": True}
+        (hits, drops, untraced, events, lost, paths, exported, dropped, probes, build, errors) = self._families()
+        ok = {"hits": True, "drops": True, "untraced": True, "totals": True}
         if kernel is not None:
             ok["hits"] = self._read("hits", lambda: self._hits(kernel, hits))
             ok["drops"] = self._read("drops", lambda: self._drops(kernel, drops))
+            ok["untraced"] = self._read("untraced", lambda: self._untraced(kernel, untraced))
             ok["totals"] = self._read("totals", lambda: self._totals(kernel, events, lost))
         else:  # not attached (yet): nothing was counted
             events.add_metric([], 0)
@@ -195,7 +200,8 @@ class IpftraceCollector:
         for source, n in self.scrape_errors.items():
             errors.add_metric([source], n)
         # a family whose read failed is left out: no sample rather than a wrong one
-        for source, families in (("hits", (hits,)), ("drops", (drops,)), ("totals", (events, lost))):
+        for source, families in (("hits", (hits,)), ("drops", (drops,)), ("untraced", (untraced,)),
+                                 ("totals", (events, lost))):
             if ok[source]:
                 yield from families
         yield paths
@@ -207,6 +213,7 @@ class IpftraceCollector:
 
     @staticmethod
     def _families() -> tuple[
+        CounterMetricFamily,
         CounterMetricFamily,
         CounterMetricFamily,
         CounterMetricFamily,
@@ -229,6 +236,12 @@ class IpftraceCollector:
                 "Matching packets dropped, by the kernel function that freed "
                 "them and the drop reason, counted in the kernel.",
                 labels=["flow", "function", "reason"],
+            ),
+            CounterMetricFamily(
+                "ipftrace_packets_untraced",
+                "Matching packets that were not traced, counted in the kernel: sampled_out "
+                "(traces.sample_ratio) or ring_full (their first record found the ring buffer full).",
+                labels=["flow", "reason"],
             ),
             CounterMetricFamily("ipftrace_events", "Event records written to the ring buffer."),
             CounterMetricFamily(
@@ -299,6 +312,14 @@ class IpftraceCollector:
                 names.function_name(location),
                 names.reason_name(reason).removeprefix(DROP_REASON_PREFIX),
             )
+            sums[key] = sums.get(key, 0) + count
+        for labels, n in sorted(sums.items()):
+            family.add_metric(list(labels), n)
+
+    def _untraced(self, kernel: KernelCounters, family: CounterMetricFamily) -> None:
+        sums: dict[tuple[str, str], int] = {}
+        for flow_id, reason, count in list(kernel.reader.untraced()):
+            key = (self._flow(flow_id), reason)
             sums[key] = sums.get(key, 0) + count
         for labels, n in sorted(sums.items()):
             family.add_metric(list(labels), n)

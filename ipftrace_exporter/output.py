@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 
 from .events import Event
-from .paths import OUTCOME_DROPPED, SkbPath
+from .paths import OUTCOME_CONSUMED, OUTCOME_DROPPED, OUTCOME_LEFT, SkbPath
 from .probes import ProbeTable
 
 DataText = Callable[[Event], str]
@@ -51,7 +51,9 @@ class PathFormatter:
             lines.extend(f"{event.timestamp_ns:>15}  {name}" for event, name in zip(path.events, names))
         if path.outcome == OUTCOME_DROPPED and path.drop is not None:
             lines.append(f"DROPPED at {path.drop.function}: {path.drop.reason} ({path.drop.probe})")
-        elif path.outcome != "consumed":
+        elif path.outcome == OUTCOME_LEFT:
+            lines.append("(left the host)")
+        elif path.outcome != OUTCOME_CONSUMED:
             lines.append(f"({path.outcome})")
         if path.continued:
             lines.append("(continues an earlier path of this packet that timed out)")

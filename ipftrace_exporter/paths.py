@@ -1,7 +1,8 @@
 """Per-skb path assembly: events grouped by skb address into time-ordered SkbPaths.
 
-A path ends when its skb is freed (consume / drop), reaches a manifest egress function, goes idle, or
-grows past `max_events` (marked truncated). Ended paths wait `settle_ns` for stragglers from other CPUs
+A path ends when its skb is freed (consume / drop), leaves the host (a manifest egress function on a device
+with a parent: the kernel flags it FLAG_LEFT; on a virtual device such as veth or loopback the path goes on to
+the receive side), goes idle, or grows past `max_events` (marked truncated). Ended paths wait `settle_ns` for stragglers from other CPUs
 (an event whose timestamp is not after the end belongs to the ended path; a later one starts a new path,
 so a freed address that is reused never merges two packets). At most `max_inflight` paths, holding at most
 `max_held_events` events together, are kept: the least recently touched is evicted (emitted as truncated) and
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .events import FLAG_GAP, FLAG_PREV_LOST, FLAG_TUPLE, Event, format_address
+from .events import FLAG_GAP, FLAG_LEFT, FLAG_PREV_LOST, FLAG_TUPLE, Event, format_address
 from .probes import ProbeRole, ProbeTable
 from .protocols import PORT_PROTOCOLS, protocol_name
 
@@ -29,7 +30,8 @@ OUTCOME_CONSUMED = "consumed"
 OUTCOME_DROPPED = "dropped"
 OUTCOME_TIMEOUT = "timeout"
 OUTCOME_TRUNCATED = "truncated"
-OUTCOMES = (OUTCOME_CONSUMED, OUTCOME_DROPPED, OUTCOME_TIMEOUT, OUTCOME_TRUNCATED)
+OUTCOME_LEFT = "left"  # left the host through a hardware device
+OUTCOMES = (OUTCOME_CONSUMED, OUTCOME_DROPPED, OUTCOME_LEFT, OUTCOME_TIMEOUT, OUTCOME_TRUNCATED)
 
 
 class DropNames(Protocol):
@@ -195,7 +197,7 @@ class PathAssembler:
         get_settling = settling.get
         max_events = self.limits.max_events
         max_held = max(self.limits.max_held_events, max_events)
-        step = ProbeRole.STEP
+        step, egress = ProbeRole.STEP, ProbeRole.EGRESS
         for event in events:
             probe_id = event.probe_id
             if not 0 <= probe_id < nprobes:
@@ -230,7 +232,7 @@ class PathAssembler:
             if flags & FLAG_GAP:
                 path.gap = True
             role = roles[probe_id]
-            if role is not step:
+            if role is not step and (role is not egress or flags & FLAG_LEFT):
                 self._end(path, event, role, done)
             elif len(path_events) >= max_events:
                 del open_paths[skb]
@@ -274,6 +276,8 @@ class PathAssembler:
         if role is ProbeRole.DROP:
             path.outcome = OUTCOME_DROPPED
             path.drop = self._drop(event, self.probes[event.probe_id].name)
+        elif role is ProbeRole.EGRESS:
+            path.outcome = OUTCOME_LEFT
         else:
             path.outcome = OUTCOME_CONSUMED
         if path.gap:

@@ -6,7 +6,8 @@ position: it finds its probe id by the traced function's address (`bpf_get_func_
 which the collector fills from kallsyms. So hundreds of functions compile as fast as one; the collector loads
 the shared body once per kprobe position, and once per function for kfunc (fentry needs the function's BTF id
 at load time, but the instructions are the same). Without `bpf_get_func_ip` (kernels before 5.15), kprobes use
-the instruction pointer instead and kfunc probes fall back to one entry point per function. ProgramOptions.func_ip
+the instruction pointer instead, and kfunc entry points load a placeholder constant that the collector replaces
+with each function's address in that function's copy of the instructions. ProgramOptions.func_ip
 "verify" renders kfunc entry points for a verifier check as tp_btf programs (see collector.verify_tp_btf)."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import mmap
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from importlib import resources
 
 from .events import FRAME_SIZE
@@ -30,6 +31,11 @@ FUNCTION_KINDS = frozenset({ProbeKind.KPROBE, ProbeKind.KFUNC})
 FUNC_IP_MODES = ("helper", "regs", "verify")
 # Hash-map slots per function probe: a name can have several kallsyms addresses (static functions).
 FUNC_ADDRESS_SLOTS = 4
+# kfunc without bpf_get_func_ip ("regs"): the shared entry point's function address is this constant, which the
+# collector replaces in each function's copy of the instructions before loading it (patch_ld_imm64).
+FUNC_ADDRESS_PLACEHOLDER = 0x1BADC0DE5EED1234
+_BPF_LD_IMM64 = 0x18
+_INSN = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,12 +48,12 @@ class ProbeSource:
     location_arg: int | None = None
     reason_arg: int | None = None
     from_data: bool = False
-    shared: bool = True  # kernel functions: the entry point is shared by every function with this skb position
 
     @property
     def entry_name(self) -> str:
-        """Name of the C entry point for this probe (no BCC auto-attach prefix: we load and attach explicitly)."""
-        if self.probe.kind in FUNCTION_KINDS and self.shared:
+        """Name of the C entry point for this probe (no BCC auto-attach prefix: we load and attach explicitly).
+        Kernel functions share one entry point per skb argument position."""
+        if self.probe.kind in FUNCTION_KINDS:
             return f"ipft_{self.probe.kind.value}_arg{self.skb_arg + 1}"
         return f"ipft_{self.probe.kind.value}_{self.probe.id}"
 
@@ -107,6 +113,7 @@ class Program:
 
     text: str
     sources: tuple[ProbeSource, ...] = field(default_factory=tuple)
+    func_ip: str = "helper"  # ProgramOptions.func_ip it was rendered with
 
     def function_sources(self) -> tuple[ProbeSource, ...]:
         """The kernel-function probes (kprobe, kfunc), in id order."""
@@ -145,20 +152,14 @@ def entry_point(source: ProbeSource) -> str:
         if not 0 <= source.skb_arg < MAX_KPROBE_ARG:
             raise ValueError(f"{source.target}: kprobes reach arguments 1-{MAX_KPROBE_ARG}, skb is {source.skb_arg + 1}")
         skb = f"(struct sk_buff *)PT_REGS_PARM{source.skb_arg + 1}(ctx)"
-        if source.shared:
-            return (f"int {source.entry_name}(struct pt_regs *ctx)\n"
-                    f"{{\n    return ipft_function(ctx, {skb}, IPFT_KPROBE_IP(ctx));\n}}\n")
         return (f"int {source.entry_name}(struct pt_regs *ctx)\n"
-                f"{{\n    return ipft_handle(ctx, {skb}, {tail}, 0, 0);\n}}\n")
+                f"{{\n    return ipft_function(ctx, {skb}, IPFT_KPROBE_IP(ctx));\n}}\n")
     if probe.kind is ProbeKind.KFUNC:
         if source.skb_arg < 0:
             raise ValueError(f"{source.target}: skb argument {source.skb_arg + 1} is not a position")
         skb = _arg("ctx", source.skb_arg, "struct sk_buff *")
-        if source.shared:
-            return (f"int {source.entry_name}(unsigned long long *ctx)\n"
-                    f"{{\n    return ipft_function(ctx, {skb}, IPFT_KFUNC_IP(ctx));\n}}\n")
         return (f"int {source.entry_name}(unsigned long long *ctx)\n"
-                f"{{\n    return ipft_handle(ctx, {skb}, {tail}, 0, 0);\n}}\n")
+                f"{{\n    return ipft_function(ctx, {skb}, IPFT_KFUNC_IP(ctx));\n}}\n")
     raise ValueError(f"unknown probe kind {probe.kind}")
 
 
@@ -172,7 +173,8 @@ def function_lookup(num_functions: int, func_ip: str) -> str:
     else:  # the instruction pointer after the breakpoint (x86: int3 is one byte), or the probed address
         ip_macros = ("#if defined(__TARGET_ARCH_x86) || defined(bpf_target_x86)\n"
                      "#define IPFT_KPROBE_IP(ctx) (PT_REGS_IP(ctx) - 1)\n#else\n"
-                     "#define IPFT_KPROBE_IP(ctx) PT_REGS_IP(ctx)\n#endif")
+                     "#define IPFT_KPROBE_IP(ctx) PT_REGS_IP(ctx)\n#endif\n"
+                     f"#define IPFT_KFUNC_IP(ctx) ((u64){FUNC_ADDRESS_PLACEHOLDER:#x}ULL)")
     return f"""{ip_macros}
 struct ipft_func {{
     u32 probe_id;
@@ -229,10 +231,6 @@ def render(
     for index, source in enumerate(sources):
         if source.probe.id != index:
             raise ValueError(f"probe {source.target} has id {source.probe.id}, expected {index}")
-    # kfunc without bpf_get_func_ip: one entry point per function (slow to compile, but correct).
-    per_function = options.func_ip == "regs"
-    sources = [replace(s, shared=not (per_function and s.probe.kind is ProbeKind.KFUNC)) if s.is_function else s
-               for s in sources]
     body = bpf_source()
     split = body.index("BPF_RINGBUF_OUTPUT")  # structs first, then maps and code
     prelude = "\n".join([
@@ -248,11 +246,28 @@ def render(
         "#define IPFT_MODULE_DATA(skb, t, data) ipft_module_data(skb, t, data)",
     ])
     generated = "\n".join([filter_function(flows), _module_macros(modules)])
-    shared = [source for source in sources if source.is_function and source.shared]
-    lookup = function_lookup(len(shared), options.func_ip) if shared else ""
+    functions = [source for source in sources if source.is_function]
+    lookup = function_lookup(len(functions), options.func_ip) if functions else ""
     entries = "\n".join(entry_point(group[0]) for group in _entry_groups(sources))
     text = "\n".join([prelude, body[:split], generated, body[split:], lookup, entries])
-    return Program(text, tuple(sources))
+    return Program(text, tuple(sources), options.func_ip)
+
+
+def patch_ld_imm64(code: bytes, placeholder: int, value: int) -> bytes:
+    """`code` (BPF instructions) with every 64-bit immediate load of `placeholder` loading `value` instead.
+    Raises ValueError when the placeholder is not there (the compiler folded it away: a bug to know at once)."""
+    insns = bytearray(code)
+    low, high = placeholder & 0xFFFFFFFF, placeholder >> 32
+    found = 0
+    for offset in range(0, len(insns) - 2 * _INSN + 1, _INSN):
+        if (insns[offset] == _BPF_LD_IMM64 and int.from_bytes(insns[offset + 4:offset + 8], "little") == low
+                and int.from_bytes(insns[offset + 12:offset + 16], "little") == high):
+            insns[offset + 4:offset + 8] = (value & 0xFFFFFFFF).to_bytes(4, "little")
+            insns[offset + 12:offset + 16] = (value >> 32).to_bytes(4, "little")
+            found += 1
+    if not found:
+        raise ValueError(f"placeholder {placeholder:#x} not found in {len(code) // _INSN} instructions")
+    return bytes(insns)
 
 
 def _entry_groups(sources: Sequence[ProbeSource]) -> list[list[ProbeSource]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
@@ -20,6 +20,7 @@ from .collector import (
     VerifyReport,
     compile_check,
     kfunc_refusal,
+    kprobe_multi_refusal,
 )
 from .errors import AttachError, KernelError, UsageError
 from .events import decode_frames
@@ -46,6 +47,10 @@ EGRESS_TRACEPOINTS = {
 }
 SKB_LAYOUT_MEMBERS = ("head", "data", "len", "protocol", "network_header", "dev")
 KPROBE_PMU = "/sys/bus/event_source/devices/kprobe/type"
+KPROBE_BLACKLIST = "/sys/kernel/debug/kprobes/blacklist"
+# auto: above this many functions, kprobe-multi (one attach call for all) is chosen over kfunc (fentry builds and
+# attaches one trampoline per function: minutes for thousands; bench/RESULTS.md, start-up cost).
+AUTO_KFUNC_MAX_FUNCTIONS = 200
 # Tracepoints whose TP_PROTO has a struct sk_buff * at argument N: kfunc entry points for skb position N are
 # verifier-checked as tp_btf programs on them where fentry is refused (Tracer.verify_kfunc_as_tp_btf).
 TP_BTF_STAND_INS = {
@@ -81,6 +86,12 @@ class ProbePlan:
     backend: str
     sources: list[ProbeSource]
     missing: list[str] = field(default_factory=list)  # manifest functions absent from this kernel
+    untraceable: list[tuple[str, str]] = field(default_factory=list)  # (function, why) the kernel cannot trace
+
+    @property
+    def function_count(self) -> int:
+        """Kernel functions planned (tracepoints not counted)."""
+        return sum(1 for source in self.sources if source.is_function)
 
     @property
     def probes(self) -> ProbeTable:
@@ -139,8 +150,65 @@ class KernelView:
     @cached_property
     def func_ip_mode(self) -> str:
         """How shared function entry points learn the traced function: "helper" (bpf_get_func_ip, Linux 5.15+)
-        or "regs" (the instruction pointer; kfunc then needs one entry point per function)."""
+        or "regs" (kprobe: the instruction pointer; kfunc: an address patched into each function's copy)."""
         return "helper" if "BPF_FUNC_get_func_ip" in self.btf.enum("bpf_func_id") else "regs"
+
+    @cached_property
+    def ftrace_functions(self) -> frozenset[str] | None:
+        """Functions ftrace can hook (tracefs `available_filter_functions`): fentry and kprobe-multi attach only
+        to these, and a kprobe elsewhere is refused or unsafe. None when the list is unreadable (then nothing is
+        filtered out)."""
+        root = tracefs_root()
+        if root is None:
+            return None
+        names: set[str] = set()
+        try:
+            with open(os.path.join(root, "available_filter_functions"), encoding="utf-8", errors="replace") as handle:
+                for line in handle:
+                    names.add(line.split(None, 1)[0] if line.strip() else "")
+        except OSError as err:
+            log.debug("available_filter_functions is unreadable (%s): functions are not filtered", err.strerror)
+            return None
+        names.discard("")
+        return frozenset(names)
+
+    @cached_property
+    def kprobe_blacklist(self) -> frozenset[str]:
+        """Functions the kernel forbids kprobes on (debugfs kprobes/blacklist; empty when unreadable)."""
+        try:
+            with open(KPROBE_BLACKLIST, encoding="utf-8", errors="replace") as handle:
+                return frozenset(line.split()[-1] for line in handle if line.strip())
+        except OSError:
+            return frozenset()
+
+    @cached_property
+    def kprobe_multi_refusal(self) -> str | None:
+        """Why kprobe-multi links cannot be used here, or None: the kernel must know them (5.18+), have fprobe
+        (CONFIG_FPROBE, a trial link tells) and bpf_get_func_ip (how the shared entry points find their function)."""
+        if "BPF_TRACE_KPROBE_MULTI" not in self.btf.enum("bpf_attach_type"):
+            return "this kernel has no kprobe-multi links (Linux 5.18+)"
+        if self.func_ip_mode != "helper":
+            return "no bpf_get_func_ip on this kernel"
+        if kprobes_unavailable() is not None:
+            return kprobes_unavailable()
+        try:
+            return kprobe_multi_refusal()
+        except KernelError as err:
+            return str(err)
+
+    @property
+    def has_kprobe_multi(self) -> bool:
+        """Whether kprobe probes are attached with one kprobe-multi link per entry point (else one by one)."""
+        return self.kprobe_multi_refusal is None
+
+    def untraceable(self, name: str, kind: ProbeKind) -> str | None:
+        """Why `kind` cannot probe function `name` on this kernel, or None."""
+        ftrace = self.ftrace_functions
+        if ftrace is not None and name not in ftrace:
+            return "not in available_filter_functions (notrace, inlined or init code)"
+        if kind is ProbeKind.KPROBE and name in self.kprobe_blacklist:
+            return "on the kernel's kprobe blacklist"
+        return None
 
     def function_btf_ids(self, names: Collection[str]) -> dict[str, int]:
         """vmlinux BTF FUNC type ids of `names` (the ids fentry programs attach to); absent names left out."""
@@ -216,13 +284,21 @@ def plan_probes(view: KernelView, backend: str, manifest_path: str | None) -> Pr
     kind = ProbeKind(backend)
     functions, missing = function_specs(view, manifest_path)
     sources = []
+    untraceable = []
     for spec in functions:
         if spec.name in ("kfree_skb_reason", "sk_skb_reason_drop", "consume_skb", "__kfree_skb"):
             continue  # the free tracepoints below carry reason and location
+        why = view.untraceable(spec.name, kind)
+        if why is not None:
+            untraceable.append((spec.name, why))
+            if manifest_path is not None:
+                log.warning("manifest %s: %s cannot be traced on this kernel (%s); skipped", manifest_path, spec.name,
+                            why)
+            continue
         role = ProbeRole.EGRESS if spec.egress else ProbeRole.STEP
         sources.append(ProbeSource(Probe(len(sources), spec.name, kind, spec.skb_pos, role), spec.name, spec.skb_pos - 1))
     sources.extend(_tracepoint_sources(view, FREE_TRACEPOINTS, frozenset(), first_id=len(sources)))
-    return ProbePlan(backend, sources, missing)
+    return ProbePlan(backend, sources, missing, untraceable)
 
 
 def kprobes_unavailable() -> str | None:
@@ -260,6 +336,42 @@ def choose_backend(requested: str, view: KernelView | None = None) -> tuple[str,
             return backend, reasons
         reasons[backend] = why
     return ("tracepoint" if requested == "auto" else requested), reasons
+
+
+def auto_passes_over_kfunc(view: KernelView, function_count: Callable[[], int]) -> str | None:
+    """Why `auto` does not try kfunc for this plan, or None. fentry loads, verifies and attaches one program and
+    trampoline per function: a plan above AUTO_KFUNC_MAX_FUNCTIONS gets ready far sooner as kprobes (one
+    kprobe-multi link where the kernel has it, else one kprobe each, which attach faster than fentry)."""
+    count = function_count()
+    if count <= AUTO_KFUNC_MAX_FUNCTIONS:
+        return None
+    how = "kprobe-multi attaches all of them in one call" if view.has_kprobe_multi else \
+        "kprobes attach faster one by one (no kprobe-multi on this kernel)"
+    return f"{count} functions: fentry loads and attaches one program per function, {how}"
+
+
+def attach_summary(backend: str, plan: ProbePlan, report: AttachReport, passed_over: Mapping[str, str]) -> str:
+    """The one start-up line: backend, why others were passed over, functions attached of planned, what could
+    not be traced, and the first failure."""
+    refused = "; ".join(f"{name} passed over: {why}" for name, why in passed_over.items())
+    head = f"backend {backend}{f' ({refused})' if refused else ''}"
+    if backend == "tracepoint":
+        body = f"{len(report.attached)} of {len(plan.sources)} tracepoints attached"
+    else:
+        attached = sum(1 for source in report.attached if source.is_function)
+        planned = plan.function_count + len(plan.untraceable)
+        how = f" ({report.multi_links} kprobe-multi link{'s' if report.multi_links != 1 else ''})" \
+            if report.multi_links else ""
+        body = f"{attached:,} of {planned:,} functions attached{how}"
+        not_traceable = len(plan.untraceable) + sum(1 for source, _ in report.failed if source.is_function)
+        if not_traceable:
+            body += f"; {not_traceable:,} not traceable: see -l"
+        tracepoints = sum(1 for source in report.attached if not source.is_function)
+        body += f"; {tracepoints} free tracepoint{'s' if tracepoints != 1 else ''}"
+    if report.failed:
+        source, why = report.failed[0]
+        body += f" (first failure: {source.probe.name}: {why})"
+    return f"{head}: {body}"
 
 
 ATTACHABLE, VERIFIED, UNTESTED = "attachable", "verified", "untested"
@@ -318,7 +430,8 @@ class Tracer:
         functions = [source.target for source in plan.sources if source.is_function]
         found = self.view.function_addresses(functions) if functions and addresses else {}
         kfuncs = [source.target for source in plan.sources if source.probe.kind is ProbeKind.KFUNC]
-        return Collector(self.program_for(plan), headers, found, self.view.function_btf_ids(kfuncs))
+        multi = plan.backend == "kprobe" and self.view.has_kprobe_multi
+        return Collector(self.program_for(plan), headers, found, self.view.function_btf_ids(kfuncs), kprobe_multi=multi)
 
     def verify(self, backend: str, headers: HeaderTree | None = None) -> tuple[ProbePlan, VerifyReport]:
         """Plan `backend` (not auto), compile its program and load every entry point through the kernel verifier
@@ -348,7 +461,6 @@ class Tracer:
         function_plan = plan_probes(self.view, "kprobe", manifest) if with_functions else ProbePlan("kprobe", [])
         functions = [source for source in function_plan.sources if source.is_function]
         tracepoints = plan_probes(self.view, "tracepoint", manifest).sources
-        shared_kfunc = self.view.func_ip_mode == "helper"  # else kfunc is one entry point per function: too slow
         sources: list[ProbeSource] = []
 
         def add(source: ProbeSource, kind: ProbeKind | None = None) -> None:
@@ -357,9 +469,8 @@ class Tracer:
 
         for source in functions:
             add(source)
-        if shared_kfunc:
-            for source in functions:
-                add(source, ProbeKind.KFUNC)
+        for source in functions:
+            add(source, ProbeKind.KFUNC)
         for source in tracepoints:
             add(source)
         options = replace(self.request.options, func_ip=self.view.func_ip_mode)
@@ -380,15 +491,11 @@ class Tracer:
             else:
                 state = {LOADED: ATTACHABLE}.get(status, status or UNTESTED)
             states[kind.value][source.probe.name] = state
-        if not shared_kfunc:
-            for source in functions:
-                states["kfunc"][source.probe.name] = REFUSED if refusal else UNTESTED
         notes: dict[str, str] = {}
         if functions:
             kfunc_states = set(states["kfunc"].values())
             kprobe_ok = sum(1 for state in states["kprobe"].values() if state in (VERIFIED, ATTACHABLE))
-            notes["kfunc"] = (("compiled" if shared_kfunc else "not compiled (no bpf_get_func_ip: one entry point "
-                                                                "per function)")
+            notes["kfunc"] = ("compiled"
                               + (f"; not attachable: {refusal}" if refusal and REFUSED in kfunc_states
                                  else "; the kernel loads kfunc programs" if ATTACHABLE in kfunc_states else ""))
             notes["kprobe"] = (f"{kprobe_ok} of {len(functions)} loaded through the verifier; "
@@ -420,8 +527,17 @@ class Tracer:
                 preload.join()
 
     def _start(self, headers: HeaderTree, auto: bool) -> AttachReport:
+        plans: dict[str, ProbePlan] = {}
+
+        def plan_for(backend: str) -> ProbePlan:
+            if backend not in plans:
+                plans[backend] = plan_probes(self.view, backend, self.request.manifest)
+            return plans[backend]
+
         for backend in self.candidates():
             known = function_backend_unavailable(backend, self.view)
+            if known is None and auto and backend == "kfunc":
+                known = auto_passes_over_kfunc(self.view, lambda: plan_for("kprobe").function_count)
             if known is not None:
                 self.fallback_reasons[backend] = known
                 if not auto:
@@ -429,7 +545,7 @@ class Tracer:
                 continue
             collector: Collector | None = None
             try:
-                plan = plan_probes(self.view, backend, self.request.manifest)
+                plan = plan_for(backend)
                 collector = self.collector_for(plan, headers)
                 report = collector.attach()
                 if backend != "tracepoint" and not any(s.probe.kind.value == backend for s in report.attached):
@@ -445,27 +561,20 @@ class Tracer:
                 continue
             self.plan, self.report, self._collector = plan, report, collector
             self._assembler = PathAssembler(plan.probes, self.request.limits, self.view.names)
-            self._log_choice(backend, report)
+            self._log_choice(backend, plan, report)
             return report
         reasons = "; ".join(f"{name}: {why}" for name, why in self.fallback_reasons.items())
         raise AttachError(f"no backend could attach ({reasons})")
 
-    def _log_choice(self, backend: str, report: AttachReport) -> None:
-        """One line: the backend, why earlier ones were refused, what attached (and, for a manifest traced with
-        tracepoints, that function-level probing is unavailable: then at warning level)."""
-        refused = "; ".join(f"{name} refused: {why}" for name, why in self.fallback_reasons.items())
-        failed = ""
-        if report.failed:
-            source, why = report.failed[0]
-            failed = f" (first: {source.probe.name}: {why})"
-        line = (f"backend {backend}{f' ({refused})' if refused else ''}: {len(report.attached)} probes attached, "
-                f"{len(report.failed)} failed{failed}")
+    def _log_choice(self, backend: str, plan: ProbePlan, report: AttachReport) -> None:
+        """One line: the backend, why earlier ones were passed over, how many functions attached of how many, and
+        the first failure (for a manifest traced with tracepoints, that function-level probing is unavailable:
+        then at warning level). Per-probe details are at debug level."""
+        log.info("%s", attach_summary(backend, plan, report, self.fallback_reasons))
         if self.request.manifest and backend == "tracepoint" and self.request.backend == "auto":
-            log.warning("%s; function-level probing is unavailable on this kernel, so the manifest's flows are "
-                        "traced with skb tracepoints (its egress functions end paths where a tracepoint marks the "
-                        "same moment)", line)
-        else:
-            log.info("%s", line)
+            log.warning("function-level probing is unavailable on this kernel, so the manifest's flows are traced "
+                        "with skb tracepoints (its egress functions end paths where a tracepoint marks the same "
+                        "moment)")
 
     @property
     def backend(self) -> str:

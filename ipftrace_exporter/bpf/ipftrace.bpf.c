@@ -25,11 +25,17 @@
 #define IPFT_FLAG_SAMPLED 2
 #define IPFT_FLAG_GAP 4 /* an earlier event of this skb was lost (ring buffer full) */
 #define IPFT_FLAG_PREV_LOST 8 /* first event: the previous traced packet at this address lost its end event */
+#define IPFT_FLAG_LEFT 16 /* an egress probe on a device with a parent (hardware): the packet left the host */
 
 #define IPFT_STAT_EVENTS 0
 #define IPFT_STAT_LOST 1
 #define IPFT_STAT_MATCHED 2
 #define IPFT_STAT_TRACK_FULL 3
+
+/* Why a matching packet was not traced (ipftrace_packets_untraced_total), indexed with its flow. */
+#define IPFT_UNTRACED_SAMPLED_OUT 0
+#define IPFT_UNTRACED_RING_FULL 1
+#define IPFT_UNTRACED_REASONS 2
 
 #define IPFT_ETH_P_IP 0x0800
 #define IPFT_ETH_P_IPV6 0x86DD
@@ -91,6 +97,7 @@ BPF_TABLE("lru_hash", u64, u8, ipft_lost_ends, 4096);
 BPF_PERCPU_ARRAY(hits, u64, IPFT_NUM_FLOWS * IPFT_NUM_PROBES);
 BPF_PERCPU_HASH(drops, struct ipft_drop_key, u64, IPFT_MAX_DROP_KEYS);
 BPF_PERCPU_ARRAY(stats, u64, 4);
+BPF_PERCPU_ARRAY(untraced, u64, IPFT_NUM_FLOWS * IPFT_UNTRACED_REASONS);
 
 #define IPFT_READ(dst, ptr) bpf_probe_read_kernel(&(dst), sizeof(dst), (ptr))
 #define IPFT_SKB_FIELD(dst, skb, field) \
@@ -99,6 +106,14 @@ BPF_PERCPU_ARRAY(stats, u64, 4);
 static __always_inline void ipft_stat(u32 index)
 {
     u64 *value = stats.lookup(&index);
+    if (value)
+        *value += 1;
+}
+
+static __always_inline void ipft_untraced(u32 flow_id, u32 reason)
+{
+    u32 slot = flow_id * IPFT_UNTRACED_REASONS + reason;
+    u64 *value = untraced.lookup(&slot);
     if (value)
         *value += 1;
 }
@@ -297,6 +312,20 @@ static __always_inline u32 ipft_ifindex(struct sk_buff *skb)
     return ifindex;
 }
 
+/* Whether a transmit on the skb's device takes the packet out of the host: true for a device with a parent
+ * (a PCI, virtio or USB NIC), false for virtual devices (veth, loopback, bridge, tunnels), whose transmit hands
+ * the same skb back to the stack (veth: the peer's receive path), so its path goes on. */
+static __always_inline int ipft_leaves_host(struct sk_buff *skb)
+{
+    struct net_device *dev = 0;
+    void *parent = 0;
+    IPFT_SKB_FIELD(dev, skb, dev);
+    if (!dev)
+        return 1;
+    bpf_probe_read_kernel(&parent, sizeof(parent), (char *)dev + __builtin_offsetof(struct net_device, dev.parent));
+    return parent != 0;
+}
+
 static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe_id, int from_data, int role,
                                        u64 location, u32 reason)
 {
@@ -334,6 +363,13 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
         tracked.delete(&key);
         return 0;
     }
+    u32 left = 0;
+    if (role == IPFT_ROLE_EGRESS) {
+        if (ipft_leaves_host(skb))
+            left = IPFT_FLAG_LEFT;
+        else
+            role = IPFT_ROLE_STEP; /* a virtual device: the packet goes on */
+    }
     if (track) {
         flow_id = track->flow_id;
         sampled = track->sampled;
@@ -369,12 +405,17 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     }
     if (role != IPFT_ROLE_STEP && !first)
         tracked.delete(&key);
-    if (!sampled)
+    if (!sampled) {
+        if (first)
+            ipft_untraced(flow_id, IPFT_UNTRACED_SAMPLED_OUT);
         return 0;
+    }
 
     struct ipft_event *event = events.ringbuf_reserve(sizeof(struct ipft_event));
     if (!event) {
         ipft_stat(IPFT_STAT_LOST);
+        if (first)
+            ipft_untraced(flow_id, IPFT_UNTRACED_RING_FULL);
         if (role == IPFT_ROLE_STEP) {
             struct ipft_track *current = tracked.lookup(&key);
             if (current) {
@@ -400,7 +441,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     event->ifindex = ipft_ifindex(skb);
     event->reason = reason;
     event->flow_id = flow_id;
-    event->flags = IPFT_FLAG_SAMPLED | (gap ? IPFT_FLAG_GAP : 0);
+    event->flags = IPFT_FLAG_SAMPLED | (gap ? IPFT_FLAG_GAP : 0) | left;
     if (first) {
         event->flags |= IPFT_FLAG_TUPLE;
         if (ipft_lost_ends.lookup(&key)) {

@@ -5,6 +5,7 @@ CONTRACT_METRICS = frozenset({
     "ipftrace_function_hits_total",
     "ipftrace_skb_drops_total",
     "ipftrace_paths_total",
+    "ipftrace_packets_untraced_total",
     "ipftrace_events_total",
     "ipftrace_events_lost_total",
     "ipftrace_spans_exported_total",

@@ -21,6 +21,7 @@ from ipftrace_exporter.config import (
 )
 from ipftrace_exporter.errors import ConfigError, UsageError
 from ipftrace_exporter.flows import MAX_FLOWS, FlowSpec
+from ipftrace_exporter.manifest import default_manifest_path
 from ipftrace_exporter.paths import PathLimits
 
 DESIGN_EXAMPLE = """\
@@ -61,7 +62,7 @@ def test_embedded_default_traces_icmp_on_both_ip_versions_without_otlp():
     assert config.traces.otlp.endpoint is None  # runs without Jaeger
     assert config.traces.otlp.protocol is None and config.traces.otlp.timeout_s is None
     assert 0 < config.traces.sample_ratio <= 1
-    assert config.backend == "auto" and config.manifest is None and config.modules == ()
+    assert config.backend == "auto" and config.manifest == default_manifest_path() and config.modules == ()
     assert config.metrics.address == "0.0.0.0:9436"
     assert config.paths.max_inflight <= 65536 and config.paths.max_events <= 256
     assert config.source == "<default config>"
@@ -113,6 +114,11 @@ def test_left_out_keys_keep_the_default_and_mappings_merge_key_by_key():
     assert config.traces.sample_ratio == default.traces.sample_ratio
     assert config.traces.otlp.endpoint == "http://127.0.0.1:4317"
     assert config.flows == default.flows
+
+
+def test_manifest_default_names_the_curated_manifest():
+    assert parse_config("manifest: default\n").manifest == default_manifest_path()
+    assert parse_config("manifest: null\n").manifest is None  # explicit: BTF discovery
 
 
 def test_explicit_null_manifest_and_endpoint_mean_none():
@@ -211,7 +217,8 @@ def test_unnamed_flows_get_distinct_names():
             "config.yaml: paths: [1]: must be a mapping with keys idle_timeout, max_events, max_inflight",
         ),
         ("backend: bpf", 'config.yaml: backend: "bpf": must be one of auto, kfunc, kprobe, tracepoint'),
-        ("manifest: 3", "config.yaml: manifest: 3: must be a file path (or null for auto-discovery)"),
+        ("manifest: 3", ("config.yaml: manifest: 3: must be a file path, 'default' (the curated manifest) or null "
+                        "(BTF auto-discovery)")),
         ("modules: [gso, 3]", "config.yaml: modules[1]: 3: must be a string (NAME or NAME=ARGUMENT)"),
         ("modules: {gso: 1}", 'config.yaml: modules: {"gso": 1}: must be a list of module names'),
         (

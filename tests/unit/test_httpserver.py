@@ -21,6 +21,9 @@ class OneHitReader:
     def drops(self):
         raise OSError("drops map unreadable")
 
+    def untraced(self):
+        return []
+
     def totals(self):
         return {"events": 3, "lost": 0}
 

@@ -46,12 +46,16 @@ class DictReader:
         self.hit_counts: dict[tuple[int, int], int] = {}
         self.drop_counts: dict[tuple[int, int, int], int] = {}
         self.total_counts: dict[str, int] = {"events": 0, "lost": 0}
+        self.untraced_counts: dict[tuple[int, str], int] = {}
 
     def hits(self) -> Iterator[tuple[int, int, int]]:
         return ((flow, probe, n) for (flow, probe), n in self.hit_counts.items())
 
     def drops(self) -> Iterator[tuple[int, int, int, int]]:
         return ((flow, loc, reason, n) for (flow, loc, reason), n in self.drop_counts.items())
+
+    def untraced(self) -> Iterator[tuple[int, str, int]]:
+        return ((flow, reason, n) for (flow, reason), n in self.untraced_counts.items())
 
     def totals(self) -> Mapping[str, int]:
         return self.total_counts
@@ -331,3 +335,13 @@ def test_registering_does_not_read_the_kernel_maps():
     m = ExporterMetrics(FLOWS)
     m.registry.unregister(m.collector)
     m.registry.register(collector)  # describe(), not collect()
+
+
+def test_untraced_packets_are_counted_per_flow_and_reason(metrics, reader):
+    reader.untraced_counts.update({(0, "sampled_out"): 9, (0, "ring_full"): 2, (1, "ring_full"): 1})
+    _, samples = scrape(metrics)
+    assert series(samples, "ipftrace_packets_untraced_total") == {
+        frozenset({("flow", "icmp"), ("reason", "sampled_out")}): 9,
+        frozenset({("flow", "icmp"), ("reason", "ring_full")}): 2,
+        frozenset({("flow", "web"), ("reason", "ring_full")}): 1,
+    }

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from ipftrace_exporter.events import FLAG_GAP
+from ipftrace_exporter.events import FLAG_GAP, FLAG_LEFT
 from ipftrace_exporter.paths import PathAssembler, PathLimits
 
 from .helpers import CONSUME, DROP, EGRESS, IP_RCV, PROBES, RECEIVE, event
@@ -75,12 +75,22 @@ def test_drop_records_reason_and_function_names() -> None:
     assert (path.drop.reason, path.drop.function, path.drop.probe) == ("NO_SOCKET", "__udp4_lib_rcv", "skb:kfree_skb")
 
 
-def test_egress_ends_the_path_as_consumed() -> None:
+def test_egress_on_hardware_ends_the_path_as_left() -> None:
     clock = Clock()
     paths = assembler(clock)
-    paths.add_many([event(1, IP_RCV, first=True), event(2, EGRESS)])
+    paths.add_many([event(1, IP_RCV, first=True), event(2, EGRESS, flags=FLAG_LEFT)])
     clock.now = 100
-    assert [p.outcome for p in paths.expire()] == ["consumed"]
+    assert [p.outcome for p in paths.expire()] == ["left"]
+
+
+def test_egress_on_a_virtual_device_goes_on_to_the_receive_side() -> None:
+    clock = Clock()
+    paths = assembler(clock)
+    paths.add_many([event(1, IP_RCV, first=True), event(2, EGRESS), event(3, RECEIVE), event(4, CONSUME)])
+    clock.now = 100
+    (path,) = paths.expire()
+    assert path.outcome == "consumed"
+    assert [e.probe_id for e in path.events] == [IP_RCV, EGRESS, RECEIVE, CONSUME]
 
 
 def test_idle_paths_time_out() -> None:

@@ -10,7 +10,14 @@ import pytest
 from ipftrace_exporter.collector import LOADED, REFUSED, REJECTED, LoadFailure, ProgramCheck, VerifyReport
 from ipftrace_exporter.flows import FlowSpec
 from ipftrace_exporter.probes import Probe, ProbeKind, ProbeRole
-from ipftrace_exporter.program import FUNC_ADDRESS_SLOTS, ProbeSource, ProgramOptions, render
+from ipftrace_exporter.program import (
+    FUNC_ADDRESS_PLACEHOLDER,
+    FUNC_ADDRESS_SLOTS,
+    ProbeSource,
+    ProgramOptions,
+    patch_ld_imm64,
+    render,
+)
 
 FLOWS = (FlowSpec(name="any"),)
 
@@ -54,15 +61,28 @@ def test_kfunc_functions_share_entry_points_that_read_the_skb_from_its_btf_posit
     assert "(struct sk_buff *)ctx[6]" in program.text  # fentry reads any argument, not just registers 1-5
 
 
-def test_without_the_func_ip_helper_kfunc_gets_one_entry_point_per_function_and_kprobes_use_the_ip() -> None:
+def test_without_the_func_ip_helper_kfunc_loads_a_placeholder_address_and_kprobes_use_the_ip() -> None:
     options = ProgramOptions(func_ip="regs")
     kfunc = render(function_sources(ProbeKind.KFUNC, [1, 1, 2]), FLOWS, options)
-    assert definitions(kfunc.text) == ["ipft_kfunc_0", "ipft_kfunc_1", "ipft_kfunc_2"]
-    assert "ipft_handle(ctx, (struct sk_buff *)ctx[1], 2, 0, 3, 0, 0)" in kfunc.text  # constant id, egress role
-    assert "ipft_funcs" not in kfunc.text and all(not s.shared for s in kfunc.sources)
+    assert definitions(kfunc.text) == ["ipft_kfunc_arg1", "ipft_kfunc_arg2"]  # still shared per position
+    assert f"#define IPFT_KFUNC_IP(ctx) ((u64){FUNC_ADDRESS_PLACEHOLDER:#x}ULL)" in kfunc.text
+    assert "bpf_get_func_ip" not in kfunc.text and kfunc.func_ip == "regs"
     kprobe = render(function_sources(ProbeKind.KPROBE, [1, 1]), FLOWS, options)
     assert definitions(kprobe.text) == ["ipft_kprobe_arg1"]
     assert "(PT_REGS_IP(ctx) - 1)" in kprobe.text and "bpf_get_func_ip" not in kprobe.text
+
+
+def test_the_placeholder_is_replaced_in_every_64_bit_load_of_it_and_nowhere_else() -> None:
+    low, high = FUNC_ADDRESS_PLACEHOLDER & 0xFFFFFFFF, FUNC_ADDRESS_PLACEHOLDER >> 32
+    ld_imm64 = bytes([0x18, 0x01, 0, 0]) + low.to_bytes(4, "little") + bytes(4) + high.to_bytes(4, "little")
+    mov = bytes([0xB7, 0x00, 0, 0]) + low.to_bytes(4, "little")  # r0 = low 32 bits only: not the placeholder
+    code = mov + ld_imm64 + mov + ld_imm64
+    patched = patch_ld_imm64(code, FUNC_ADDRESS_PLACEHOLDER, 0xFFFFFFFF81234560)
+    assert patched[8:24] == bytes([0x18, 0x01, 0, 0]) + (0x81234560).to_bytes(4, "little") + bytes(4) + \
+        (0xFFFFFFFF).to_bytes(4, "little")
+    assert patched[:8] == mov and patched[24:32] == mov and patched[32:] == patched[8:24]
+    with pytest.raises(ValueError, match="not found"):
+        patch_ld_imm64(mov * 4, FUNC_ADDRESS_PLACEHOLDER, 1)
 
 
 def test_the_verify_mode_replaces_bpf_get_func_ip_for_program_types_without_it() -> None:

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# The kernel matrix: boot Debian's 5.10 (bullseye), 6.1 (bookworm) and 6.12 (bookworm-backports) kernels under
+# QEMU with virtme-ng (this host's root filesystem, read-only over 9p) and run tests/kernel/test_real_kernels.py
+# inside each against this checkout, where kprobes and fentry attach. Prints one table of results per kernel x
+# test at the end; exits non-zero if a test failed or a kernel did not finish.
+#
+# Installs what it needs (as root): qemu-system-x86, busybox-static and the kernel images from Debian's packages
+# (the other suites through copies of this machine's own apt source), virtme-ng from PyPI into .venv.
+# Environment: IPFTRACE_KERNELS (space-separated series, default "5.10 6.1 6.12"; "none" skips the matrix),
+# IPFTRACE_KERNEL_TIMEOUT (seconds per kernel, default 900), IPFTRACE_MATRIX_OUT (results, default a temp dir),
+# IPFTRACE_MATRIX_TESTS (pytest -k expression, default all).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+project=$(pwd)
+series=${IPFTRACE_KERNELS:-5.10 6.1 6.12}
+[ "$series" = none ] && { echo "kernel matrix: skipped (IPFTRACE_KERNELS=none)"; exit 0; }
+per_kernel=${IPFTRACE_KERNEL_TIMEOUT:-900}
+out=${IPFTRACE_MATRIX_OUT:-$(mktemp -d /tmp/ipftrace-matrix.XXXXXX)}
+mkdir -p "$out"
+if [ "$(id -u)" != 0 ]; then
+  echo "kernel matrix: needs root (installs packages, boots VMs)" >&2
+  exit 2
+fi
+
+scripts/setup.sh
+export DEBIAN_FRONTEND=noninteractive INITRD=No  # virtme-ng builds its own initramfs: skip Debian's
+sources=/etc/apt/sources.list.d/debian.sources
+extra=/etc/apt/sources.list.d/ipftrace-kernels.sources
+if [ ! -f "$extra" ] && [ -f "$sources" ]; then
+  # this machine's own Debian source, once per extra suite
+  { sed -E 's/^Suites:.*/Suites: bookworm-backports/' "$sources" | awk '/^Types:/{n++} n==1'
+    echo
+    sed -E 's/^Suites:.*/Suites: bullseye/' "$sources" | awk '/^Types:/{n++} n==1'; } > "$extra"
+  apt-get update -qq
+fi
+
+# The newest image of each series that apt offers (generic -amd64 flavour: -cloud has no 9p).
+image_for() {
+  local pattern
+  case "$1" in
+    5.10) pattern='^linux-image-5\.10\.0-[0-9]+-amd64$' ;;
+    6.1) pattern='^linux-image-6\.1\.0-[0-9]+-amd64$' ;;
+    6.12) pattern='^linux-image-6\.12\.[0-9]+\+deb12-amd64$' ;;
+    *) echo "unknown kernel series $1" >&2; return 1 ;;
+  esac
+  apt-cache search --names-only "$pattern" 2>/dev/null | awk '{print $1}' | grep -E "$pattern" | sort -V | tail -n 1
+}
+packages=(qemu-system-x86 busybox-static)
+declare -A release_of
+for s in $series; do
+  image=$(image_for "$s")
+  [ -n "$image" ] || { apt-get update -qq; image=$(image_for "$s"); }
+  [ -n "$image" ] || { echo "kernel matrix: no linux-image package for $s" >&2; exit 1; }
+  release_of[$s]=${image#linux-image-}
+  packages+=("$image")
+done
+missing=()
+for pkg in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "kernel matrix: installing ${missing[*]}" >&2
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" > "$out/apt.log" 2>&1 \
+    || { tail -n 20 "$out/apt.log" >&2; exit 1; }
+fi
+.venv/bin/pip install -q --disable-pip-version-check "$(grep -o 'virtme-ng==[0-9.]*' pyproject.toml)" \
+  > "$out/pip.log" 2>&1 || { cat "$out/pip.log" >&2; exit 1; }
+
+# KVM only with hardware virtualisation in the CPU flags (nested KVM here is far slower than TCG).
+accel=(--disable-kvm)
+grep -qwE 'vmx|svm' /proc/cpuinfo && [ -w /dev/kvm ] && accel=()
+
+status=0
+for s in $series; do
+  release=${release_of[$s]}
+  dir="$out/$release"
+  mkdir -p "$dir"
+  printf 'IPFTRACE_MATRIX_TESTS=%q\n' "${IPFTRACE_MATRIX_TESTS:-}" > "$dir/env"
+  echo "kernel matrix: booting $release (timeout ${per_kernel}s)" >&2
+  started=$(date +%s)
+  set +e
+  PATH="$project/.venv/bin:$PATH" timeout --kill-after=30 "$per_kernel" \
+    vng --force-9p "${accel[@]}" --cpus 2 -m 3G --rwdir="$dir" -r "/boot/vmlinuz-$release" \
+    -- "bash $project/scripts/kernel-guest.sh $dir" > "$dir/vng.log" 2>&1 < /dev/null
+  code=$?
+  set -e
+  echo "$(( $(date +%s) - started ))" > "$dir/seconds"
+  if [ ! -f "$dir/junit.xml" ]; then
+    echo "kernel matrix: $release: no results (vng exit $code); last lines:" >&2
+    tail -n 15 "$dir/vng.log" "$dir/guest.log" 2>/dev/null >&2 || true
+    status=1
+  fi
+done
+
+.venv/bin/python scripts/matrix_table.py "$out" || status=1
+echo "kernel matrix: results in $out" >&2
+exit $status

@@ -1,0 +1,329 @@
+"""The function backends (kprobe, kfunc) and `auto` on a kernel that allows them: real probes, real traffic.
+
+This is the suite the kernel matrix (`scripts/test-kernels.sh`) runs inside Debian's 5.10, 6.1 and 6.12 kernels
+booted under QEMU; on a kernel without kprobes or fentry (the development machines) each test skips with the
+reason the kernel gives. Every tool start-up compiles the BPF program, which takes a minute under emulation, so
+each backend starts once (a module fixture), drives every kind of traffic, and the tests read what it traced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ipftrace_exporter.tracer import KernelView, function_backend_unavailable
+from tests.support.otlp_receiver import GrpcOtlpReceiver, attributes
+
+from .conftest import BIN, Running
+from .netns import NetPair, create_pair, delete_pair
+
+READY_TIMEOUT = float(os.environ.get("IPFTRACE_TEST_READY_TIMEOUT", "300"))
+UDP_CLOSED_PORT = 9999
+TCP_PORT = 8080
+PINGS = 3
+PAIR_INDEX = {"kprobe": 91, "kfunc": 92, "auto": 93}  # 10.199.N.0/24 of each run's namespaces
+
+
+def keep(name: str, text: str) -> None:
+    """Keep a tool's output beside the matrix's results (the directory of IPFTRACE_MATRIX_RECORD), if set."""
+    target = os.environ.get("IPFTRACE_MATRIX_RECORD")
+    if target:
+        Path(target).with_name(name).write_text(text)
+
+
+def record(name: str, value: float | str) -> None:
+    """Add a measurement to the matrix's results file (IPFTRACE_MATRIX_RECORD: JSON lines), if one is set."""
+    target = os.environ.get("IPFTRACE_MATRIX_RECORD")
+    if target:
+        with open(target, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"name": name, "value": value}) + "\n")
+
+
+def other_flow_seconds(pair: NetPair, datagrams: int = 20000) -> float:
+    """Wall time to send `datagrams` UDP datagrams to a closed port no flow matches (each goes down the whole
+    receive path, the drop included): the cost function probes add for traffic of other flows."""
+    done = pair.python_in(pair.ns_a, (
+        "import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nt = time.perf_counter()\n"
+        f"for _ in range({datagrams}): s.sendto(b'x' * 32, ('{pair.addr_b4}', 7777))\n"
+        "print(time.perf_counter() - t)\n"), timeout=300)
+    return float(done.stdout.strip())
+
+
+def _skip_unless(backend: str) -> None:
+    why = function_backend_unavailable(backend)
+    if why is not None:
+        pytest.skip(f"{backend} cannot attach on this kernel: {why}")
+
+
+@dataclass
+class Traffic:
+    """What a tool saw while every kind of test traffic ran: its paths (JSON lines) or spans, and its stderr."""
+
+    pair: NetPair
+    paths: list[dict]
+    stderr: str
+    ready_s: float
+
+
+def drive_traffic(pair: NetPair) -> None:
+    """ICMP and ICMPv6 over veth, ICMP on loopback, UDP to a closed port, a TCP handshake and a small transfer."""
+    pair.ping_b(count=PINGS)
+    pair.ping_b(count=PINGS, v6=True)
+    pair.exec_in(pair.ns_a, ["ping", "-4", "-c", str(PINGS), "-i", "0.2", "-W", "2", "127.0.0.1"])
+    pair.python_in(pair.ns_a, "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                   f"[s.sendto(b'x', ('{pair.addr_b4}', {UDP_CLOSED_PORT})) for _ in range(3)]\n")
+    server = pair.popen_in(pair.ns_b, ["python3", "-c", (
+        "import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        f"s.bind(('{pair.addr_b4}', {TCP_PORT}))\ns.listen(1)\nprint('listening', flush=True)\n"
+        "c, _ = s.accept()\nn = 0\nwhile True:\n    d = c.recv(65536)\n    if not d: break\n    n += len(d)\n"
+        "c.sendall(b'ok')\nc.close()\n")], stdout=subprocess.PIPE)
+    try:
+        assert server.stdout is not None and "listening" in server.stdout.readline()
+        pair.python_in(pair.ns_a, (
+            f"import socket\nc = socket.create_connection(('{pair.addr_b4}', {TCP_PORT}), timeout=20)\n"
+            "c.sendall(b'x' * 4000)\nc.shutdown(socket.SHUT_WR)\nassert c.recv(2) == b'ok'\nc.close()\n"), timeout=60)
+        server.wait(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    time.sleep(3)  # paths end on free; the last frees and the assembler's settle time
+
+
+def _run_cli(backend: str, tmp_path: Path, cache_dir: str, manifest: str | None) -> Iterator[Traffic]:
+    _skip_unless(backend if backend != "auto" else "kprobe")
+    pair = create_pair(PAIR_INDEX[backend])
+    ready = tmp_path / "ready"
+    argv = [str(BIN / "ipftrace"), "-b", backend, "-o", "json", "-t", "240", "--ready-file", str(ready)]
+    if manifest:
+        argv.append(manifest)
+    started = time.monotonic()
+    tool = Running(argv, cache_dir, ready)
+    try:
+        tool.wait_ready(timeout=READY_TIMEOUT)
+        ready_s = time.monotonic() - started
+        record(f"ready_s {backend} {'manifest' if manifest else 'discovery'}", round(ready_s, 1))
+        drive_traffic(pair)
+        stopping = time.monotonic()
+        code, out, err = tool.stop(timeout=300)
+        record(f"stop_s {backend} {'manifest' if manifest else 'discovery'}", round(time.monotonic() - stopping, 1))
+        run_name = f"{backend}-{'manifest' if manifest else 'discovery'}"
+        keep(f"{run_name}.out", out)
+        keep(f"{run_name}.err", err)
+        assert code in (0, 130), err
+        paths = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        yield Traffic(pair, paths, err, ready_s)
+    finally:
+        tool.stop()
+        delete_pair(pair)
+
+
+def default_manifest() -> str:
+    from ipftrace_exporter.manifest import default_manifest_path
+
+    return default_manifest_path()
+
+
+@pytest.fixture(scope="module", params=["kprobe", "kfunc"])
+def manifest_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                 cache_dir: str) -> Iterator[Traffic]:
+    """`ipftrace -b <backend>` with the curated manifest while all test traffic runs."""
+    yield from _run_cli(request.param, tmp_path_factory.mktemp(request.param), cache_dir, default_manifest())
+
+
+@pytest.fixture(scope="module")
+def discovery_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: str) -> Iterator[Traffic]:
+    """`ipftrace -b auto` with full BTF discovery (no manifest) while all test traffic runs."""
+    yield from _run_cli("auto", tmp_path_factory.mktemp("discovery"), cache_dir, None)
+
+
+def names(path: dict) -> list[str]:
+    return [event["function"] for event in path["events"]]
+
+
+def paths_of(run: Traffic, protocol: str, src: str, dst: str, dport: int | None = None) -> list[dict]:
+    return [p for p in run.paths if p["protocol"] == protocol and p["saddr"] == src and p["daddr"] == dst
+            and (dport is None or p["dport"] == dport)]
+
+
+def in_order(seen: list[str], wanted: list[str]) -> bool:
+    """`wanted` appear in `seen` in this order (other functions may sit between)."""
+    position = 0
+    for name in seen:
+        if position < len(wanted) and name == wanted[position]:
+            position += 1
+    return position == len(wanted)
+
+
+FREES = ("skb:consume_skb", "skb:kfree_skb")
+
+
+def test_ping_over_veth_is_one_path_from_sender_to_receiver(manifest_run: Traffic) -> None:
+    pair = manifest_run.pair
+    requests = paths_of(manifest_run, "ICMP", pair.addr_a4, pair.addr_b4)
+    assert len(requests) >= PINGS, [names(p) for p in manifest_run.paths][:5]
+    whole = [p for p in requests if in_order(names(p), ["ip_output", "dev_hard_start_xmit", "ip_rcv", "icmp_rcv"])
+             and names(p)[-1] in FREES]
+    assert len(whole) >= PINGS, [names(p) for p in requests]
+    assert all(p["outcome"] in ("consumed", "dropped") for p in whole)
+
+
+def test_ping6_over_veth_reaches_icmpv6_rcv(manifest_run: Traffic) -> None:
+    pair = manifest_run.pair
+    requests = [p for p in paths_of(manifest_run, "ICMPV6", pair.addr_a6, pair.addr_b6)
+                if in_order(names(p), ["ip6_output", "dev_hard_start_xmit", "ipv6_rcv", "icmpv6_rcv"])]
+    assert len(requests) >= PINGS, [names(p) for p in manifest_run.paths if p["protocol"] == "ICMPV6"][:5]
+
+
+def test_ping_on_loopback_goes_on_to_the_receive_side(manifest_run: Traffic) -> None:
+    requests = [p for p in paths_of(manifest_run, "ICMP", "127.0.0.1", "127.0.0.1")
+                if in_order(names(p), ["dev_hard_start_xmit", "ip_rcv", "icmp_rcv"])]
+    assert len(requests) >= PINGS, [names(p) for p in paths_of(manifest_run, "ICMP", "127.0.0.1", "127.0.0.1")]
+
+
+def test_udp_to_a_closed_port_is_dropped_where_the_kernel_drops_it(manifest_run: Traffic) -> None:
+    pair = manifest_run.pair
+    drops = [p for p in paths_of(manifest_run, "UDP", pair.addr_a4, pair.addr_b4, UDP_CLOSED_PORT)
+             if p["outcome"] == "dropped"]
+    assert len(drops) >= 3, [(names(p), p["outcome"]) for p in manifest_run.paths if p["protocol"] == "UDP"]
+    for path in drops:
+        assert in_order(names(path), ["udp_rcv", "__udp4_lib_rcv"])
+        assert path["drop"]["function"] == "__udp4_lib_rcv"
+        assert path["drop"]["reason"] in ("NO_SOCKET", "NOT_SPECIFIED", "0")  # 5.10 has no drop reasons
+
+
+def test_tcp_handshake_and_transfer_are_traced_through_tcp_functions(manifest_run: Traffic) -> None:
+    pair = manifest_run.pair
+    sent = paths_of(manifest_run, "TCP", pair.addr_a4, pair.addr_b4, TCP_PORT)
+    # __tcp_transmit_skb sends a clone of the queued skb: the clone's path starts where its headers parse
+    received = [p for p in sent if in_order(names(p), ["ip_output", "dev_hard_start_xmit", "ip_rcv", "tcp_v4_rcv"])]
+    assert len(received) >= 2, [names(p) for p in sent]  # the SYN and data at least
+    replies = paths_of(manifest_run, "TCP", pair.addr_b4, pair.addr_a4)
+    assert any("tcp_v4_rcv" in names(p) for p in replies)
+
+
+def test_start_up_says_what_attached_in_one_line_and_nothing_raw(manifest_run: Traffic) -> None:
+    lines = [line for line in manifest_run.stderr.splitlines() if line.strip()]
+    summary = [line for line in lines if re.search(r"backend \w+.*functions attached", line)]
+    assert len(summary) == 1, lines
+    assert "Traceback" not in manifest_run.stderr
+    raw = [line for line in lines if not line.startswith("ipftrace: ")]
+    assert not raw, raw  # BCC's and libbcc's own lines never reach the user
+
+
+def test_full_discovery_attaches_what_is_traceable_and_traces_a_ping(discovery_run: Traffic) -> None:
+    summary = next(line for line in discovery_run.stderr.splitlines() if "functions attached" in line)
+    match = re.search(r"backend (\w+).*?([\d,]+) of ([\d,]+) functions attached", summary)
+    assert match, summary
+    attached, planned = (int(match.group(n).replace(",", "")) for n in (2, 3))
+    assert attached >= 500 and attached >= planned * 0.8, summary
+    view = KernelView()
+    if view.has_kprobe_multi:
+        assert match.group(1) == "kprobe" and "kprobe-multi" in summary, summary
+    assert "Traceback" not in discovery_run.stderr
+    raw = [line for line in discovery_run.stderr.splitlines() if line.strip() and not line.startswith("ipftrace: ")]
+    assert not raw, raw[:5]
+    pair = discovery_run.pair
+    whole = [p for p in paths_of(discovery_run, "ICMP", pair.addr_a4, pair.addr_b4)
+             if in_order(names(p), ["ip_output", "ip_rcv", "icmp_rcv"])]
+    assert len(whole) >= PINGS, [names(p)[:12] for p in discovery_run.paths][:3]
+    print(f"discovery ready after {discovery_run.ready_s:.0f} s: {summary}")
+
+
+# ---- the daemon: metrics and OTLP spans of function probes --------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _sample(metrics: str, name: str, **labels: str) -> float:
+    want = {f'{key}="{value}"' for key, value in labels.items()}
+    total = 0.0
+    for line in metrics.splitlines():
+        if line.startswith(name + "{"):
+            series, value = line.rsplit(" ", 1)
+            if want <= set(series[len(name) + 1:-1].split(",")):
+                total += float(value)
+    return total
+
+
+@dataclass
+class DaemonRun:
+    pair: NetPair
+    metrics: str
+    spans: list
+    stderr: str
+
+
+@pytest.fixture(scope="module")
+def daemon_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: str) -> Iterator[DaemonRun]:
+    """`ipftrace-exporter` with `backend: auto` and the embedded default manifest, flows for the test pair, spans
+    to a real OTLP/gRPC receiver, while all test traffic runs."""
+    _skip_unless("kprobe")
+    tmp = tmp_path_factory.mktemp("daemon")
+    pair = create_pair(99)
+    port = _free_port()
+    config = tmp / "config.yaml"
+    config.write_text(f"backend: auto\nflows:\n  - {{name: ping, l4proto: ICMP, daddr: {pair.addr_b4}}}\n"
+                      f"  - {{name: udp, l4proto: UDP, daddr: {pair.addr_b4}, dport: {UDP_CLOSED_PORT}}}\n"
+                      "paths: {idle_timeout: 2s}\n")
+    untraced_s = other_flow_seconds(pair)
+    with GrpcOtlpReceiver() as receiver:
+        ready = tmp / "ready"
+        tool = Running([str(BIN / "ipftrace-exporter"), "--config", str(config), "--metrics-address",
+                        f"127.0.0.1:{port}", "--ready-file", str(ready)], cache_dir, ready,
+                       env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint})
+        try:
+            tool.wait_ready(timeout=READY_TIMEOUT)
+            traced_s = other_flow_seconds(pair)
+            record("other-flow traffic, untraced/traced time (daemon default manifest)", round(untraced_s / traced_s, 2))
+            drive_traffic(pair)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+                metrics = response.read().decode()
+            code, _, err = tool.stop(sig=15, timeout=60)
+            assert code == 0, err
+            yield DaemonRun(pair, metrics, receiver.spans(), err)
+        finally:
+            tool.stop()
+            delete_pair(pair)
+
+
+def test_daemon_counts_function_hits_and_drops(daemon_run: DaemonRun) -> None:
+    metrics = daemon_run.metrics
+    assert _sample(metrics, "ipftrace_function_hits_total", flow="ping", function="icmp_rcv") >= PINGS
+    assert _sample(metrics, "ipftrace_function_hits_total", flow="ping", function="ip_rcv") >= PINGS
+    assert _sample(metrics, "ipftrace_skb_drops_total", flow="udp", function="__udp4_lib_rcv") >= 3
+    backend = re.search(r'ipftrace_build_info\{[^}]*backend="(\w+)"', metrics)
+    assert backend and backend.group(1) in ("kprobe", "kfunc"), metrics[:500]
+
+
+def test_daemon_sends_one_trace_per_ping_with_function_spans(daemon_run: DaemonRun) -> None:
+    spans = daemon_run.spans
+    roots = [s for s in spans if not s.parent_span_id and attributes(s.attributes).get("ipftrace.flow") == "ping"]
+    assert len(roots) >= PINGS
+    whole = 0
+    for root in roots:
+        children = sorted((s for s in spans if s.trace_id == root.trace_id and s.span_id != root.span_id),
+                          key=lambda s: s.start_time_unix_nano)
+        if in_order([c.name for c in children], ["ip_output", "ip_rcv", "icmp_rcv"]):
+            whole += 1
+    assert whole >= PINGS, [s.name for s in spans][:40]
+
+
+def test_daemon_default_does_not_probe_every_btf_function(daemon_run: DaemonRun) -> None:
+    functions = set(re.findall(r'ipftrace_function_hits_total\{[^}]*function="([^"]+)"', daemon_run.metrics))
+    attached = _sample(daemon_run.metrics, "ipftrace_probes", state="attached")
+    assert 0 < attached < 200, attached  # the curated manifest, not thousands from BTF discovery
+    assert functions, daemon_run.metrics[:300]
