@@ -13,8 +13,9 @@ from typing import Any
 
 import click
 
+from . import __version__
 from .errors import AttachError, IpftraceError, UsageError
-from .flows import FlowSpec, parse_ipversion, parse_l4proto, parse_network, parse_port
+from .flows import FlowSpec, parse_filter, parse_ipversion, parse_l4proto, parse_network, parse_port
 from .output import PathFormatter
 from .program import ProgramOptions
 from .tracer import BACKENDS, KernelView, Tracer, TraceRequest
@@ -65,6 +66,27 @@ def write_ready_file(path: Path | None) -> None:
     temporary.replace(path)
 
 
+def check_ready_file(path: Path | None) -> None:
+    """Before anything is compiled: the ready file's directory exists and is writable, and it is no directory."""
+    if path is None:
+        return
+    import os
+
+    directory = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise UsageError(f"--ready-file {str(path)!r}: is a directory")
+    if not directory.is_dir():
+        raise UsageError(f"--ready-file {str(path)!r}: directory {str(directory)!r} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UsageError(f"--ready-file {str(path)!r}: directory {str(directory)!r} is not writable")
+
+
+def remove_ready_file(path: Path | None) -> None:
+    """At exit: the ready file says probes are attached, so it goes when they do."""
+    if path is not None:
+        path.unlink(missing_ok=True)
+
+
 def one_line(text: str) -> str:
     """The message with unprintable characters (line breaks included) escaped, so it stays one line."""
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
@@ -94,8 +116,15 @@ def run_command(prog: str, command: click.Command, args: Sequence[str] | None) -
 
 # ---- ipftrace -------------------------------------------------------------------------------------
 
+FLAG_NAMES = ("--l4proto", "--saddr4", "--daddr4", "--saddr6", "--daddr6", "--sport", "--dport")
+
+
 def _flow_from_flags(ipversion: str, l4proto: str, saddr4: str | None, daddr4: str | None, saddr6: str | None,
-                     daddr6: str | None, sport: str | None, dport: str | None) -> FlowSpec:
+                     daddr6: str | None, sport: str | None, dport: str | None,
+                     pcap_filter: str | None = None) -> FlowSpec:
+    for name, value in zip(FLAG_NAMES, (l4proto, saddr4, daddr4, saddr6, daddr6, sport, dport), strict=True):
+        if value is not None and not value.strip():
+            raise UsageError(f"{name} is empty: give a value, or leave the option out")
     if saddr4 and saddr6:
         raise UsageError("give either --saddr4 or --saddr6, not both")
     if daddr4 and daddr6:
@@ -110,10 +139,31 @@ def _flow_from_flags(ipversion: str, l4proto: str, saddr4: str | None, daddr4: s
         daddr=daddr,
         sport=parse_port(sport, "--sport"),
         dport=parse_port(dport, "--dport"),
+        pcap=parse_filter(pcap_filter, "pcap filter"),
     )
 
 
-@click.command(context_settings={"help_option_names": ["--help"]})
+class _FilterCommand(click.Command):
+    """A command whose words after the first `--` are one pcap-filter expression (joined by spaces, as tcpdump
+    joins its arguments)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            at = args.index("--")
+            ctx.meta["pcap_filter"] = " ".join(args[at + 1:])
+            args = args[:at]
+        return super().parse_args(ctx, args)
+
+
+FILTER_EPILOG = """\b
+A pcap-filter expression after `--` (as tcpdump takes it) is ANDed with the flags, e.g.
+  ipftrace -b tracepoint -- 'tcp and dst port 443'
+It sees each packet from its IP header: link-layer words (ether, vlan, arp) do not apply.
+--dport / --sport without --l4proto match any protocol with ports (TCP, UDP, SCTP, UDP-Lite), like tcpdump's port."""
+
+
+@click.command(cls=_FilterCommand, context_settings={"help_option_names": ["-h", "--help"]}, epilog=FILTER_EPILOG)
+@click.version_option(__version__, "--version", prog_name="ipftrace", message="%(prog)s %(version)s")
 @click.option("-iv", "--ipversion", type=click.Choice(["any", "4", "6"]), default="any", show_default=True,
               help="Specify IP version")
 @click.option("-l4", "--l4proto", default="any", show_default=True, help="Specify L4 protocol (name or number)")
@@ -142,7 +192,9 @@ def ipftrace_cli(ipversion: str, l4proto: str, saddr4: str | None, daddr4: str |
                  ready_file: Path | None, log_level: str, manifest_file: str | None) -> int:
     """Function tracer for Linux networking code with flow based filtering."""
     setup_logging(log_level, "ipftrace")
-    flow = _flow_from_flags(ipversion, l4proto, saddr4, daddr4, saddr6, daddr6, sport, dport)
+    pcap_filter = click.get_current_context().meta.get("pcap_filter")
+    flow = _flow_from_flags(ipversion, l4proto, saddr4, daddr4, saddr6, daddr6, sport, dport, pcap_filter)
+    check_ready_file(ready_file)
     if output == "yaml" and not list_only:
         raise UsageError("--output yaml writes a manifest and needs --list")
     if manifest_file is not None and not _is_file(manifest_file):
@@ -241,6 +293,7 @@ def trace(request: TraceRequest, output: str, count: int | None, timeout: float 
             out.flush()
     finally:
         tracer.close()
+        remove_ready_file(ready_file)
     return EXIT_INTERRUPTED if stop.signum == signal.SIGINT else EXIT_OK
 
 

@@ -33,6 +33,7 @@ from .flows import (
     FlowSpec,
     check_flows,
     flow_from_mapping,
+    parse_filter,
     parse_ipversion,
     parse_l4proto,
     parse_network,
@@ -351,6 +352,7 @@ _FLOW_PARSERS: dict[str, Callable[[Any], object]] = {
     "daddr": lambda value: parse_network(value, "daddr"),
     "sport": lambda value: parse_port(value, "sport"),
     "dport": lambda value: parse_port(value, "dport"),
+    "filter": parse_filter,
 }
 
 

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import UsageError
+from .pcapfilter import PcapFilter, c_function, compile_filter
 from .protocols import PORT_PROTOCOLS, parse_protocol, protocol_name
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_FLOWS = 64
-FLOW_KEYS = ("name", "ipversion", "l4proto", "saddr", "daddr", "sport", "dport")
+FLOW_KEYS = ("name", "ipversion", "l4proto", "saddr", "daddr", "sport", "dport", "filter")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,7 @@ class FlowSpec:
     daddr: Network | None = None
     sport: int | None = None
     dport: int | None = None
+    pcap: PcapFilter | None = None  # a pcap-filter expression, ANDed with the fields above
 
     def __post_init__(self) -> None:
         if not self.name or not all(ch.isalnum() or ch in "-_." for ch in self.name):
@@ -43,6 +45,10 @@ class FlowSpec:
             raise UsageError(f"an IPv{version} address cannot match ipversion {self.ipversion}")
         if self.l4proto is not None and not 0 <= self.l4proto <= 255:
             raise UsageError(f"l4proto {self.l4proto}: must be 0-255")
+        version = self.effective_ipversion
+        wrong_icmp = {4: (58, "ICMPv6"), 6: (1, "ICMP")}.get(version)
+        if wrong_icmp and self.l4proto == wrong_icmp[0]:
+            raise UsageError(f"l4proto {wrong_icmp[1]} never matches IPv{version} packets")
         for key in ("sport", "dport"):
             port = getattr(self, key)
             if port is not None:
@@ -68,6 +74,8 @@ class FlowSpec:
         for label, net, port in (("src", self.saddr, self.sport), ("dst", self.daddr, self.dport)):
             if net is not None or port is not None:
                 parts.append(f"{label} {net if net is not None else '*'}{':' + str(port) if port else ''}")
+        if self.pcap is not None:
+            parts.append(f"filter {self.pcap.expression!r}")
         return f"{self.name}: {' '.join(parts)}"
 
 
@@ -126,6 +134,15 @@ def parse_port(value: Any, key: str) -> int | None:
     return port
 
 
+def parse_filter(value: Any, key: str = "filter") -> PcapFilter | None:
+    """None -> None; a pcap-filter expression -> its compiled program (raises UsageError, also when empty)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise UsageError(f"{key} {value!r}: must be a pcap-filter expression (a string)")
+    return compile_filter(value)
+
+
 def flow_from_mapping(raw: Mapping[str, Any], default_name: str = "default") -> FlowSpec:
     """A FlowSpec from a config mapping (keys: FLOW_KEYS). Raises UsageError naming the key."""
     unknown = sorted(set(raw) - set(FLOW_KEYS))
@@ -142,6 +159,7 @@ def flow_from_mapping(raw: Mapping[str, Any], default_name: str = "default") -> 
         daddr=parse_network(raw.get("daddr"), "daddr"),
         sport=parse_port(raw.get("sport"), "sport"),
         dport=parse_port(raw.get("dport"), "dport"),
+        pcap=parse_filter(raw.get("filter")),
     )
 
 
@@ -193,11 +211,35 @@ def flow_condition(flow: FlowSpec) -> str:
     return " && ".join(terms)
 
 
+PCAP_LENGTHS = """static __always_inline void ipft_pcap_lengths(struct sk_buff *skb, const unsigned char *data,
+                                              const unsigned char *l3, u32 *len, u32 *caplen)
+{
+    u32 skb_len = 0, data_len = 0;
+    bpf_probe_read_kernel(&skb_len, sizeof(skb_len), (char *)skb + __builtin_offsetof(struct sk_buff, len));
+    bpf_probe_read_kernel(&data_len, sizeof(data_len), (char *)skb + __builtin_offsetof(struct sk_buff, data_len));
+    long total = (long)skb_len - (long)(l3 - data); /* skb->len counts from skb->data; the IP header may be before */
+    long linear = total - (long)data_len; /* what is readable from l3 (paged data is not) */
+    *len = total > 0 ? (u32)total : 0;
+    *caplen = linear > 0 ? (u32)linear : 0;
+}"""
+
+
 def filter_function(flows: Sequence[FlowSpec]) -> str:
-    """C function `ipft_match_flow(t)` returning the first matching flow's index, or -1."""
+    """C function `ipft_match_flow(t, skb, data, l3)` returning the first matching flow's index, or -1.
+    A flow with a pcap filter also runs it on the packet from its IP header `l3` (`data` is skb->data)."""
     check_flows(flows)
-    lines = ["static __always_inline int ipft_match_flow(const struct ipft_tuple *t)", "{"]
+    filtered = [index for index, flow in enumerate(flows) if flow.pcap is not None]
+    lines = [c_function(flows[index].pcap, f"ipft_pcap_{index}") for index in filtered]  # type: ignore[arg-type]
+    if filtered:
+        lines.append(PCAP_LENGTHS)
+    lines += ["static __always_inline int ipft_match_flow(const struct ipft_tuple *t, struct sk_buff *skb,",
+              "                                          const unsigned char *data, const unsigned char *l3)", "{"]
+    if filtered:
+        lines += ["    u32 len = 0, caplen = 0;", "    ipft_pcap_lengths(skb, data, l3, &len, &caplen);"]
+    else:
+        lines += ["    (void)skb; (void)data; (void)l3;"]
     for index, flow in enumerate(flows):
-        lines.append(f"    if ({flow_condition(flow)}) return {index}; /* flow {index} */")
+        pcap = f" && ipft_pcap_{index}(l3, len, caplen)" if flow.pcap is not None else ""
+        lines.append(f"    if ({flow_condition(flow)}{pcap}) return {index}; /* flow {index} */")
     lines += ["    return -1;", "}"]
     return "\n".join(lines)
