@@ -18,6 +18,7 @@ from .errors import AttachError, IpftraceError, UsageError
 from .flows import FlowSpec, parse_filter, parse_ipversion, parse_l4proto, parse_network, parse_port
 from .output import PathFormatter
 from .program import ProgramOptions
+from .progress import ProgressLine, run_interruptibly
 from .tracer import BACKENDS, KernelView, Tracer, TraceRequest
 
 EXIT_OK, EXIT_USAGE, EXIT_ATTACH, EXIT_INTERRUPTED = 0, 2, 3, 130
@@ -230,7 +231,11 @@ def list_probes(request: TraceRequest, output: str, view: KernelView | None = No
                    nl=False)
         return EXIT_OK
     tracer = Tracer(request, view)
-    survey = tracer.survey(with_functions=request.backend != "tracepoint")
+    stop = install_stop_handlers()
+    survey = run_interruptibly(lambda: tracer.survey(with_functions=request.backend != "tracepoint"),
+                               lambda: stop.stopped,
+                               lambda elapsed: f"ipftrace: compiling every probe and loading it through the "
+                                               f"verifier... {elapsed:.1f} s", ProgressLine())
     passed = "; ".join(f"{name} refused: {why}" for name, why in survey.reasons.items())
     if request.backend in survey.reasons:
         click.echo(f"# backend {request.backend} cannot attach here: {survey.reasons[request.backend]}")
@@ -269,7 +274,11 @@ def trace(request: TraceRequest, output: str, count: int | None, timeout: float 
     printed = 0
     try:
         try:
-            tracer.start()
+            started = time.monotonic()
+            report = run_interruptibly(tracer.start, lambda: stop.stopped, _start_progress(tracer), ProgressLine(),
+                                       on_interrupt=lambda: remove_ready_file(ready_file))
+            _progress_done(f"{len(report.attached)} probes ready in {time.monotonic() - started:.1f} s; "
+                           "tracing, Ctrl-C to stop")
         except AttachError:
             _blame_modules(tracer, loaded_modules)  # a module whose C does not compile: say which
             raise
@@ -295,6 +304,25 @@ def trace(request: TraceRequest, output: str, count: int | None, timeout: float 
         tracer.close()
         remove_ready_file(ready_file)
     return EXIT_INTERRUPTED if stop.signum == signal.SIGINT else EXIT_OK
+
+
+def _start_progress(tracer: Tracer) -> Callable[[float], str]:
+    """What the progress line says while the tracer compiles and attaches: the backend being tried (the tracer
+    tries them in order and records each refusal) and the time so far."""
+    candidates = tracer.candidates()
+
+    def describe(elapsed: float) -> str:
+        current = min(len(tracer.fallback_reasons), len(candidates) - 1)
+        tried = f", {current + 1} of {len(candidates)}" if len(candidates) > 1 else ""
+        return f"ipftrace: compiling and attaching probes (backend {candidates[current]}{tried})... {elapsed:.1f} s"
+
+    return describe
+
+
+def _progress_done(text: str) -> None:
+    """The last word of the progress line, on a terminal only (scripts read the log line instead)."""
+    if ProgressLine().enabled:
+        click.echo(f"ipftrace: {text}", err=True)
 
 
 def _blame_modules(tracer: Tracer, loaded_modules: Sequence[Any]) -> None:
