@@ -3,6 +3,7 @@ Argument parsing and wiring only; errors become one line on stderr and an exit c
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
@@ -14,12 +15,12 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import AttachError, IpftraceError, UsageError
+from .errors import AttachError, IpftraceError, KernelError, UsageError
 from .flows import FlowSpec, parse_filter, parse_ipversion, parse_l4proto, parse_network, parse_port
 from .output import PathFormatter
 from .program import ProgramOptions
 from .progress import ProgressLine, run_interruptibly
-from .tracer import BACKENDS, KernelView, Tracer, TraceRequest
+from .tracer import ATTACHABLE, BACKENDS, KernelView, Tracer, TraceRequest
 
 EXIT_OK, EXIT_USAGE, EXIT_ATTACH, EXIT_INTERRUPTED = 0, 2, 3, 130
 log = logging.getLogger("ipftrace_exporter")
@@ -176,6 +177,7 @@ It sees each packet from its IP header: link-layer words (ether, vlan, arp) do n
 @click.option("-dp", "--dport", help="Specify destination port number")
 @click.option("-m", "--module", "modules", multiple=True, help="Specify custom match module name (repeatable)")
 @click.option("-l", "--list", "list_only", is_flag=True, help="List available functions")
+@click.option("--all", "show_all", is_flag=True, help="With --list: also the probes no backend can attach here")
 @click.option("-b", "--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
               help="Probe backend")
 @click.option("-n", "--count", type=click.IntRange(min=1), help="Exit after N paths")
@@ -189,7 +191,7 @@ It sees each packet from its IP header: link-layer words (ether, vlan, arp) do n
 @click.argument("manifest_file", required=False, type=click.Path(dir_okay=False))
 def ipftrace_cli(ipversion: str, l4proto: str, saddr4: str | None, daddr4: str | None, saddr6: str | None,
                  daddr6: str | None, sport: str | None, dport: str | None, modules: tuple[str, ...],
-                 list_only: bool, backend: str, count: int | None, timeout: float | None, output: str,
+                 list_only: bool, show_all: bool, backend: str, count: int | None, timeout: float | None, output: str,
                  ready_file: Path | None, log_level: str, manifest_file: str | None) -> int:
     """Function tracer for Linux networking code with flow based filtering."""
     setup_logging(log_level, "ipftrace")
@@ -202,13 +204,28 @@ def ipftrace_cli(ipversion: str, l4proto: str, saddr4: str | None, daddr4: str |
         raise UsageError(f"manifest {manifest_file!r}: file not found")
     from .modules import ModuleContext, load_modules
 
+    if not (list_only and output == "yaml"):  # a manifest from BTF needs no privileges; the rest does
+        require_privileges()
     view = KernelView()
+    if manifest_file is not None and not list_only:
+        from .tracer import function_specs
+
+        function_specs(view, manifest_file)  # one warning per function this kernel lacks, before the compile
     loaded = load_modules(modules, ModuleContext(btf=lambda: view.btf)) if modules else []
     request = TraceRequest(flows=(flow,), backend=backend, manifest=manifest_file,
                            options=ProgramOptions(), modules=tuple(m.code for m in loaded))
     if list_only:
-        return list_probes(request, output, view)
+        return list_probes(request, output, view, show_all)
     return trace(request, output, count, timeout, ready_file, loaded, view)
+
+
+def require_privileges() -> None:
+    """Before anything is compiled: raise KernelError naming what this process lacks to load BPF programs."""
+    from .kernel.privileges import missing_privileges
+
+    missing = missing_privileges()
+    if missing is not None:
+        raise KernelError(missing)
 
 
 def _is_file(path: str) -> bool:
@@ -218,7 +235,7 @@ def _is_file(path: str) -> bool:
         return False
 
 
-def list_probes(request: TraceRequest, output: str, view: KernelView | None = None) -> int:
+def list_probes(request: TraceRequest, output: str, view: KernelView | None = None, show_all: bool = False) -> int:
     """Print what would be traced on this kernel: per function its skb position and, per backend, whether it can
     attach here (checked by compiling and loading through the verifier). `-o yaml`: a manifest for this kernel."""
     from . import manifest as manifests
@@ -236,28 +253,53 @@ def list_probes(request: TraceRequest, output: str, view: KernelView | None = No
                                lambda: stop.stopped,
                                lambda elapsed: f"ipftrace: compiling every probe and loading it through the "
                                                f"verifier... {elapsed:.1f} s", ProgressLine())
+    rows = _survey_rows(survey, request.backend != "tracepoint")
+    counts = {backend: (sum(1 for row in rows if row[backend] == ATTACHABLE),
+                        sum(1 for row in rows if row[backend] != "-")) for backend in BACKEND_KINDS}
+    shown = rows if show_all else [row for row in rows if ATTACHABLE in (row[b] for b in BACKEND_KINDS)]
+    if output == "json":
+        click.echo(json.dumps({
+            "backend": request.backend, "chosen": survey.chosen, "refused": survey.reasons, "notes": survey.notes,
+            "traceable": {backend: {"traceable": n, "total": total} for backend, (n, total) in counts.items()},
+            "probes": shown, "missing": survey.missing}, separators=(",", ":")))
+        return EXIT_OK
     passed = "; ".join(f"{name} refused: {why}" for name, why in survey.reasons.items())
     if request.backend in survey.reasons:
         click.echo(f"# backend {request.backend} cannot attach here: {survey.reasons[request.backend]}")
     else:
         click.echo(f"# backend {request.backend} -> {survey.chosen}{' (' + passed + ')' if passed else ''}")
+    click.echo("# traceable here: " + ", ".join(f"{backend} {n} of {total}" for backend, (n, total) in counts.items()
+                                                if total))
     for backend, note in survey.notes.items():
         click.echo(f"# {backend}: {note}")
-    width = max([40, *(len(s.probe.name) for s in survey.functions + survey.tracepoints)])
+    if len(shown) < len(rows):
+        click.echo(f"# {len(rows) - len(shown)} probes no backend can attach here are not listed (--all lists them)")
+    width = max([40, *(len(str(row["name"])) for row in shown)])
     click.echo(f"{'Name':<{width}} {'skb_pos':>7}  {'kfunc':<10} {'kprobe':<10} {'tracepoint':<10} Role")
-    states = survey.states
-    if request.backend != "tracepoint":
-        for source in survey.functions:
-            name = source.probe.name
-            click.echo(f"{name:<{width}} {source.skb_arg + 1:>7}  {states['kfunc'].get(name, '-'):<10} "
-                       f"{states['kprobe'].get(name, '-'):<10} {'-':<10} {source.probe.role.value}")
-    for source in survey.tracepoints:
-        name = source.probe.name
-        click.echo(f"{name:<{width}} {source.skb_arg + 1:>7}  {'-':<10} {'-':<10} "
-                   f"{states['tracepoint'].get(name, '-'):<10} {source.probe.role.value}")
+    for row in shown:
+        click.echo(f"{row['name']:<{width}} {row['skb_pos']:>7}  {row['kfunc']:<10} {row['kprobe']:<10} "
+                   f"{row['tracepoint']:<10} {row['role']}")
     for name in survey.missing:
         click.echo(f"{name:<{width}} {'-':>7}  missing (not in this kernel)")
     return EXIT_OK
+
+
+BACKEND_KINDS = ("kfunc", "kprobe", "tracepoint")
+
+
+def _survey_rows(survey: Any, with_functions: bool) -> list[dict[str, Any]]:
+    """One row per probe of a survey: name, skb position, role and each backend's state here ('-': n/a)."""
+    states = survey.states
+    rows: list[dict[str, Any]] = []
+    functions = survey.functions if with_functions else []
+    for source in [*functions, *survey.tracepoints]:
+        name = source.probe.name
+        tracepoint = source.probe.kind.value == "tracepoint"
+        rows.append({"name": name, "skb_pos": source.skb_arg + 1, "role": source.probe.role.value,
+                     "kfunc": "-" if tracepoint else states["kfunc"].get(name, "-"),
+                     "kprobe": "-" if tracepoint else states["kprobe"].get(name, "-"),
+                     "tracepoint": states["tracepoint"].get(name, "-") if tracepoint else "-"})
+    return rows
 
 
 def _kernel_release() -> str:
@@ -367,6 +409,8 @@ def exporter_cli(config_file: str | None, check: bool, metrics_address: str | No
     setup_logging(log_level, "ipftrace-exporter")
     config = load_config(config_file) if config_file else default_config()
     config = apply_overrides(config, metrics_address=metrics_address)
+    check_ready_file(ready_file)
+    require_privileges()
     if check:
         for line in check_config(config):
             click.echo(line)

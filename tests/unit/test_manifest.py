@@ -263,3 +263,12 @@ def test_discover_on_this_kernel(kernel) -> None:  # type: ignore[no-untyped-def
     assert not any(name.startswith("__bpf_trace_") for name in by_name)
     assert [spec.name for spec in found] == sorted(by_name)
     assert len(found) > 500
+
+
+def test_a_missing_function_is_warned_once_however_often_it_is_planned(caplog: pytest.LogCaptureFixture) -> None:
+    manifest = manifest_of(FunctionSpec("ipft_gone", 1))
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):  # -l, then one plan per backend tried
+            assert reconcile(manifest, FakeBtf({"ip_rcv": 1}), None).missing == ["ipft_gone"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "manifest test.yaml: ipft_gone is not in this kernel's BTF; skipped"]
