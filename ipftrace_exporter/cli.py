@@ -17,7 +17,7 @@ import click
 from . import __version__
 from .errors import AttachError, IpftraceError, KernelError, UsageError
 from .flows import FlowSpec, parse_filter, parse_ipversion, parse_l4proto, parse_network, parse_port
-from .output import PathFormatter
+from .output import PathFormatter, TextStyle, use_colour
 from .program import ProgramOptions
 from .progress import ProgressLine, run_interruptibly
 from .tracer import ATTACHABLE, BACKENDS, KernelView, Tracer, TraceRequest
@@ -184,6 +184,9 @@ It sees each packet from its IP header: link-layer words (ether, vlan, arp) do n
 @click.option("-t", "--timeout", type=click.FloatRange(min=0), help="Exit after SECONDS")
 @click.option("-o", "--output", type=click.Choice(["text", "json", "yaml"]), default="text", show_default=True,
               help="Output format (yaml: only with --list, writes a manifest)")
+@click.option("-v", "--verbose", is_flag=True, help="Text rows: also the packet length and the device")
+@click.option("--time", "clock", type=click.Choice(["kernel", "wall"]), default="kernel", show_default=True,
+              help="Text rows: kernel monotonic nanoseconds, or wall-clock time of day")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Write this file once probes are attached")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
@@ -192,7 +195,8 @@ It sees each packet from its IP header: link-layer words (ether, vlan, arp) do n
 def ipftrace_cli(ipversion: str, l4proto: str, saddr4: str | None, daddr4: str | None, saddr6: str | None,
                  daddr6: str | None, sport: str | None, dport: str | None, modules: tuple[str, ...],
                  list_only: bool, show_all: bool, backend: str, count: int | None, timeout: float | None, output: str,
-                 ready_file: Path | None, log_level: str, manifest_file: str | None) -> int:
+                 verbose: bool, clock: str, ready_file: Path | None, log_level: str,
+                 manifest_file: str | None) -> int:
     """Function tracer for Linux networking code with flow based filtering."""
     setup_logging(log_level, "ipftrace")
     pcap_filter = click.get_current_context().meta.get("pcap_filter")
@@ -216,7 +220,7 @@ def ipftrace_cli(ipversion: str, l4proto: str, saddr4: str | None, daddr4: str |
                            options=ProgramOptions(), modules=tuple(m.code for m in loaded))
     if list_only:
         return list_probes(request, output, view, show_all)
-    return trace(request, output, count, timeout, ready_file, loaded, view)
+    return trace(request, output, count, timeout, ready_file, loaded, view, _text_style(verbose, clock))
 
 
 def require_privileges() -> None:
@@ -308,8 +312,19 @@ def _kernel_release() -> str:
     return platform.release()
 
 
+def _text_style(verbose: bool, clock: str) -> TextStyle:
+    """The text table of the command line: Δ always; -v, --time wall, colour on a terminal without NO_COLOR."""
+    offset = None
+    if clock == "wall":
+        from .spans import WallClock
+
+        offset = WallClock().offset_ns
+    return TextStyle(delta=True, verbose=verbose, wall_offset_ns=offset, colour=use_colour(sys.stdout))
+
+
 def trace(request: TraceRequest, output: str, count: int | None, timeout: float | None,
-          ready_file: Path | None, loaded_modules: Sequence[Any] = (), view: KernelView | None = None) -> int:
+          ready_file: Path | None, loaded_modules: Sequence[Any] = (), view: KernelView | None = None,
+          style: TextStyle | None = None) -> int:
     """Attach, print paths as they complete, detach. Exit 0 when done, 130 after Ctrl-C."""
     stop = install_stop_handlers()
     tracer = Tracer(request, view)
@@ -325,7 +340,7 @@ def trace(request: TraceRequest, output: str, count: int | None, timeout: float 
             _blame_modules(tracer, loaded_modules)  # a module whose C does not compile: say which
             raise
         formatter = PathFormatter(tracer.probes, [flow.name for flow in request.flows],
-                                  _module_text(loaded_modules))
+                                  _module_text(loaded_modules), style=style)
         write_ready_file(ready_file)
         deadline = None if timeout is None else time.monotonic() + timeout
         out = sys.stdout

@@ -167,9 +167,20 @@ static __always_inline int ipft_has_ports(u8 l4proto)
     return l4proto == 6 || l4proto == 17 || l4proto == 132 || l4proto == 136;
 }
 
+/* ICMP and ICMPv6 carry their type and code in the port fields (has_ports stays 0: port filters never match). */
+#define IPFT_IS_ICMP(l4proto) ((l4proto) == 1 || (l4proto) == 58)
+
 static __always_inline void ipft_ports(unsigned char *l4, struct ipft_tuple *t)
 {
     u16 ports[2] = {};
+    if (IPFT_IS_ICMP(t->l4proto)) {
+        u8 icmp[2] = {};
+        if (IPFT_READ(icmp, l4) == 0) {
+            t->sport = icmp[0];
+            t->dport = icmp[1];
+        }
+        return;
+    }
     if (!ipft_has_ports(t->l4proto))
         return;
     if (IPFT_READ(ports, l4) < 0)
@@ -181,6 +192,11 @@ static __always_inline void ipft_ports(unsigned char *l4, struct ipft_tuple *t)
 
 static __always_inline void ipft_ports_from(const u8 *raw, struct ipft_tuple *t)
 {
+    if (IPFT_IS_ICMP(t->l4proto)) {
+        t->sport = raw[0];
+        t->dport = raw[1];
+        return;
+    }
     if (!ipft_has_ports(t->l4proto))
         return;
     t->sport = ((u16)raw[0] << 8) | raw[1];
