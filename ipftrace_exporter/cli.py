@@ -16,7 +16,16 @@ import click
 
 from . import __version__
 from .errors import AttachError, IpftraceError, KernelError, UsageError
-from .flows import FlowSpec, parse_filter, parse_ipversion, parse_l4proto, parse_network, parse_port
+from .flows import (
+    FlowSpec,
+    parse_filter,
+    parse_ifname,
+    parse_ipversion,
+    parse_l4proto,
+    parse_netns,
+    parse_network,
+    parse_port,
+)
 from .output import PathFormatter, TextStyle, use_colour
 from .program import ProgramOptions
 from .progress import ProgressLine, run_interruptibly
@@ -118,13 +127,15 @@ def run_command(prog: str, command: click.Command, args: Sequence[str] | None) -
 
 # ---- ipftrace -------------------------------------------------------------------------------------
 
-FLAG_NAMES = ("--l4proto", "--saddr4", "--daddr4", "--saddr6", "--daddr6", "--sport", "--dport")
+FLAG_NAMES = ("--l4proto", "--saddr4", "--daddr4", "--saddr6", "--daddr6", "--sport", "--dport", "--ifname",
+              "--netns")
 
 
 def _flow_from_flags(ipversion: str, l4proto: str, saddr4: str | None, daddr4: str | None, saddr6: str | None,
                      daddr6: str | None, sport: str | None, dport: str | None,
-                     pcap_filter: str | None = None) -> FlowSpec:
-    for name, value in zip(FLAG_NAMES, (l4proto, saddr4, daddr4, saddr6, daddr6, sport, dport), strict=True):
+                     pcap_filter: str | None = None, ifname: str | None = None, netns: str | None = None) -> FlowSpec:
+    values = (l4proto, saddr4, daddr4, saddr6, daddr6, sport, dport, ifname, netns)
+    for name, value in zip(FLAG_NAMES, values, strict=True):
         if value is not None and not value.strip():
             raise UsageError(f"{name} is empty: give a value, or leave the option out")
     if saddr4 and saddr6:
@@ -142,6 +153,8 @@ def _flow_from_flags(ipversion: str, l4proto: str, saddr4: str | None, daddr4: s
         sport=parse_port(sport, "--sport"),
         dport=parse_port(dport, "--dport"),
         pcap=parse_filter(pcap_filter, "pcap filter"),
+        ifname=parse_ifname(ifname, "--ifname"),
+        netns=parse_netns(netns, "--netns"),
     )
 
 
@@ -175,6 +188,9 @@ It sees each packet from its IP header: link-layer words (ether, vlan, arp) do n
 @click.option("-d6", "--daddr6", help="Specify IPv6 destination address or CIDR")
 @click.option("-sp", "--sport", help="Specify source port number")
 @click.option("-dp", "--dport", help="Specify destination port number")
+@click.option("--ifname", metavar="NAME", help="Only packets first seen on this device (skb->dev)")
+@click.option("--netns", metavar="PATH|INODE|PID",
+              help="Only packets first seen on a device of this network namespace")
 @click.option("-m", "--module", "modules", multiple=True, help="Specify custom match module name (repeatable)")
 @click.option("-l", "--list", "list_only", is_flag=True, help="List available functions")
 @click.option("--all", "show_all", is_flag=True, help="With --list: also the probes no backend can attach here")
@@ -193,14 +209,16 @@ It sees each packet from its IP header: link-layer words (ether, vlan, arp) do n
               show_default=True)
 @click.argument("manifest_file", required=False, type=click.Path(dir_okay=False))
 def ipftrace_cli(ipversion: str, l4proto: str, saddr4: str | None, daddr4: str | None, saddr6: str | None,
-                 daddr6: str | None, sport: str | None, dport: str | None, modules: tuple[str, ...],
+                 daddr6: str | None, sport: str | None, dport: str | None, ifname: str | None, netns: str | None,
+                 modules: tuple[str, ...],
                  list_only: bool, show_all: bool, backend: str, count: int | None, timeout: float | None, output: str,
                  verbose: bool, clock: str, ready_file: Path | None, log_level: str,
                  manifest_file: str | None) -> int:
     """Function tracer for Linux networking code with flow based filtering."""
     setup_logging(log_level, "ipftrace")
     pcap_filter = click.get_current_context().meta.get("pcap_filter")
-    flow = _flow_from_flags(ipversion, l4proto, saddr4, daddr4, saddr6, daddr6, sport, dport, pcap_filter)
+    flow = _flow_from_flags(ipversion, l4proto, saddr4, daddr4, saddr6, daddr6, sport, dport, pcap_filter, ifname,
+                            netns)
     check_ready_file(ready_file)
     if output == "yaml" and not list_only:
         raise UsageError("--output yaml writes a manifest and needs --list")

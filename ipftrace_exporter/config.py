@@ -34,8 +34,10 @@ from .flows import (
     check_flows,
     flow_from_mapping,
     parse_filter,
+    parse_ifname,
     parse_ipversion,
     parse_l4proto,
+    parse_netns,
     parse_network,
     parse_port,
 )
@@ -353,6 +355,8 @@ _FLOW_PARSERS: dict[str, Callable[[Any], object]] = {
     "sport": lambda value: parse_port(value, "sport"),
     "dport": lambda value: parse_port(value, "dport"),
     "filter": parse_filter,
+    "ifname": parse_ifname,
+    "netns": parse_netns,
 }
 
 

@@ -3,7 +3,8 @@
  * program.py prepends a generated prelude that defines:
  *   IPFT_NUM_PROBES, IPFT_NUM_FLOWS, IPFT_MAX_INFLIGHT, IPFT_RINGBUF_PAGES, IPFT_MAX_DROP_KEYS,
  *   IPFT_SAMPLED() (the per-packet sampling decision: 1, 0, or a prandom comparison),
- *   ipft_match_flow(t, skb, data, l3) (the flow filter and the flows' pcap filters: numbers only), and the module hooks
+ *   ipft_match_flow(t, skb, data, l3) (the flow filter and the flows' pcap filters: numbers only),
+ *   ipft_match_where(flow, skb) (the flow's device and netns, at first match), and the module hooks
  *   IPFT_MODULE_MATCH(skb, t) (0 rejects) and IPFT_MODULE_DATA(skb, t, data) (fills 64 bytes);
  * and appends one small entry point per probe that calls ipft_handle().
  *
@@ -361,6 +362,8 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
         if (flow < 0)
             return 0;
         if (!IPFT_MODULE_MATCH(skb, &t))
+            return 0;
+        if (!ipft_match_where(flow, skb)) /* --ifname / --netns: the device where it is first matched */
             return 0;
         fresh.head = (u64)head;
         fresh.fp = t.fp;

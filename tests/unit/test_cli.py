@@ -32,6 +32,9 @@ from ipftrace_exporter.cli import exporter_cli, ipftrace_cli, run_command
     (["--", "tcp and"], "pcap filter 'tcp and': can't parse filter expression: syntax error"),
     (["--"], "pcap filter is empty"),
     (["-l4", "tcp", "--", "vlan"], "no VLAN support for Raw IP"),
+    (["--ifname", ""], "--ifname is empty"),
+    (["--ifname", "a b"], "not a device name"),
+    (["--netns", "/nonexistent"], "--netns '/nonexistent': cannot read /nonexistent"),
 ])
 def test_ipftrace_bad_input_is_one_line_and_exit_2(args: list[str], message: str,
                                                    capsys: pytest.CaptureFixture[str]) -> None:

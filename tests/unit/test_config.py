@@ -276,7 +276,7 @@ def test_unnamed_flows_get_distinct_names():
             "flows: [web]",
             (
                 'config.yaml: flows[0]: "web": must be a mapping of flow keys '
-                "(name, ipversion, l4proto, saddr, daddr, sport, dport, filter)"
+                "(name, ipversion, l4proto, saddr, daddr, sport, dport, filter, ifname, netns)"
             ),
         ),
         ("flows: [{name: a, port: 80}]", 'config.yaml: flows[0]: unknown key "port" (did you mean "sport"?)'),
@@ -518,3 +518,14 @@ def test_a_flow_filter_is_compiled_and_shown_in_the_plan():
     (flow,) = config.flows
     assert flow.pcap is not None and flow.pcap.insns
     assert "  web: any-ip TCP filter 'dst port 443 and greater 100'" in config.describe()
+
+
+def test_a_flow_can_name_its_device_and_namespace():
+    import os
+
+    from ipftrace_exporter.config import parse_config
+
+    config = parse_config("flows: [{name: pod, ifname: eth0, netns: /proc/self/ns/net}]", "config.yaml")
+    (flow,) = config.flows
+    assert flow.ifname == "eth0" and flow.netns == os.stat("/proc/self/ns/net").st_ino
+    assert error_of("flows: [{ifname: 'a/b'}]").startswith('config.yaml: flows[0].ifname: "a/b": not a device name')
