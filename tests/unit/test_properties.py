@@ -17,7 +17,14 @@ from ipftrace_exporter import cli
 from ipftrace_exporter.config import COLLECTOR_KEYS, OTLP_KEYS, PATHS_KEYS, parse_config
 from ipftrace_exporter.errors import ConfigError, UsageError
 from ipftrace_exporter.events import FLAG_GAP, FLAG_PREV_LOST
-from ipftrace_exporter.flows import FLOW_KEYS, PCAP_LENGTHS, FlowSpec, filter_function, flow_from_mapping
+from ipftrace_exporter.flows import (
+    FLOW_KEYS,
+    PCAP_LENGTHS,
+    FlowSpec,
+    filter_function,
+    flow_from_mapping,
+    where_function,
+)
 from ipftrace_exporter.manifest import parse_manifest
 from ipftrace_exporter.paths import PathAssembler, PathLimits
 from ipftrace_exporter.probes import Probe, ProbeKind, ProbeRole
@@ -185,6 +192,8 @@ hostile = st.one_of(
 )
 
 
+_WHERE = re.compile(r"    if \(flow == 0\) return dev != 0(?: && name\[[01]\] == 0x[0-9a-f]{16}ULL)*(?: && inum == \d+U)?;"
+                    r" /\* flow 0 \*/")
 _CONDITION = re.compile(rf"(?:{_TERM.pattern})(?: && (?:{_TERM.pattern}))*")
 
 
@@ -206,6 +215,7 @@ def _check_filter_text(text: str) -> None:
 @given(st.dictionaries(st.sampled_from(FLOW_KEYS), hostile, max_size=len(FLOW_KEYS)))
 @example({"dport": "²"})
 @example({"filter": "tcp and port 1", "l4proto": "tcp"})
+@example({"ifname": "0", "netns": "4026531840"})
 def test_flow_values_reach_the_bpf_filter_only_as_validated_numbers(raw: dict) -> None:
     try:
         flow = flow_from_mapping(raw)
@@ -215,10 +225,16 @@ def test_flow_values_reach_the_bpf_filter_only_as_validated_numbers(raw: dict) -
     _check_filter_text(text)
     source = ProbeSource(Probe(0, "net:netif_receive_skb", ProbeKind.TRACEPOINT, 1, ProbeRole.STEP),
                          "netif_receive_skb", 0)
+    where = where_function([flow])
+    for line in where.splitlines():  # fixed lines of where_function, or a comparison of numbers
+        fixed = where_function([FlowSpec(ifname="x", netns=2**32 - 1)]) + where_function([FlowSpec()])
+        assert line in fixed.splitlines() or _WHERE.fullmatch(line), line
     program = render([source], [flow]).text
-    plain = render([source], [FlowSpec(name=flow.name)]).text
-    # The whole program differs from a match-everything flow's only inside the filter function.
-    assert program.replace(text, "") == plain.replace(filter_function([FlowSpec(name=flow.name)]), "")
+    plain_flow = FlowSpec(name=flow.name)
+    plain = render([source], [plain_flow]).text
+    # The whole program differs from a match-everything flow's only inside the filter functions.
+    assert program.replace(text, "").replace(where, "") == \
+        plain.replace(filter_function([plain_flow]), "").replace(where_function([plain_flow]), "")
 
 
 # ---- lost events never merge two packets into one path ---------------------------------------------------------
