@@ -76,3 +76,19 @@ def test_tcp_flags_and_length_filter_sees_only_syns(netpair: NetPair, start_tool
         assert all(e["len"] <= 80 for p in paths for e in p["events"])  # a SYN, never the 100-byte data segment
     finally:
         server.kill()
+
+
+def test_every_translated_expression_passes_the_kernel_verifier(cache_dir: str) -> None:
+    """All the expressions compared with tcpdump, one flow each, in one program: every tracepoint entry point
+    loads through this kernel's verifier."""
+    from ipftrace_exporter.collector import LOADED
+    from ipftrace_exporter.flows import FlowSpec
+    from ipftrace_exporter.pcapfilter import compile_filter
+    from ipftrace_exporter.tracer import KernelView, Tracer, TraceRequest
+
+    from ..unit.test_pcapfilter import EXPRESSIONS
+
+    flows = tuple(FlowSpec(name=f"f{i}", pcap=compile_filter(e)) for i, e in enumerate(EXPRESSIONS))
+    tracer = Tracer(TraceRequest(flows=flows, backend="tracepoint"), KernelView(), cache_dir)
+    _, report = tracer.verify("tracepoint")
+    assert report.checks and all(check.status == LOADED for check in report.checks), report.rejected
