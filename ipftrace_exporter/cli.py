@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from .flows import (
     parse_network,
     parse_port,
 )
-from .output import PathFormatter, TextStyle, use_colour
+from .output import PathFormatter, TextStyle, device_text, use_colour
 from .program import ProgramOptions
 from .progress import ProgressLine, run_interruptibly
 from .tracer import ATTACHABLE, BACKENDS, KernelView, Tracer, TraceRequest
@@ -233,12 +234,18 @@ def ipftrace_cli(ipversion: str, l4proto: str, saddr4: str | None, daddr4: str |
         from .tracer import function_specs
 
         function_specs(view, manifest_file)  # one warning per function this kernel lacks, before the compile
-    loaded = load_modules(modules, ModuleContext(btf=lambda: view.btf)) if modules else []
+    # -v names each row's device: the netdev module reads it in the kernel (an ifindex alone is ambiguous across
+    # namespaces); added for that column only, unless asked for with -m.
+    auto_netdev = verbose and not list_only and not any(spec.split("=", 1)[0] == "netdev" for spec in modules)
+    specs = [*modules, "netdev"] if auto_netdev else list(modules)
+    loaded = load_modules(specs, ModuleContext(btf=lambda: view.btf)) if specs else []
     request = TraceRequest(flows=(flow,), backend=backend, manifest=manifest_file,
                            options=ProgramOptions(), modules=tuple(m.code for m in loaded))
     if list_only:
         return list_probes(request, output, view, show_all)
-    return trace(request, output, count, timeout, ready_file, loaded, view, _text_style(verbose, clock))
+    style = _text_style(verbose, clock, next((m for m in loaded if m.name == "netdev"), None))
+    return trace(request, output, count, timeout, ready_file, loaded, view, style,
+                 loaded[:-1] if auto_netdev else None)
 
 
 def require_privileges() -> None:
@@ -330,19 +337,28 @@ def _kernel_release() -> str:
     return platform.release()
 
 
-def _text_style(verbose: bool, clock: str) -> TextStyle:
-    """The text table of the command line: Δ always; -v, --time wall, colour on a terminal without NO_COLOR."""
+def _text_style(verbose: bool, clock: str, netdev: Any = None) -> TextStyle:
+    """The text table of the command line: Δ always; -v (device names from the netdev module), --time wall,
+    colour on a terminal without NO_COLOR."""
     offset = None
     if clock == "wall":
         from .spans import WallClock
 
         offset = WallClock().offset_ns
-    return TextStyle(delta=True, verbose=verbose, wall_offset_ns=offset, colour=use_colour(sys.stdout))
+    style = TextStyle(delta=True, verbose=verbose, wall_offset_ns=offset, colour=use_colour(sys.stdout))
+    if netdev is None:
+        return style
+
+    def device(event: Any) -> str:
+        fields = netdev.fields(event.data)
+        return str(fields["name"]) if fields else device_text(event)
+
+    return replace(style, device=device)
 
 
 def trace(request: TraceRequest, output: str, count: int | None, timeout: float | None,
           ready_file: Path | None, loaded_modules: Sequence[Any] = (), view: KernelView | None = None,
-          style: TextStyle | None = None) -> int:
+          style: TextStyle | None = None, text_modules: Sequence[Any] | None = None) -> int:
     """Attach, print paths as they complete, detach. Exit 0 when done, 130 after Ctrl-C."""
     stop = install_stop_handlers()
     tracer = Tracer(request, view)
@@ -358,7 +374,8 @@ def trace(request: TraceRequest, output: str, count: int | None, timeout: float 
             _blame_modules(tracer, loaded_modules)  # a module whose C does not compile: say which
             raise
         formatter = PathFormatter(tracer.probes, [flow.name for flow in request.flows],
-                                  _module_text(loaded_modules), style=style)
+                                  _module_text(loaded_modules if text_modules is None else text_modules),
+                                  data_fields=_module_fields(loaded_modules), style=style)
         write_ready_file(ready_file)
         deadline = None if timeout is None else time.monotonic() + timeout
         out = sys.stdout
@@ -406,6 +423,12 @@ def _blame_modules(tracer: Tracer, loaded_modules: Sequence[Any]) -> None:
         from .modules import check_modules
 
         check_modules(loaded_modules, tracer.headers())
+
+
+def _module_fields(loaded_modules: Sequence[Any]) -> Callable[[Any], Any] | None:
+    """JSON's per-event `modules`: every loaded module (also one -v added for the device column)."""
+    text = _module_text(loaded_modules)
+    return getattr(text, "fields", None)
 
 
 def _module_text(loaded_modules: Sequence[Any]) -> Callable[[Any], str] | None:

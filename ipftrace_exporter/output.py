@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import lru_cache
 from typing import TextIO
 
 from .events import Event
@@ -20,15 +18,9 @@ DataText = Callable[[Event], str]
 DataFields = Callable[[Event], Mapping[str, Mapping[str, object]]]
 
 
-@lru_cache(maxsize=1024)
-def device_name(ifindex: int) -> str:
-    """'7:veth0': the index and, when this namespace has it, its name (the packet may be in another namespace)."""
-    if not ifindex:
-        return "-"
-    try:
-        return f"{ifindex}:{socket.if_indextoname(ifindex)}"
-    except OSError:
-        return str(ifindex)
+def device_text(event: Event) -> str:
+    """The row's device without the netdev module: its ifindex (names are per namespace; netdev reads them)."""
+    return str(event.ifindex) if event.ifindex else "-"
 
 
 def use_colour(stream: TextIO) -> bool:
@@ -47,7 +39,7 @@ class TextStyle:
     verbose: bool = False  # `Len` and `Device` columns
     wall_offset_ns: int | None = None  # timestamps as local time of day: kernel monotonic + this offset
     colour: bool = False
-    device: Callable[[int], str] = field(default=device_name)
+    device: Callable[[Event], str] = field(default=device_text)
 
     def stamp(self, monotonic_ns: int) -> str:
         if self.wall_offset_ns is None:
@@ -120,7 +112,7 @@ class PathFormatter:
             delta = "" if previous is None else f"+{(event.timestamp_ns - previous) / 1000:.3f}"
             previous = event.timestamp_ns
             lines.append(row(style.stamp(event.timestamp_ns), delta, name, str(event.length),
-                             style.device(event.ifindex) if verbose else "",
+                             style.device(event) if verbose else "",
                              self.data_text(event) if self.data_text is not None else ""))
         if path.outcome == OUTCOME_DROPPED and path.drop is not None:
             drop = f"DROPPED at {path.drop.function}: {path.drop.reason} ({path.drop.probe})"

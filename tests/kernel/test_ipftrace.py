@@ -153,4 +153,5 @@ def test_verbose_wall_clock_rows_show_length_and_device(netpair: NetPair, start_
     rows = [line.split() for line in lines[2:] if re.match(r"\d\d:\d\d:\d\d\.\d{6} ", line)]
     assert len(rows) >= 3 and "\x1b[" not in out  # piped: no colour
     assert all(row[-2].isdigit() and int(row[-2]) >= 28 for row in rows)  # an ICMP echo is at least 28 bytes
-    assert all(re.fullmatch(r"\d+(:\S+)?", row[-1]) for row in rows)
+    devices = {row[-1] for row in rows}  # names read in the kernel (netdev module), not resolved here
+    assert devices <= {netpair.veth_a, netpair.veth_b, "-"} and netpair.veth_b in devices, devices

@@ -79,7 +79,7 @@ def test_delta_column_says_microseconds_since_the_previous_step() -> None:
 
 
 def test_verbose_rows_show_length_and_device() -> None:
-    style = TextStyle(verbose=True, device=lambda ifindex: f"{ifindex}:veth0")
+    style = TextStyle(verbose=True, device=lambda event: f"{event.ifindex}:veth0")
     lines = PathFormatter(PROBES, ["default"], style=style).text(_three_steps()).splitlines()
     assert lines[1] == "     Time Stamp  Function                 Len  Device"
     assert lines[2] == "        1000000  net:netif_receive_skb     84  2:veth0"
