@@ -155,7 +155,7 @@ def _entry(entry: Any, index: int, where: str) -> FunctionSpec:
     name = entry.get("name")
     if name is None:
         raise UsageError(f"{where}: {label}: missing 'name'")
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):  # (match: `$` lets a trailing "\n" in)
         raise UsageError(f"{where}: {label}: name {name!r} is not a kernel function name")
     label = f"{label} ({name})"
     unknown = sorted(str(key) for key in entry if key not in ENTRY_KEYS)

@@ -73,6 +73,7 @@ BAD = [
     ("functions:\n  - skb_pos: 1\n", "line 2: functions[0]: missing 'name'"),
     ("functions:\n  - name: ip rcv\n    skb_pos: 1\n", "name 'ip rcv' is not a kernel function name"),
     ("functions:\n  - name: 42\n    skb_pos: 1\n", "name 42 is not a kernel function name"),
+    ('functions:\n  - {name: "ip_rcv\\n", skb_pos: 1}\n', "name 'ip_rcv\\n' is not a kernel function name"),
     ("functions:\n  - name: ip_rcv\n", "functions[0] (ip_rcv): missing 'skb_pos'"),
     ("functions:\n  - name: ip_rcv\n    skb_pos: 0\n", "functions[0] (ip_rcv): skb_pos must be an integer 1-5, got 0"),
     ("functions:\n  - name: ip_rcv\n    skb_pos: 6\n", "skb_pos must be an integer 1-5, got 6"),
