@@ -3,21 +3,34 @@ Argument parsing and wiring only; errors become one line on stderr and an exit c
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
 
-from .errors import AttachError, IpftraceError, UsageError
-from .flows import FlowSpec, parse_ipversion, parse_l4proto, parse_network, parse_port
-from .output import PathFormatter
+from . import __version__
+from .errors import AttachError, IpftraceError, KernelError, UsageError
+from .flows import (
+    FlowSpec,
+    parse_filter,
+    parse_ifname,
+    parse_ipversion,
+    parse_l4proto,
+    parse_netns,
+    parse_network,
+    parse_port,
+)
+from .output import PathFormatter, TextStyle, device_text, use_colour
 from .program import ProgramOptions
-from .tracer import BACKENDS, KernelView, Tracer, TraceRequest
+from .progress import ProgressLine, run_interruptibly
+from .tracer import ATTACHABLE, BACKENDS, KernelView, Tracer, TraceRequest
 
 EXIT_OK, EXIT_USAGE, EXIT_ATTACH, EXIT_INTERRUPTED = 0, 2, 3, 130
 log = logging.getLogger("ipftrace_exporter")
@@ -65,6 +78,27 @@ def write_ready_file(path: Path | None) -> None:
     temporary.replace(path)
 
 
+def check_ready_file(path: Path | None) -> None:
+    """Before anything is compiled: the ready file's directory exists and is writable, and it is no directory."""
+    if path is None:
+        return
+    import os
+
+    directory = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise UsageError(f"--ready-file {str(path)!r}: is a directory")
+    if not directory.is_dir():
+        raise UsageError(f"--ready-file {str(path)!r}: directory {str(directory)!r} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UsageError(f"--ready-file {str(path)!r}: directory {str(directory)!r} is not writable")
+
+
+def remove_ready_file(path: Path | None) -> None:
+    """At exit: the ready file says probes are attached, so it goes when they do."""
+    if path is not None:
+        path.unlink(missing_ok=True)
+
+
 def one_line(text: str) -> str:
     """The message with unprintable characters (line breaks included) escaped, so it stays one line."""
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
@@ -94,8 +128,17 @@ def run_command(prog: str, command: click.Command, args: Sequence[str] | None) -
 
 # ---- ipftrace -------------------------------------------------------------------------------------
 
+FLAG_NAMES = ("--l4proto", "--saddr4", "--daddr4", "--saddr6", "--daddr6", "--sport", "--dport", "--ifname",
+              "--netns")
+
+
 def _flow_from_flags(ipversion: str, l4proto: str, saddr4: str | None, daddr4: str | None, saddr6: str | None,
-                     daddr6: str | None, sport: str | None, dport: str | None) -> FlowSpec:
+                     daddr6: str | None, sport: str | None, dport: str | None,
+                     pcap_filter: str | None = None, ifname: str | None = None, netns: str | None = None) -> FlowSpec:
+    values = (l4proto, saddr4, daddr4, saddr6, daddr6, sport, dport, ifname, netns)
+    for name, value in zip(FLAG_NAMES, values, strict=True):
+        if value is not None and not value.strip():
+            raise UsageError(f"{name} is empty: give a value, or leave the option out")
     if saddr4 and saddr6:
         raise UsageError("give either --saddr4 or --saddr6, not both")
     if daddr4 and daddr6:
@@ -110,10 +153,33 @@ def _flow_from_flags(ipversion: str, l4proto: str, saddr4: str | None, daddr4: s
         daddr=daddr,
         sport=parse_port(sport, "--sport"),
         dport=parse_port(dport, "--dport"),
+        pcap=parse_filter(pcap_filter, "pcap filter"),
+        ifname=parse_ifname(ifname, "--ifname"),
+        netns=parse_netns(netns, "--netns"),
     )
 
 
-@click.command(context_settings={"help_option_names": ["--help"]})
+class _FilterCommand(click.Command):
+    """A command whose words after the first `--` are one pcap-filter expression (joined by spaces, as tcpdump
+    joins its arguments)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            at = args.index("--")
+            ctx.meta["pcap_filter"] = " ".join(args[at + 1:])
+            args = args[:at]
+        return super().parse_args(ctx, args)
+
+
+FILTER_EPILOG = """\b
+A pcap-filter expression after `--` (as tcpdump takes it) is ANDed with the flags, e.g.
+  ipftrace -b tracepoint -- 'tcp and dst port 443'
+It sees each packet from its IP header: link-layer words (ether, vlan, arp) do not apply.
+--dport / --sport without --l4proto match any protocol with ports (TCP, UDP, SCTP, UDP-Lite), like tcpdump's port."""
+
+
+@click.command(cls=_FilterCommand, context_settings={"help_option_names": ["-h", "--help"]}, epilog=FILTER_EPILOG)
+@click.version_option(__version__, "--version", prog_name="ipftrace", message="%(prog)s %(version)s")
 @click.option("-iv", "--ipversion", type=click.Choice(["any", "4", "6"]), default="any", show_default=True,
               help="Specify IP version")
 @click.option("-l4", "--l4proto", default="any", show_default=True, help="Specify L4 protocol (name or number)")
@@ -123,39 +189,72 @@ def _flow_from_flags(ipversion: str, l4proto: str, saddr4: str | None, daddr4: s
 @click.option("-d6", "--daddr6", help="Specify IPv6 destination address or CIDR")
 @click.option("-sp", "--sport", help="Specify source port number")
 @click.option("-dp", "--dport", help="Specify destination port number")
+@click.option("--ifname", metavar="NAME", help="Only packets first seen on this device (skb->dev)")
+@click.option("--netns", metavar="PATH|INODE|PID",
+              help="Only packets first seen on a device of this network namespace")
 @click.option("-m", "--module", "modules", multiple=True, help="Specify custom match module name (repeatable)")
 @click.option("-l", "--list", "list_only", is_flag=True, help="List available functions")
+@click.option("--all", "show_all", is_flag=True, help="With --list: also the probes no backend can attach here")
 @click.option("-b", "--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
               help="Probe backend")
 @click.option("-n", "--count", type=click.IntRange(min=1), help="Exit after N paths")
 @click.option("-t", "--timeout", type=click.FloatRange(min=0), help="Exit after SECONDS")
 @click.option("-o", "--output", type=click.Choice(["text", "json", "yaml"]), default="text", show_default=True,
               help="Output format (yaml: only with --list, writes a manifest)")
+@click.option("-v", "--verbose", is_flag=True, help="Text rows: also the packet length and the device")
+@click.option("--time", "clock", type=click.Choice(["kernel", "wall"]), default="kernel", show_default=True,
+              help="Text rows: kernel monotonic nanoseconds, or wall-clock time of day")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Write this file once probes are attached")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 @click.argument("manifest_file", required=False, type=click.Path(dir_okay=False))
 def ipftrace_cli(ipversion: str, l4proto: str, saddr4: str | None, daddr4: str | None, saddr6: str | None,
-                 daddr6: str | None, sport: str | None, dport: str | None, modules: tuple[str, ...],
-                 list_only: bool, backend: str, count: int | None, timeout: float | None, output: str,
-                 ready_file: Path | None, log_level: str, manifest_file: str | None) -> int:
+                 daddr6: str | None, sport: str | None, dport: str | None, ifname: str | None, netns: str | None,
+                 modules: tuple[str, ...],
+                 list_only: bool, show_all: bool, backend: str, count: int | None, timeout: float | None, output: str,
+                 verbose: bool, clock: str, ready_file: Path | None, log_level: str,
+                 manifest_file: str | None) -> int:
     """Function tracer for Linux networking code with flow based filtering."""
     setup_logging(log_level, "ipftrace")
-    flow = _flow_from_flags(ipversion, l4proto, saddr4, daddr4, saddr6, daddr6, sport, dport)
+    pcap_filter = click.get_current_context().meta.get("pcap_filter")
+    flow = _flow_from_flags(ipversion, l4proto, saddr4, daddr4, saddr6, daddr6, sport, dport, pcap_filter, ifname,
+                            netns)
+    check_ready_file(ready_file)
     if output == "yaml" and not list_only:
         raise UsageError("--output yaml writes a manifest and needs --list")
     if manifest_file is not None and not _is_file(manifest_file):
         raise UsageError(f"manifest {manifest_file!r}: file not found")
     from .modules import ModuleContext, load_modules
 
+    if not (list_only and output == "yaml"):  # a manifest from BTF needs no privileges; the rest does
+        require_privileges()
     view = KernelView()
-    loaded = load_modules(modules, ModuleContext(btf=lambda: view.btf)) if modules else []
+    if manifest_file is not None and not list_only:
+        from .tracer import function_specs
+
+        function_specs(view, manifest_file)  # one warning per function this kernel lacks, before the compile
+    # -v names each row's device: the netdev module reads it in the kernel (an ifindex alone is ambiguous across
+    # namespaces); added for that column only, unless asked for with -m.
+    auto_netdev = verbose and not list_only and not any(spec.split("=", 1)[0] == "netdev" for spec in modules)
+    specs = [*modules, "netdev"] if auto_netdev else list(modules)
+    loaded = load_modules(specs, ModuleContext(btf=lambda: view.btf)) if specs else []
     request = TraceRequest(flows=(flow,), backend=backend, manifest=manifest_file,
                            options=ProgramOptions(), modules=tuple(m.code for m in loaded))
     if list_only:
-        return list_probes(request, output, view)
-    return trace(request, output, count, timeout, ready_file, loaded, view)
+        return list_probes(request, output, view, show_all)
+    style = _text_style(verbose, clock, next((m for m in loaded if m.name == "netdev"), None))
+    return trace(request, output, count, timeout, ready_file, loaded, view, style,
+                 loaded[:-1] if auto_netdev else None)
+
+
+def require_privileges() -> None:
+    """Before anything is compiled: raise KernelError naming what this process lacks to load BPF programs."""
+    from .kernel.privileges import missing_privileges
+
+    missing = missing_privileges()
+    if missing is not None:
+        raise KernelError(missing)
 
 
 def _is_file(path: str) -> bool:
@@ -165,7 +264,7 @@ def _is_file(path: str) -> bool:
         return False
 
 
-def list_probes(request: TraceRequest, output: str, view: KernelView | None = None) -> int:
+def list_probes(request: TraceRequest, output: str, view: KernelView | None = None, show_all: bool = False) -> int:
     """Print what would be traced on this kernel: per function its skb position and, per backend, whether it can
     attach here (checked by compiling and loading through the verifier). `-o yaml`: a manifest for this kernel."""
     from . import manifest as manifests
@@ -178,29 +277,58 @@ def list_probes(request: TraceRequest, output: str, view: KernelView | None = No
                    nl=False)
         return EXIT_OK
     tracer = Tracer(request, view)
-    survey = tracer.survey(with_functions=request.backend != "tracepoint")
+    stop = install_stop_handlers()
+    survey = run_interruptibly(lambda: tracer.survey(with_functions=request.backend != "tracepoint"),
+                               lambda: stop.stopped,
+                               lambda elapsed: f"ipftrace: compiling every probe and loading it through the "
+                                               f"verifier... {elapsed:.1f} s", ProgressLine())
+    rows = _survey_rows(survey, request.backend != "tracepoint")
+    counts = {backend: (sum(1 for row in rows if row[backend] == ATTACHABLE),
+                        sum(1 for row in rows if row[backend] != "-")) for backend in BACKEND_KINDS}
+    shown = rows if show_all else [row for row in rows if ATTACHABLE in (row[b] for b in BACKEND_KINDS)]
+    if output == "json":
+        click.echo(json.dumps({
+            "backend": request.backend, "chosen": survey.chosen, "refused": survey.reasons, "notes": survey.notes,
+            "traceable": {backend: {"traceable": n, "total": total} for backend, (n, total) in counts.items()},
+            "probes": shown, "missing": survey.missing}, separators=(",", ":")))
+        return EXIT_OK
     passed = "; ".join(f"{name} refused: {why}" for name, why in survey.reasons.items())
     if request.backend in survey.reasons:
         click.echo(f"# backend {request.backend} cannot attach here: {survey.reasons[request.backend]}")
     else:
         click.echo(f"# backend {request.backend} -> {survey.chosen}{' (' + passed + ')' if passed else ''}")
+    click.echo("# traceable here: " + ", ".join(f"{backend} {n} of {total}" for backend, (n, total) in counts.items()
+                                                if total))
     for backend, note in survey.notes.items():
         click.echo(f"# {backend}: {note}")
-    width = max([40, *(len(s.probe.name) for s in survey.functions + survey.tracepoints)])
+    if len(shown) < len(rows):
+        click.echo(f"# {len(rows) - len(shown)} probes no backend can attach here are not listed (--all lists them)")
+    width = max([40, *(len(str(row["name"])) for row in shown)])
     click.echo(f"{'Name':<{width}} {'skb_pos':>7}  {'kfunc':<10} {'kprobe':<10} {'tracepoint':<10} Role")
-    states = survey.states
-    if request.backend != "tracepoint":
-        for source in survey.functions:
-            name = source.probe.name
-            click.echo(f"{name:<{width}} {source.skb_arg + 1:>7}  {states['kfunc'].get(name, '-'):<10} "
-                       f"{states['kprobe'].get(name, '-'):<10} {'-':<10} {source.probe.role.value}")
-    for source in survey.tracepoints:
-        name = source.probe.name
-        click.echo(f"{name:<{width}} {source.skb_arg + 1:>7}  {'-':<10} {'-':<10} "
-                   f"{states['tracepoint'].get(name, '-'):<10} {source.probe.role.value}")
+    for row in shown:
+        click.echo(f"{row['name']:<{width}} {row['skb_pos']:>7}  {row['kfunc']:<10} {row['kprobe']:<10} "
+                   f"{row['tracepoint']:<10} {row['role']}")
     for name in survey.missing:
         click.echo(f"{name:<{width}} {'-':>7}  missing (not in this kernel)")
     return EXIT_OK
+
+
+BACKEND_KINDS = ("kfunc", "kprobe", "tracepoint")
+
+
+def _survey_rows(survey: Any, with_functions: bool) -> list[dict[str, Any]]:
+    """One row per probe of a survey: name, skb position, role and each backend's state here ('-': n/a)."""
+    states = survey.states
+    rows: list[dict[str, Any]] = []
+    functions = survey.functions if with_functions else []
+    for source in [*functions, *survey.tracepoints]:
+        name = source.probe.name
+        tracepoint = source.probe.kind.value == "tracepoint"
+        rows.append({"name": name, "skb_pos": source.skb_arg + 1, "role": source.probe.role.value,
+                     "kfunc": "-" if tracepoint else states["kfunc"].get(name, "-"),
+                     "kprobe": "-" if tracepoint else states["kprobe"].get(name, "-"),
+                     "tracepoint": states["tracepoint"].get(name, "-") if tracepoint else "-"})
+    return rows
 
 
 def _kernel_release() -> str:
@@ -209,20 +337,45 @@ def _kernel_release() -> str:
     return platform.release()
 
 
+def _text_style(verbose: bool, clock: str, netdev: Any = None) -> TextStyle:
+    """The text table of the command line: Δ always; -v (device names from the netdev module), --time wall,
+    colour on a terminal without NO_COLOR."""
+    offset = None
+    if clock == "wall":
+        from .spans import WallClock
+
+        offset = WallClock().offset_ns
+    style = TextStyle(delta=True, verbose=verbose, wall_offset_ns=offset, colour=use_colour(sys.stdout))
+    if netdev is None:
+        return style
+
+    def device(event: Any) -> str:
+        fields = netdev.fields(event.data)
+        return str(fields["name"]) if fields else device_text(event)
+
+    return replace(style, device=device)
+
+
 def trace(request: TraceRequest, output: str, count: int | None, timeout: float | None,
-          ready_file: Path | None, loaded_modules: Sequence[Any] = (), view: KernelView | None = None) -> int:
+          ready_file: Path | None, loaded_modules: Sequence[Any] = (), view: KernelView | None = None,
+          style: TextStyle | None = None, text_modules: Sequence[Any] | None = None) -> int:
     """Attach, print paths as they complete, detach. Exit 0 when done, 130 after Ctrl-C."""
     stop = install_stop_handlers()
     tracer = Tracer(request, view)
     printed = 0
     try:
         try:
-            tracer.start()
+            started = time.monotonic()
+            report = run_interruptibly(tracer.start, lambda: stop.stopped, _start_progress(tracer), ProgressLine(),
+                                       on_interrupt=lambda: remove_ready_file(ready_file))
+            _progress_done(f"{len(report.attached)} probes ready in {time.monotonic() - started:.1f} s; "
+                           "tracing, Ctrl-C to stop")
         except AttachError:
             _blame_modules(tracer, loaded_modules)  # a module whose C does not compile: say which
             raise
         formatter = PathFormatter(tracer.probes, [flow.name for flow in request.flows],
-                                  _module_text(loaded_modules))
+                                  _module_text(loaded_modules if text_modules is None else text_modules),
+                                  data_fields=_module_fields(loaded_modules), style=style)
         write_ready_file(ready_file)
         deadline = None if timeout is None else time.monotonic() + timeout
         out = sys.stdout
@@ -241,7 +394,27 @@ def trace(request: TraceRequest, output: str, count: int | None, timeout: float 
             out.flush()
     finally:
         tracer.close()
+        remove_ready_file(ready_file)
     return EXIT_INTERRUPTED if stop.signum == signal.SIGINT else EXIT_OK
+
+
+def _start_progress(tracer: Tracer) -> Callable[[float], str]:
+    """What the progress line says while the tracer compiles and attaches: the backend being tried (the tracer
+    tries them in order and records each refusal) and the time so far."""
+    candidates = tracer.candidates()
+
+    def describe(elapsed: float) -> str:
+        current = min(len(tracer.fallback_reasons), len(candidates) - 1)
+        tried = f", {current + 1} of {len(candidates)}" if len(candidates) > 1 else ""
+        return f"ipftrace: compiling and attaching probes (backend {candidates[current]}{tried})... {elapsed:.1f} s"
+
+    return describe
+
+
+def _progress_done(text: str) -> None:
+    """The last word of the progress line, on a terminal only (scripts read the log line instead)."""
+    if ProgressLine().enabled:
+        click.echo(f"ipftrace: {text}", err=True)
 
 
 def _blame_modules(tracer: Tracer, loaded_modules: Sequence[Any]) -> None:
@@ -250,6 +423,12 @@ def _blame_modules(tracer: Tracer, loaded_modules: Sequence[Any]) -> None:
         from .modules import check_modules
 
         check_modules(loaded_modules, tracer.headers())
+
+
+def _module_fields(loaded_modules: Sequence[Any]) -> Callable[[Any], Any] | None:
+    """JSON's per-event `modules`: every loaded module (also one -v added for the device column)."""
+    text = _module_text(loaded_modules)
+    return getattr(text, "fields", None)
 
 
 def _module_text(loaded_modules: Sequence[Any]) -> Callable[[Any], str] | None:
@@ -286,6 +465,8 @@ def exporter_cli(config_file: str | None, check: bool, metrics_address: str | No
     setup_logging(log_level, "ipftrace-exporter")
     config = load_config(config_file) if config_file else default_config()
     config = apply_overrides(config, metrics_address=metrics_address)
+    check_ready_file(ready_file)
+    require_privileges()
     if check:
         for line in check_config(config):
             click.echo(line)

@@ -33,8 +33,11 @@ from .flows import (
     FlowSpec,
     check_flows,
     flow_from_mapping,
+    parse_filter,
+    parse_ifname,
     parse_ipversion,
     parse_l4proto,
+    parse_netns,
     parse_network,
     parse_port,
 )
@@ -352,6 +355,9 @@ _FLOW_PARSERS: dict[str, Callable[[Any], object]] = {
     "daddr": lambda value: parse_network(value, "daddr"),
     "sport": lambda value: parse_port(value, "sport"),
     "dport": lambda value: parse_port(value, "dport"),
+    "filter": parse_filter,
+    "ifname": parse_ifname,
+    "netns": parse_netns,
 }
 
 

@@ -18,7 +18,7 @@ from .otlp import DROP_REASONS, OtlpSink
 from .paths import SkbPath
 from .program import ProgramOptions
 from .spans import SpanEncoder, WallClock, resource_attributes
-from .tracer import KernelView, Tracer, TraceRequest, choose_backend, plan_probes
+from .tracer import KernelView, Tracer, TraceRequest
 
 log = logging.getLogger(__name__)
 
@@ -46,26 +46,41 @@ def load_config_modules(config: Config, view: KernelView | None = None) -> tuple
 
 
 def check(config: Config, cache_dir: str | None = None) -> list[str]:
-    """Validate, plan and compile without attaching; the lines to print."""
+    """Validate, plan, compile, attach for real and detach: fails (AttachError, KernelError, OSError) where the real
+    run would, e.g. a backend the kernel refuses or a metrics address in use. The lines to print."""
     view = KernelView()
     modules = load_config_modules(config, view)
-    request = trace_request(config, modules)
-    tracer = Tracer(request, view=view, cache_dir=cache_dir)
-    backend, _ = choose_backend(config.backend, view)
-    plan = plan_probes(view, backend, config.manifest)
-    collector = tracer.collector_for(plan, tracer.headers(), addresses=False)
+    check_address(config.metrics.host, config.metrics.port)
+    tracer = Tracer(trace_request(config, modules), view=view, cache_dir=cache_dir)
     try:
-        collector.compile()
+        report = tracer.start()
+        plan = tracer.plan
     finally:
-        collector.close()
+        tracer.close()
+    if plan is None:
+        raise KernelError("the tracer attached without a plan")
     lines = config.describe()
     lines.append(f"plan: backend {plan.backend} ({config.backend} requested), {len(plan.sources)} probes, "
-                 f"{len(plan.missing)} manifest functions missing; the program compiles")
+                 f"{len(plan.missing)} manifest functions missing; {len(report.attached)} attached, "
+                 f"{len(report.failed)} failed, then detached")
     lines += [f"  {source.probe.name} ({source.probe.kind.value}, skb arg {source.skb_arg + 1}, "
               f"{source.probe.role.value})" for source in plan.sources[:50]]
     if len(plan.sources) > 50:
         lines.append(f"  ... and {len(plan.sources) - 50} more")
     return lines
+
+
+def check_address(host: str, port: int) -> None:
+    """Raise OSError naming the address if the metrics server could not listen there (bound, then released)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise OSError(f"metrics.address {host}:{port}: {err.strerror}") from None
 
 
 class Daemon:

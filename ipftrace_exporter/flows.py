@@ -6,16 +6,20 @@ Only validated numbers ever reach the generated C: names, addresses and ports ar
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import UsageError
+from .pcapfilter import PcapFilter, c_function, compile_filter
 from .protocols import PORT_PROTOCOLS, parse_protocol, protocol_name
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_FLOWS = 64
-FLOW_KEYS = ("name", "ipversion", "l4proto", "saddr", "daddr", "sport", "dport")
+FLOW_KEYS = ("name", "ipversion", "l4proto", "saddr", "daddr", "sport", "dport", "filter", "ifname", "netns")
+IFNAMSIZ = 16
+NETNS_INODE_FIRST = 0xE0000000  # below every namespace inode (init ones: 0xEFFFFFF9...); PIDs are far below
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +33,9 @@ class FlowSpec:
     daddr: Network | None = None
     sport: int | None = None
     dport: int | None = None
+    pcap: PcapFilter | None = None  # a pcap-filter expression, ANDed with the fields above
+    ifname: str | None = None  # the device (skb->dev) where the packet is first matched
+    netns: int | None = None  # that device's network namespace, by inode number
 
     def __post_init__(self) -> None:
         if not self.name or not all(ch.isalnum() or ch in "-_." for ch in self.name):
@@ -43,6 +50,14 @@ class FlowSpec:
             raise UsageError(f"an IPv{version} address cannot match ipversion {self.ipversion}")
         if self.l4proto is not None and not 0 <= self.l4proto <= 255:
             raise UsageError(f"l4proto {self.l4proto}: must be 0-255")
+        if self.ifname is not None:
+            check_ifname(self.ifname)
+        if self.netns is not None and not NETNS_INODE_FIRST <= self.netns <= 0xFFFFFFFF:
+            raise UsageError(f"netns {self.netns}: not a namespace inode number")
+        version = self.effective_ipversion
+        wrong_icmp = {4: (58, "ICMPv6"), 6: (1, "ICMP")}.get(version)
+        if wrong_icmp and self.l4proto == wrong_icmp[0]:
+            raise UsageError(f"l4proto {wrong_icmp[1]} never matches IPv{version} packets")
         for key in ("sport", "dport"):
             port = getattr(self, key)
             if port is not None:
@@ -68,6 +83,12 @@ class FlowSpec:
         for label, net, port in (("src", self.saddr, self.sport), ("dst", self.daddr, self.dport)):
             if net is not None or port is not None:
                 parts.append(f"{label} {net if net is not None else '*'}{':' + str(port) if port else ''}")
+        if self.pcap is not None:
+            parts.append(f"filter {self.pcap.expression!r}")
+        if self.ifname is not None:
+            parts.append(f"on {self.ifname}")
+        if self.netns is not None:
+            parts.append(f"in netns {self.netns}")
         return f"{self.name}: {' '.join(parts)}"
 
 
@@ -126,6 +147,62 @@ def parse_port(value: Any, key: str) -> int | None:
     return port
 
 
+def parse_filter(value: Any, key: str = "filter") -> PcapFilter | None:
+    """None -> None; a pcap-filter expression -> its compiled program (raises UsageError, also when empty)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise UsageError(f"{key} {value!r}: must be a pcap-filter expression (a string)")
+    return compile_filter(value)
+
+
+def check_ifname(name: str) -> None:
+    """A device name the kernel could have: 1-15 printable ASCII characters, no '/', ':' or white space."""
+    if not (0 < len(name) < IFNAMSIZ and name.isascii() and name.isprintable()
+            and not any(ch in "/: \t" for ch in name)):
+        raise UsageError(f"ifname {name!r}: not a device name (1-{IFNAMSIZ - 1} characters, no '/', ':' or spaces)")
+
+
+def parse_ifname(value: Any, key: str = "ifname") -> str | None:
+    """None -> None; 'eth0' -> 'eth0' (checked)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise UsageError(f"{key} {value!r}: must be a device name")
+    check_ifname(value)
+    return value
+
+
+def parse_netns(value: Any, key: str = "netns") -> int | None:
+    """A network namespace as its inode number, from a path (/run/netns/NAME, /proc/PID/ns/net), an inode
+    number (4026531840 and up, also as 'net:[4026531840]') or a PID (whose namespace is read now)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise UsageError(f"{key} {value!r}: must be a path, an inode number or a PID")
+    text = str(value).strip()
+    if text.startswith("net:[") and text.endswith("]"):
+        text = text[5:-1]
+    if text.isascii() and text.isdigit():
+        number = int(text)
+        if number >= NETNS_INODE_FIRST:
+            if number > 0xFFFFFFFF:
+                raise UsageError(f"{key} {value!r}: not a namespace inode number")
+            return number
+        path = f"/proc/{number}/ns/net"
+    elif text:
+        path = text
+    else:
+        raise UsageError(f"{key} is empty: give a path, an inode number or a PID")
+    try:
+        inode = os.stat(path).st_ino
+    except OSError as err:
+        raise UsageError(f"{key} {value!r}: cannot read {path}: {err.strerror}") from None
+    if not NETNS_INODE_FIRST <= inode <= 0xFFFFFFFF:
+        raise UsageError(f"{key} {value!r}: {path} is not a namespace file")
+    return inode
+
+
 def flow_from_mapping(raw: Mapping[str, Any], default_name: str = "default") -> FlowSpec:
     """A FlowSpec from a config mapping (keys: FLOW_KEYS). Raises UsageError naming the key."""
     unknown = sorted(set(raw) - set(FLOW_KEYS))
@@ -142,6 +219,9 @@ def flow_from_mapping(raw: Mapping[str, Any], default_name: str = "default") -> 
         daddr=parse_network(raw.get("daddr"), "daddr"),
         sport=parse_port(raw.get("sport"), "sport"),
         dport=parse_port(raw.get("dport"), "dport"),
+        pcap=parse_filter(raw.get("filter")),
+        ifname=parse_ifname(raw.get("ifname")),
+        netns=parse_netns(raw.get("netns")),
     )
 
 
@@ -193,11 +273,74 @@ def flow_condition(flow: FlowSpec) -> str:
     return " && ".join(terms)
 
 
-def filter_function(flows: Sequence[FlowSpec]) -> str:
-    """C function `ipft_match_flow(t)` returning the first matching flow's index, or -1."""
-    check_flows(flows)
-    lines = ["static __always_inline int ipft_match_flow(const struct ipft_tuple *t)", "{"]
+PCAP_LENGTHS = """static __always_inline void ipft_pcap_lengths(struct sk_buff *skb, const unsigned char *data,
+                                              const unsigned char *l3, u32 *len, u32 *caplen)
+{
+    u32 skb_len = 0, data_len = 0;
+    bpf_probe_read_kernel(&skb_len, sizeof(skb_len), (char *)skb + __builtin_offsetof(struct sk_buff, len));
+    bpf_probe_read_kernel(&data_len, sizeof(data_len), (char *)skb + __builtin_offsetof(struct sk_buff, data_len));
+    long total = (long)skb_len - (long)(l3 - data); /* skb->len counts from skb->data; the IP header may be before */
+    long linear = total - (long)data_len; /* what is readable from l3 (paged data is not) */
+    *len = total > 0 ? (u32)total : 0;
+    *caplen = linear > 0 ? (u32)linear : 0;
+}"""
+
+
+def _name_words(name: str) -> tuple[int, int]:
+    raw = name.encode("ascii").ljust(IFNAMSIZ, b"\0")
+    return int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:], "little")
+
+
+def where_function(flows: Sequence[FlowSpec]) -> str:
+    """C function `ipft_match_where(flow, skb)`: 1 if the packet's device (skb->dev) has the flow's ifname and
+    is in its netns, run where a packet is first matched (so it is followed to other devices and namespaces)."""
+    names = any(flow.ifname is not None for flow in flows)
+    netns = any(flow.netns is not None for flow in flows)
+    lines = ["static __always_inline int ipft_match_where(int flow, struct sk_buff *skb)", "{"]
+    if not (names or netns):
+        return "\n".join([*lines, "    (void)flow; (void)skb;", "    return 1;", "}"])
+    lines += ["    struct net_device *dev = 0;",
+              "    bpf_probe_read_kernel(&dev, sizeof(dev), (char *)skb + __builtin_offsetof(struct sk_buff, dev));"]
+    if names:
+        lines += ["    u64 name[2] = {};",
+                  "    if (dev)",
+                  "        bpf_probe_read_kernel(name, sizeof(name), (char *)dev + __builtin_offsetof(struct net_device, name));"]
+    if netns:
+        lines += ["    struct net *net = 0;",
+                  "    u32 inum = 0;",
+                  "    if (dev)",
+                  "        bpf_probe_read_kernel(&net, sizeof(net), (char *)dev + __builtin_offsetof(struct net_device, nd_net));",
+                  "    if (net)",
+                  "        bpf_probe_read_kernel(&inum, sizeof(inum), (char *)net + __builtin_offsetof(struct net, ns.inum));"]
     for index, flow in enumerate(flows):
-        lines.append(f"    if ({flow_condition(flow)}) return {index}; /* flow {index} */")
+        terms = ["dev != 0"]
+        if flow.ifname is not None:
+            low, high = _name_words(flow.ifname)
+            terms += [f"name[0] == 0x{low:016x}ULL", f"name[1] == 0x{high:016x}ULL"]
+        if flow.netns is not None:
+            terms.append(f"inum == {int(flow.netns)}U")
+        if len(terms) > 1:
+            lines.append(f"    if (flow == {index}) return {' && '.join(terms)}; /* flow {index} */")
+    lines += ["    return 1;", "}"]
+    return "\n".join(lines)
+
+
+def filter_function(flows: Sequence[FlowSpec]) -> str:
+    """C function `ipft_match_flow(t, skb, data, l3)` returning the first matching flow's index, or -1.
+    A flow with a pcap filter also runs it on the packet from its IP header `l3` (`data` is skb->data)."""
+    check_flows(flows)
+    filtered = [index for index, flow in enumerate(flows) if flow.pcap is not None]
+    lines = [c_function(flows[index].pcap, f"ipft_pcap_{index}") for index in filtered]  # type: ignore[arg-type]
+    if filtered:
+        lines.append(PCAP_LENGTHS)
+    lines += ["static __always_inline int ipft_match_flow(const struct ipft_tuple *t, struct sk_buff *skb,",
+              "                                          const unsigned char *data, const unsigned char *l3)", "{"]
+    if filtered:
+        lines += ["    u32 len = 0, caplen = 0;", "    ipft_pcap_lengths(skb, data, l3, &len, &caplen);"]
+    else:
+        lines += ["    (void)skb; (void)data; (void)l3;"]
+    for index, flow in enumerate(flows):
+        pcap = f" && ipft_pcap_{index}(l3, len, caplen)" if flow.pcap is not None else ""
+        lines.append(f"    if ({flow_condition(flow)}{pcap}) return {index}; /* flow {index} */")
     lines += ["    return -1;", "}"]
     return "\n".join(lines)

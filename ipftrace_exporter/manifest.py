@@ -155,7 +155,7 @@ def _entry(entry: Any, index: int, where: str) -> FunctionSpec:
     name = entry.get("name")
     if name is None:
         raise UsageError(f"{where}: {label}: missing 'name'")
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):  # (match: `$` lets a trailing "\n" in)
         raise UsageError(f"{where}: {label}: name {name!r} is not a kernel function name")
     label = f"{label} ({name})"
     unknown = sorted(str(key) for key in entry if key not in ENTRY_KEYS)
@@ -209,6 +209,17 @@ def default_manifest_path() -> str:
 # ---- reconciling with the running kernel ----------------------------------------------------------
 
 
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str, *args: object) -> None:
+    """A manifest warning, once per process: plans are made again for each backend tried and by -l."""
+    text = message % args
+    if text not in _WARNED:
+        _WARNED.add(text)
+        log.warning("%s", text)
+
+
 def reconcile(
     manifest: Manifest,
     btf: SkbFunctionSource | None,
@@ -227,15 +238,15 @@ def reconcile(
     for spec in manifest.functions:
         if btf is not None and spec.name not in skb_functions:
             if btf.function_params(spec.name) is None:
-                log.warning("manifest %s: %s is not in this kernel's BTF; skipped", manifest.source, spec.name)
+                _warn_once("manifest %s: %s is not in this kernel's BTF; skipped", manifest.source, spec.name)
                 plan.missing.append(spec.name)
             else:
                 why = "has no struct sk_buff * parameter in BTF"
-                log.warning("manifest %s: %s %s; skipped", manifest.source, spec.name, why)
+                _warn_once("manifest %s: %s %s; skipped", manifest.source, spec.name, why)
                 plan.skipped.append((spec.name, why))
             continue
         if symbols is not None and spec.name not in symbols:
-            log.warning(
+            _warn_once(
                 "manifest %s: %s is not in kallsyms (inlined or renamed on this kernel); skipped",
                 manifest.source, spec.name,
             )
@@ -245,7 +256,7 @@ def reconcile(
         if btf is not None:
             btf_pos = skb_functions[spec.name]
             if btf_pos != spec.skb_pos:
-                log.warning(
+                _warn_once(
                     "manifest %s: %s has skb_pos %d but BTF says %d; using %d",
                     manifest.source, spec.name, spec.skb_pos, btf_pos, btf_pos,
                 )
@@ -253,7 +264,7 @@ def reconcile(
                 skb_pos = btf_pos
             if skb_pos > max_skb_pos:
                 why = f"skb is argument {skb_pos} in BTF, beyond the {max_skb_pos} a probe can read"
-                log.warning("manifest %s: %s: %s; skipped", manifest.source, spec.name, why)
+                _warn_once("manifest %s: %s: %s; skipped", manifest.source, spec.name, why)
                 plan.skipped.append((spec.name, why))
                 continue
         plan.functions.append(FunctionSpec(spec.name, skb_pos, spec.egress))

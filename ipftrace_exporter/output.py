@@ -3,14 +3,58 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TextIO
 
 from .events import Event
-from .paths import OUTCOME_CONSUMED, OUTCOME_DROPPED, OUTCOME_LEFT, SkbPath
+from .paths import OUTCOME_CONSUMED, OUTCOME_DROPPED, OUTCOME_LEFT, FlowTuple, SkbPath
 from .probes import ProbeTable
+from .protocols import icmp_type_name
 
 DataText = Callable[[Event], str]
 DataFields = Callable[[Event], Mapping[str, Mapping[str, object]]]
+
+
+def device_text(event: Event) -> str:
+    """The row's device without the netdev module: its ifindex (names are per namespace; netdev reads them)."""
+    return str(event.ifindex) if event.ifindex else "-"
+
+
+def use_colour(stream: TextIO) -> bool:
+    """Colour on a terminal, unless NO_COLOR is set (https://no-color.org)."""
+    return stream.isatty() and not os.environ.get("NO_COLOR")
+
+
+BOLD, RED, RESET = "\x1b[1m", "\x1b[31m", "\x1b[0m"
+
+
+@dataclass(frozen=True, slots=True)
+class TextStyle:
+    """Extras of the text table over the seed's shape (the default is the seed's shape)."""
+
+    delta: bool = False  # a `Δ µs` column: time since the previous step, next to the timestamp
+    verbose: bool = False  # `Len` and `Device` columns
+    wall_offset_ns: int | None = None  # timestamps as local time of day: kernel monotonic + this offset
+    colour: bool = False
+    device: Callable[[Event], str] = field(default=device_text)
+
+    def stamp(self, monotonic_ns: int) -> str:
+        if self.wall_offset_ns is None:
+            return str(monotonic_ns)
+        seconds, ns = divmod(monotonic_ns + self.wall_offset_ns, 10**9)
+        return f"{datetime.fromtimestamp(seconds):%H:%M:%S}.{ns // 1000:06d}"
+
+
+def icmp_text(flow: FlowTuple) -> str:
+    """'echo-request (type 8 code 0)' for an ICMP / ICMPv6 packet, else ''."""
+    if flow.icmp is None:
+        return ""
+    kind, code = flow.icmp
+    name = icmp_type_name(flow.l4proto, kind)
+    return f"{name} (type {kind} code {code})" if name else f"type {kind} code {code}"
 
 
 class PathFormatter:
@@ -19,8 +63,9 @@ class PathFormatter:
     modules.data_text() gives)."""
 
     def __init__(self, probes: ProbeTable, flow_names: Sequence[str], data_text: DataText | None = None,
-                 data_fields: DataFields | None = None) -> None:
+                 data_fields: DataFields | None = None, style: TextStyle | None = None) -> None:
         self.probes = probes
+        self.style = style or TextStyle()
         self.flow_names = list(flow_names)
         self.data_text = data_text
         self.data_fields = data_fields if data_fields is not None else getattr(data_text, "fields", None)
@@ -36,21 +81,42 @@ class PathFormatter:
         return str(path.flow_id)
 
     def text(self, path: SkbPath) -> str:
-        """The seed's shape: a flow line, a `Time Stamp  Function` table, and how the path ended."""
+        """The seed's shape: a flow line (with ICMP type and code), a `Time Stamp  Function` table (plus the
+        style's columns), and how the path ended."""
+        style = self.style
         described = path.describe()
         head = f"{described.protocol or '?'}\t{described.source or '?'}\t->\t{described.destination or '?'}"
+        icmp = icmp_text(described)
+        if icmp:
+            head += f"\t{icmp}"
         names = [self._probe_name(event) for event in path.events]
-        lines = [head]
-        if self.data_text is not None:
-            width = max([len("Function"), *map(len, names)])
-            lines.append(f"{'Time Stamp':>15}  {'Function':<{width}}  Custom Data")
-            for event, name in zip(path.events, names):
-                lines.append(f"{event.timestamp_ns:>15}  {name:<{width}}  {self.data_text(event)}".rstrip())
-        else:
-            lines.append(f"{'Time Stamp':>15}  Function")
-            lines.extend(f"{event.timestamp_ns:>15}  {name}" for event, name in zip(path.events, names))
+        width = max([len("Function"), *map(len, names)])
+        verbose = style.verbose
+        with_data = self.data_text is not None
+
+        def row(stamp: str, delta: str, name: str, length: str, device: str, data: str) -> str:
+            cells = [f"{stamp:>15}"]
+            if style.delta:
+                cells.append(f"{delta:>10}")
+            cells.append(f"{name:<{width}}" if verbose or with_data else name)
+            if verbose:
+                cells += [f"{length:>5}", f"{device:<12}" if with_data else device]
+            if with_data:
+                cells.append(data)
+            return "  ".join(cells).rstrip()
+
+        lines = [f"{BOLD}{head}{RESET}" if style.colour else head,
+                 row("Time Stamp", "Δ µs", "Function", "Len", "Device", "Custom Data")]
+        previous: int | None = None
+        for event, name in zip(path.events, names):
+            delta = "" if previous is None else f"+{(event.timestamp_ns - previous) / 1000:.3f}"
+            previous = event.timestamp_ns
+            lines.append(row(style.stamp(event.timestamp_ns), delta, name, str(event.length),
+                             style.device(event) if verbose else "",
+                             self.data_text(event) if self.data_text is not None else ""))
         if path.outcome == OUTCOME_DROPPED and path.drop is not None:
-            lines.append(f"DROPPED at {path.drop.function}: {path.drop.reason} ({path.drop.probe})")
+            drop = f"DROPPED at {path.drop.function}: {path.drop.reason} ({path.drop.probe})"
+            lines.append(f"{RED}{drop}{RESET}" if style.colour else drop)
         elif path.outcome == OUTCOME_LEFT:
             lines.append("(left the host)")
         elif path.outcome != OUTCOME_CONSUMED:
@@ -87,6 +153,9 @@ class PathFormatter:
             "sport": described.sport or None,
             "daddr": described.daddr,
             "dport": described.dport or None,
+            "icmp": None if described.icmp is None else {
+                "type": described.icmp[0], "code": described.icmp[1],
+                "name": icmp_type_name(described.l4proto, described.icmp[0])},
             "drop": None if path.drop is None else {
                 "reason": path.drop.reason, "function": path.drop.function, "probe": path.drop.probe},
             "events": events,

@@ -24,7 +24,7 @@ from typing import Protocol
 
 from .events import FLAG_GAP, FLAG_LEFT, FLAG_PREV_LOST, FLAG_TUPLE, Event, format_address
 from .probes import ProbeRole, ProbeTable
-from .protocols import PORT_PROTOCOLS, protocol_name
+from .protocols import ICMP_PROTOCOLS, PORT_PROTOCOLS, protocol_name
 
 OUTCOME_CONSUMED = "consumed"
 OUTCOME_DROPPED = "dropped"
@@ -117,6 +117,7 @@ class SkbPath:
             format_address(event.ipversion, event.daddr),
             event.dport if ports else 0,
             event.l4proto,
+            (event.sport, event.dport) if event.l4proto in ICMP_PROTOCOLS else None,
         )
 
 
@@ -131,6 +132,7 @@ class FlowTuple:
     daddr: str
     dport: int
     l4proto: int
+    icmp: tuple[int, int] | None = None  # ICMP / ICMPv6 (type, code): the kernel sends them in the port fields
 
     def endpoint(self, address: str, port: int) -> str:
         if not port:

@@ -22,6 +22,16 @@ for _name, _number in PROTOCOL_NUMBERS.items():
     PROTOCOL_NAMES.setdefault(_number, _name)
 
 PORT_PROTOCOLS = frozenset({6, 17, 132, 136})  # protocols whose header starts with 16-bit source/destination ports
+ICMP_PROTOCOLS = frozenset({1, 58})  # their type and code travel in the record's port fields (IPFT_IS_ICMP in C)
+ICMP_TYPES: dict[int, dict[int, str]] = {
+    1: {0: "echo-reply", 3: "dest-unreachable", 4: "source-quench", 5: "redirect", 8: "echo-request",
+        9: "router-advertisement", 10: "router-solicitation", 11: "time-exceeded", 12: "parameter-problem",
+        13: "timestamp", 14: "timestamp-reply"},
+    58: {1: "dest-unreachable", 2: "packet-too-big", 3: "time-exceeded", 4: "parameter-problem",
+         128: "echo-request", 129: "echo-reply", 130: "mld-query", 131: "mld-report", 133: "router-solicitation",
+         134: "router-advertisement", 135: "neighbor-solicitation", 136: "neighbor-advertisement", 137: "redirect",
+         143: "mld2-report"},
+}
 
 
 def protocol_name(number: int) -> str:
@@ -42,3 +52,8 @@ def parse_protocol(text: str) -> int:
     except KeyError:
         known = ", ".join(sorted(PROTOCOL_NUMBERS))
         raise ValueError(f"unknown protocol {text!r} (known: {known}, or a number 0-255)") from None
+
+
+def icmp_type_name(l4proto: int, kind: int) -> str | None:
+    """'echo-request' for ICMP type 8 (or ICMPv6 type 128); None when the type has no common name."""
+    return ICMP_TYPES.get(l4proto, {}).get(kind)

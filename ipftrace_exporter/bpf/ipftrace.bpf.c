@@ -3,7 +3,8 @@
  * program.py prepends a generated prelude that defines:
  *   IPFT_NUM_PROBES, IPFT_NUM_FLOWS, IPFT_MAX_INFLIGHT, IPFT_RINGBUF_PAGES, IPFT_MAX_DROP_KEYS,
  *   IPFT_SAMPLED() (the per-packet sampling decision: 1, 0, or a prandom comparison),
- *   ipft_match_flow(t) (the flow filter: numbers only), and the module hooks
+ *   ipft_match_flow(t, skb, data, l3) (the flow filter and the flows' pcap filters: numbers only),
+ *   ipft_match_where(flow, skb) (the flow's device and netns, at first match), and the module hooks
  *   IPFT_MODULE_MATCH(skb, t) (0 rejects) and IPFT_MODULE_DATA(skb, t, data) (fills 64 bytes);
  * and appends one small entry point per probe that calls ipft_handle().
  *
@@ -182,9 +183,20 @@ static __always_inline int ipft_has_ports(u8 l4proto)
     return l4proto == 6 || l4proto == 17 || l4proto == 132 || l4proto == 136;
 }
 
+/* ICMP and ICMPv6 carry their type and code in the port fields (has_ports stays 0: port filters never match). */
+#define IPFT_IS_ICMP(l4proto) ((l4proto) == 1 || (l4proto) == 58)
+
 static __always_inline void ipft_ports(unsigned char *l4, struct ipft_tuple *t)
 {
     u16 ports[2] = {};
+    if (IPFT_IS_ICMP(t->l4proto)) {
+        u8 icmp[2] = {};
+        if (IPFT_READ(icmp, l4) == 0) {
+            t->sport = icmp[0];
+            t->dport = icmp[1];
+        }
+        return;
+    }
     if (!ipft_has_ports(t->l4proto))
         return;
     if (IPFT_READ(ports, l4) < 0)
@@ -196,6 +208,11 @@ static __always_inline void ipft_ports(unsigned char *l4, struct ipft_tuple *t)
 
 static __always_inline void ipft_ports_from(const u8 *raw, struct ipft_tuple *t)
 {
+    if (IPFT_IS_ICMP(t->l4proto)) {
+        t->sport = raw[0];
+        t->dport = raw[1];
+        return;
+    }
     if (!ipft_has_ports(t->l4proto))
         return;
     t->sport = ((u16)raw[0] << 8) | raw[1];
@@ -271,7 +288,8 @@ static __always_inline int ipft_parse_ipv6(unsigned char *l3, const u8 *raw, int
 /* Parse the packet's IP and L4 headers. from_data: the IP header is at skb->data at this probe (receive
  * entry points, before the network header offset is set); otherwise head + network_header is tried first.
  * The IP version must agree with skb->protocol when that is set. */
-static __always_inline int ipft_parse(const struct ipft_skb *s, struct ipft_tuple *t, int from_data)
+static __always_inline int ipft_parse(const struct ipft_skb *s, struct ipft_tuple *t, int from_data,
+                                      unsigned char **l3_out)
 {
     unsigned char *first = s->data, *second = 0;
     if (!from_data && s->network_header != (u16)~0U && s->network_header != 0) {
@@ -285,6 +303,7 @@ static __always_inline int ipft_parse(const struct ipft_skb *s, struct ipft_tupl
         int full = 1;
         if (!l3)
             return 0;
+        *l3_out = l3; /* the IP header, for the flows' pcap filters */
         if (bpf_probe_read_kernel(raw, sizeof(raw), l3) < 0) {
             /* an unreadable page within IPFT_L3_READ bytes: the bare header, the ports read on their own */
             full = 0;
@@ -341,8 +360,9 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     if (ipft_skb_read(skb, &fields) < 0)
         return 0;
     unsigned char *head = fields.head;
-    int parsed = ipft_parse(&fields, &t, from_data);
-    int flow = parsed ? ipft_match_flow(&t) : -1;
+    unsigned char *l3 = 0;
+    int parsed = ipft_parse(&fields, &t, from_data, &l3);
+    int flow = parsed ? ipft_match_flow(&t, skb, fields.data, l3) : -1;
     /* Headers that parse to none of the flows are never traced here, whatever the tracking map holds (a tracked
      * address whose headers now match no flow is another packet, below): the common case on a busy node skips
      * the map lookup. Where a packet ends, the lookup still runs, to forget an entry left by a predecessor that
@@ -378,6 +398,8 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
         if (flow < 0)
             return 0;
         if (!IPFT_MODULE_MATCH(skb, &t))
+            return 0;
+        if (!ipft_match_where(flow, skb)) /* --ifname / --netns: the device where it is first matched */
             return 0;
         fresh.head = (u64)head;
         fresh.fp = t.fp;

@@ -112,7 +112,8 @@ def start_tool(cache_dir: str, tmp_path: Path) -> Iterator:
 
     def start(tool: str, *args: str, env: dict[str, str] | None = None, wait: bool = True) -> Running:
         ready = tmp_path / f"ready-{len(started)}"
-        running = Running([str(BIN / tool), *args, "--ready-file", str(ready)], cache_dir, ready, env)
+        at = args.index("--") if "--" in args else len(args)  # a pcap filter after `--` stays last
+        running = Running([str(BIN / tool), *args[:at], "--ready-file", str(ready), *args[at:]], cache_dir, ready, env)
         started.append(running)
         if wait:
             running.wait_ready()

@@ -272,7 +272,7 @@ def test_a_manifest_function_missing_from_this_kernel_warns_once_and_is_skipped(
 # ---- -l --------------------------------------------------------------------------------------------------------
 
 def test_list_shows_skb_positions_from_btf_and_each_backend_state(cache_dir: str, view: KernelView) -> None:
-    result = run_ipftrace("-l", DEFAULT_MANIFEST, cache_dir=cache_dir)
+    result = run_ipftrace("-l", "--all", DEFAULT_MANIFEST, cache_dir=cache_dir)
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()
             if line and not line.startswith(("#", "Name"))}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import socket
@@ -48,10 +49,14 @@ def test_text_output_has_the_seed_shape(netpair: NetPair, start_tool) -> None:
     code, out, err = tool.finish()
     assert code == 0, err
     lines = out.rstrip("\n").splitlines()
-    assert lines[0] == f"ICMP\t{netpair.addr_a4}\t->\t{netpair.addr_b4}"
-    assert lines[1] == "     Time Stamp  Function"
-    rows = [line for line in lines[2:] if re.fullmatch(r"\s*\d+  \S+", line)]
+    assert lines[0] == f"ICMP\t{netpair.addr_a4}\t->\t{netpair.addr_b4}\techo-request (type 8 code 0)"
+    assert lines[1] == "     Time Stamp        Δ µs  Function"
+    rows = [re.fullmatch(r"\s*(\d+)\s+(?:\+(\d+\.\d{3}))?  \S+", line) for line in lines[2:]]
+    rows = [row for row in rows if row]
     assert len(rows) >= 3
+    assert rows[0].group(2) is None  # the first step has no previous one
+    for before, after in itertools.pairwise(rows):  # Δ is the gap between the two timestamps, in µs
+        assert abs(float(after.group(2)) - (int(after.group(1)) - int(before.group(1))) / 1000) < 0.002
     assert out.endswith("\n\n")
 
 
@@ -135,3 +140,18 @@ def test_ctrl_c_detaches_and_exits_130(netpair: NetPair, start_tool) -> None:
     tool = start_tool("ipftrace", *TRACEPOINT, "-l4", "ICMP", "-d4", netpair.addr_b4)
     code, _, err = tool.stop()
     assert code == 130, err
+
+
+def test_verbose_wall_clock_rows_show_length_and_device(netpair: NetPair, start_tool) -> None:
+    tool = start_tool("ipftrace", *TRACEPOINT, "-l4", "ICMP", "-d4", netpair.addr_b4, "--count", "1", "-v",
+                      "--time", "wall", "--timeout", "60", env={"NO_COLOR": ""})
+    netpair.ping_b(count=3)
+    code, out, err = tool.finish()
+    assert code == 0, err
+    lines = out.rstrip("\n").splitlines()
+    assert lines[1].split() == ["Time", "Stamp", "Δ", "µs", "Function", "Len", "Device"]
+    rows = [line.split() for line in lines[2:] if re.match(r"\d\d:\d\d:\d\d\.\d{6} ", line)]
+    assert len(rows) >= 3 and "\x1b[" not in out  # piped: no colour
+    assert all(row[-2].isdigit() and int(row[-2]) >= 28 for row in rows)  # an ICMP echo is at least 28 bytes
+    devices = {row[-1] for row in rows}  # names read in the kernel (netdev module), not resolved here
+    assert devices <= {netpair.veth_a, netpair.veth_b, "-"} and netpair.veth_b in devices, devices

@@ -105,8 +105,8 @@ def test_gso_on_a_bulk_transfer_shows_segments_on_transmit_in_json_and_text(netp
     assert len(blocks) == 40
     head, columns = blocks[0].splitlines()[:2]
     assert re.fullmatch(rf"TCP\t{re.escape(netpair.addr_a4)}:\d+\t->\t{re.escape(netpair.addr_b4)}:{port}", head)
-    assert re.fullmatch(r"\s+Time Stamp  Function\s+Custom Data", columns)
-    row = re.compile(r"\s*\d+  (\S+)\s+\(len: (\d+) gso_size: (\d+) gso_segs: (\d+) gso_type: ([A-Z0-9_|x]*)\)")
+    assert re.fullmatch(r"\s+Time Stamp        Δ µs  Function\s+Custom Data", columns)
+    row = re.compile(r"\s*\d+\s+(?:\+\d+\.\d{3})?  (\S+)\s+\(len: (\d+) gso_size: (\d+) gso_segs: (\d+) gso_type: ([A-Z0-9_|x]*)\)")
     lines = [line for block in blocks for line in block.splitlines()[2:]
              if line[:1] != "(" and not line.startswith("DROPPED at ")]  # how a path ended
     rows = [row.fullmatch(line) for line in lines]

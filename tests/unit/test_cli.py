@@ -19,6 +19,22 @@ from ipftrace_exporter.cli import exporter_cli, ipftrace_cli, run_command
     (["-b", "ebpf"], "'ebpf' is not one of"),
     (["-n", "0"], "0 is not in the range"),
     (["-m", "nosuchmodule"], "nosuchmodule"),
+    (["-iv", "4", "-l4", "icmpv6"], "l4proto ICMPv6 never matches IPv4 packets"),
+    (["-iv", "6", "-l4", "icmp"], "l4proto ICMP never matches IPv6 packets"),
+    (["-d6", "fd00::1", "-l4", "1"], "l4proto ICMP never matches IPv6 packets"),
+    (["-d4", ""], "--daddr4 is empty"),
+    (["-s6", " "], "--saddr6 is empty"),
+    (["-l4", ""], "--l4proto is empty"),
+    (["-dp", ""], "--dport is empty"),
+    (["--ready-file", "/nonexistent-dir/ready"], "directory '/nonexistent-dir' does not exist"),
+    (["--ready-file", "/"], "is a directory"),
+    (["--", "ether host 01:02:03:04:05:06"], "link-layer"),
+    (["--", "tcp and"], "pcap filter 'tcp and': can't parse filter expression: syntax error"),
+    (["--"], "pcap filter is empty"),
+    (["-l4", "tcp", "--", "vlan"], "no VLAN support for Raw IP"),
+    (["--ifname", ""], "--ifname is empty"),
+    (["--ifname", "a b"], "not a device name"),
+    (["--netns", "/nonexistent"], "--netns '/nonexistent': cannot read /nonexistent"),
 ])
 def test_ipftrace_bad_input_is_one_line_and_exit_2(args: list[str], message: str,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
@@ -57,3 +73,27 @@ def test_help_lists_the_seed_flags(capsys: pytest.CaptureFixture[str]) -> None:
                  "-d6, --daddr6", "-sp, --sport", "-dp, --dport", "-m, --module", "-l, --list", "-b, --backend",
                  "-n, --count", "-t, --timeout", "-o, --output", "--ready-file"):
         assert flag in out
+
+
+def test_short_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from ipftrace_exporter import __version__
+
+    assert run_command("ipftrace", ipftrace_cli, ["-h"]) == 0
+    assert "pcap-filter expression after `--`" in capsys.readouterr().out
+    assert run_command("ipftrace", ipftrace_cli, ["--version"]) == 0
+    assert capsys.readouterr().out == f"ipftrace {__version__}\n"
+
+
+def test_words_after_double_dash_are_one_pcap_filter_and_the_manifest_stays_positional() -> None:
+    ctx = ipftrace_cli.make_context("ipftrace", ["-l4", "tcp", "m.yaml", "--", "dst", "port", "443"])
+    assert ctx.meta["pcap_filter"] == "dst port 443"
+    assert ctx.params["manifest_file"] == "m.yaml" and ctx.params["l4proto"] == "tcp"
+    assert "pcap_filter" not in ipftrace_cli.make_context("ipftrace", ["-l4", "tcp"]).meta
+
+
+def test_flags_and_filter_make_one_flow() -> None:
+    from ipftrace_exporter.cli import _flow_from_flags
+
+    flow = _flow_from_flags("4", "tcp", None, "10.0.0.0/8", None, None, None, "443", "tcp[tcpflags] & tcp-syn != 0")
+    assert flow.pcap is not None and flow.pcap.expression == "tcp[tcpflags] & tcp-syn != 0"
+    assert "filter 'tcp[tcpflags] & tcp-syn != 0'" in flow.describe()

@@ -283,7 +283,7 @@ def test_unnamed_flows_get_distinct_names():
             "flows: [web]",
             (
                 'config.yaml: flows[0]: "web": must be a mapping of flow keys '
-                "(name, ipversion, l4proto, saddr, daddr, sport, dport)"
+                "(name, ipversion, l4proto, saddr, daddr, sport, dport, filter, ifname, netns)"
             ),
         ),
         ("flows: [{name: a, port: 80}]", 'config.yaml: flows[0]: unknown key "port" (did you mean "sport"?)'),
@@ -309,6 +309,16 @@ def test_unnamed_flows_get_distinct_names():
         (
             "flows: [{saddr: 10.0.0.0/8, daddr: 'fd00::/8'}]",
             "config.yaml: flows[0]: saddr and daddr are of different IP versions",
+        ),
+        (
+            "flows: [{name: web, filter: 'tcp and'}]",
+            "config.yaml: flows[0].filter: \"tcp and\": can't parse filter expression: syntax error",
+        ),
+        ("flows: [{filter: 443}]", "config.yaml: flows[0].filter: 443: must be a pcap-filter expression (a string)"),
+        ("flows: [{filter: ''}]", 'config.yaml: flows[0].filter: "": pcap filter is empty'),
+        (
+            "flows: [{ipversion: 6, l4proto: icmp}]",
+            "config.yaml: flows[0].l4proto: ICMP never matches IPv6 packets",
         ),
         (
             "- flows",
@@ -506,3 +516,23 @@ def test_config_checks_itself_when_built_directly():
         Config(flows=())
     with pytest.raises(ConfigError, match="backend"):
         Config(flows=(FlowSpec(),), backend="ebpf")
+
+
+def test_a_flow_filter_is_compiled_and_shown_in_the_plan():
+    from ipftrace_exporter.config import parse_config
+
+    config = parse_config("flows: [{name: web, l4proto: tcp, filter: 'dst port 443 and greater 100'}]", "config.yaml")
+    (flow,) = config.flows
+    assert flow.pcap is not None and flow.pcap.insns
+    assert "  web: any-ip TCP filter 'dst port 443 and greater 100'" in config.describe()
+
+
+def test_a_flow_can_name_its_device_and_namespace():
+    import os
+
+    from ipftrace_exporter.config import parse_config
+
+    config = parse_config("flows: [{name: pod, ifname: eth0, netns: /proc/self/ns/net}]", "config.yaml")
+    (flow,) = config.flows
+    assert flow.ifname == "eth0" and flow.netns == os.stat("/proc/self/ns/net").st_ino
+    assert error_of("flows: [{ifname: 'a/b'}]").startswith('config.yaml: flows[0].ifname: "a/b": not a device name')

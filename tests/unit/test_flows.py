@@ -69,3 +69,44 @@ def test_bad_flow_values_raise_one_line_usage_errors(raw: dict, message: str) ->
 def test_any_and_names_are_case_insensitive() -> None:
     flow = flow_from_mapping({"ipversion": "any", "l4proto": "IcMp", "sport": "any"})
     assert (flow.ipversion, flow.l4proto, flow.sport) == (0, 1, None)
+
+
+def test_ifname_and_netns_become_name_words_and_an_inode_compared_at_first_match(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from ipftrace_exporter.flows import where_function
+
+    flow = flow_from_mapping({"name": "b", "ifname": "veth0", "netns": "net:[4026532177]"})
+    assert flow.describe() == "b: any-ip any-l4 on veth0 in netns 4026532177"
+    text = where_function([FlowSpec(name="any"), flow])
+    assert "if (flow == 1) return dev != 0 && name[0] == 0x0000003068746576ULL && name[1] == 0x0000000000000000ULL" \
+        " && inum == 4026532177U; /* flow 1 */" in text
+    assert "flow == 0" not in text and text.rstrip().endswith("return 1;\n}")
+    assert "veth0" not in text
+    plain = where_function([FlowSpec()])
+    assert "return 1;" in plain and "bpf_probe_read_kernel" not in plain
+
+
+def test_netns_from_a_path_a_pid_or_an_inode() -> None:
+    import os
+
+    from ipftrace_exporter.flows import parse_netns
+
+    own = os.stat("/proc/self/ns/net").st_ino
+    assert parse_netns("/proc/self/ns/net") == own
+    assert parse_netns(str(os.getpid())) == own
+    assert parse_netns(own) == own and parse_netns(f"net:[{own}]") == own
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ({"ifname": "a/b"}, "not a device name"),
+    ({"ifname": "x" * 16}, "not a device name"),
+    ({"ifname": ""}, "not a device name"),
+    ({"ifname": 7}, "must be a device name"),
+    ({"netns": "/nonexistent/ns"}, "cannot read /nonexistent/ns"),
+    ({"netns": "99999999"}, "cannot read /proc/99999999/ns/net"),
+    ({"netns": "/etc/hostname"}, "is not a namespace file"),
+    ({"netns": 2**33}, "not a namespace inode number"),
+    ({"netns": ""}, "netns is empty"),
+])
+def test_bad_device_and_namespace_values(raw: dict, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        flow_from_mapping(raw)

@@ -73,6 +73,7 @@ BAD = [
     ("functions:\n  - skb_pos: 1\n", "line 2: functions[0]: missing 'name'"),
     ("functions:\n  - name: ip rcv\n    skb_pos: 1\n", "name 'ip rcv' is not a kernel function name"),
     ("functions:\n  - name: 42\n    skb_pos: 1\n", "name 42 is not a kernel function name"),
+    ('functions:\n  - {name: "ip_rcv\\n", skb_pos: 1}\n', "name 'ip_rcv\\n' is not a kernel function name"),
     ("functions:\n  - name: ip_rcv\n", "functions[0] (ip_rcv): missing 'skb_pos'"),
     ("functions:\n  - name: ip_rcv\n    skb_pos: 0\n", "functions[0] (ip_rcv): skb_pos must be an integer 1-5, got 0"),
     ("functions:\n  - name: ip_rcv\n    skb_pos: 6\n", "skb_pos must be an integer 1-5, got 6"),
@@ -263,3 +264,12 @@ def test_discover_on_this_kernel(kernel) -> None:  # type: ignore[no-untyped-def
     assert not any(name.startswith("__bpf_trace_") for name in by_name)
     assert [spec.name for spec in found] == sorted(by_name)
     assert len(found) > 500
+
+
+def test_a_missing_function_is_warned_once_however_often_it_is_planned(caplog: pytest.LogCaptureFixture) -> None:
+    manifest = manifest_of(FunctionSpec("ipft_gone", 1))
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):  # -l, then one plan per backend tried
+            assert reconcile(manifest, FakeBtf({"ip_rcv": 1}), None).missing == ["ipft_gone"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "manifest test.yaml: ipft_gone is not in this kernel's BTF; skipped"]

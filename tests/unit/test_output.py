@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import io
 import json
+import re
 
-from ipftrace_exporter.output import PathFormatter
+import pytest
+
+from ipftrace_exporter.output import PathFormatter, TextStyle, use_colour
 from ipftrace_exporter.paths import PathAssembler, PathLimits
 
 from .helpers import CONSUME, DROP, IP_RCV, PROBES, RECEIVE, event
@@ -23,11 +27,11 @@ def one_path(events):  # type: ignore[no-untyped-def]
 
 
 def test_text_has_the_seed_shape() -> None:
-    path = one_path([event(495406078818070, RECEIVE, first=True, src="10.0.1.10", dst="10.0.1.20"),
+    path = one_path([event(495406078818070, RECEIVE, first=True, src="10.0.1.10", dst="10.0.1.20", sport=8),
                      event(495406078929728, IP_RCV), event(495406078949359, CONSUME)])
     text = PathFormatter(PROBES, ["default"]).format(path, "text")
     assert text == (
-        "ICMP\t10.0.1.10\t->\t10.0.1.20\n"
+        "ICMP\t10.0.1.10\t->\t10.0.1.20\techo-request (type 8 code 0)\n"
         "     Time Stamp  Function\n"
         "495406078818070  net:netif_receive_skb\n"
         "495406078929728  ip_rcv\n"
@@ -58,3 +62,60 @@ def test_json_is_one_object_per_line() -> None:
     assert record["flow"] == "udp-flow" and record["outcome"] == "dropped" and record["dport"] == 9
     assert record["drop"] == {"reason": "NO_SOCKET", "function": "__udp4_lib_rcv", "probe": "skb:kfree_skb"}
     assert [e["function"] for e in record["events"]] == ["net:netif_receive_skb", "skb:kfree_skb"]
+
+
+def _three_steps():  # type: ignore[no-untyped-def]
+    return one_path([event(1_000_000, RECEIVE, first=True, sport=3, dport=3), event(1_012_345, IP_RCV),
+                     event(1_012_500, DROP, reason=3)])
+
+
+def test_delta_column_says_microseconds_since_the_previous_step() -> None:
+    lines = PathFormatter(PROBES, ["default"], style=TextStyle(delta=True)).text(_three_steps()).splitlines()
+    assert lines[0] == "ICMP\t10.0.0.1\t->\t10.0.0.2\tdest-unreachable (type 3 code 3)"
+    assert lines[1] == "     Time Stamp        Δ µs  Function"
+    assert lines[2] == "        1000000              net:netif_receive_skb"
+    assert lines[3] == "        1012345     +12.345  ip_rcv"
+    assert lines[4] == "        1012500      +0.155  skb:kfree_skb"
+
+
+def test_verbose_rows_show_length_and_device() -> None:
+    style = TextStyle(verbose=True, device=lambda event: f"{event.ifindex}:veth0")
+    lines = PathFormatter(PROBES, ["default"], style=style).text(_three_steps()).splitlines()
+    assert lines[1] == "     Time Stamp  Function                 Len  Device"
+    assert lines[2] == "        1000000  net:netif_receive_skb     84  2:veth0"
+
+
+def test_wall_clock_time_of_day() -> None:
+    from datetime import datetime
+
+    offset = int(datetime(2026, 12, 1, 22, 30, 5).timestamp() * 1e9) - 1_000_000
+    lines = PathFormatter(PROBES, ["default"], style=TextStyle(wall_offset_ns=offset)).text(_three_steps())
+    assert lines.splitlines()[2] == "22:30:05.000000  net:netif_receive_skb"
+    assert lines.splitlines()[3] == "22:30:05.000012  ip_rcv"
+
+
+def test_colour_marks_the_flow_line_and_the_drop_only_when_asked() -> None:
+    plain = PathFormatter(PROBES, ["default"]).text(_three_steps())
+    coloured = PathFormatter(PROBES, ["default"], style=TextStyle(colour=True)).text(_three_steps())
+    assert "\x1b[" not in plain
+    assert coloured.splitlines()[0].startswith("\x1b[1mICMP") and "\x1b[31mDROPPED" in coloured
+    assert re.sub(r"\x1b\[[0-9;]*m", "", coloured) == plain
+
+
+def test_colour_is_off_when_piped_or_with_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert use_colour(Tty()) and not use_colour(io.StringIO())
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not use_colour(Tty())
+
+
+def test_json_adds_icmp_type_and_code_and_keeps_ports_null() -> None:
+    record = json.loads(PathFormatter(PROBES, ["default"]).json(_three_steps()))
+    assert record["icmp"] == {"type": 3, "code": 3, "name": "dest-unreachable"}
+    assert record["sport"] is None and record["dport"] is None
+    udp = one_path([event(1, RECEIVE, first=True, proto=17, sport=5, dport=9), event(2, CONSUME)])
+    assert json.loads(PathFormatter(PROBES, ["default"]).json(udp))["icmp"] is None

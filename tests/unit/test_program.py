@@ -133,3 +133,13 @@ def test_verify_report_finds_the_check_of_a_probe_by_its_entry_point() -> None:
     assert report.for_source(first).status == LOADED  # type: ignore[union-attr]
     assert [check.entry for check in report.rejected] == ["ipft_kprobe_arg2"]
     assert [check.ok for check in report.by_kind(ProbeKind.KFUNC)] == [True]
+
+
+def test_the_c_side_knows_the_same_icmp_protocols_as_python() -> None:
+    import re as _re
+
+    from ipftrace_exporter.program import bpf_source
+    from ipftrace_exporter.protocols import ICMP_PROTOCOLS
+
+    (body,) = _re.findall(r"#define IPFT_IS_ICMP\(l4proto\) \((.*)\)", bpf_source())
+    assert {int(n) for n in _re.findall(r"\(l4proto\) == (\d+)", body)} == ICMP_PROTOCOLS

@@ -17,7 +17,14 @@ from ipftrace_exporter import cli
 from ipftrace_exporter.config import COLLECTOR_KEYS, OTLP_KEYS, PATHS_KEYS, parse_config
 from ipftrace_exporter.errors import ConfigError, UsageError
 from ipftrace_exporter.events import FLAG_GAP, FLAG_PREV_LOST
-from ipftrace_exporter.flows import FLOW_KEYS, FlowSpec, filter_function, flow_from_mapping
+from ipftrace_exporter.flows import (
+    FLOW_KEYS,
+    PCAP_LENGTHS,
+    FlowSpec,
+    filter_function,
+    flow_from_mapping,
+    where_function,
+)
 from ipftrace_exporter.manifest import parse_manifest
 from ipftrace_exporter.paths import PathAssembler, PathLimits
 from ipftrace_exporter.probes import Probe, ProbeKind, ProbeRole
@@ -168,8 +175,14 @@ _TERM = re.compile(
     r"|\(t->[sd]addr\[[0-3]\] & 0x[0-9a-f]{8}U\) == 0x[0-9a-f]{8}U"
     r"|t->has_ports && t->[sd]port == \d+"
 )
-_LINE = re.compile(r"    if \((?P<terms>.+)\) return \d+; /\* flow \d+ \*/")
-_FIXED_LINES = ("static __always_inline int ipft_match_flow(const struct ipft_tuple *t)", "{", "    return -1;", "}")
+_LINE = re.compile(r"    if \((?P<terms>.+?)(?: && ipft_pcap_\d+\(l3, len, caplen\))?\) return \d+; /\* flow \d+ \*/")
+_FIXED_LINES = ("static __always_inline int ipft_match_flow(const struct ipft_tuple *t, struct sk_buff *skb,",
+                "                                          const unsigned char *data, const unsigned char *l3)",
+                "{", "    (void)skb; (void)data; (void)l3;", "    u32 len = 0, caplen = 0;",
+                "    ipft_pcap_lengths(skb, data, l3, &len, &caplen);", "    return -1;", "}")
+# The translated pcap filter: fixed words of the translator around numbers, never the expression's text.
+_PCAP_WORDS = {"static", "__always_inline", "int", "const", "unsigned", "char", "pkt", "u32", "len", "caplen", "A",
+               "X", "M", "b", "u8", "u64", "return", "if", "goto", "bpf_probe_read_kernel", "void", "ULL", "U"}
 
 hostile = st.one_of(
     st.text(max_size=40),
@@ -179,10 +192,17 @@ hostile = st.one_of(
 )
 
 
+_WHERE = re.compile(r"    if \(flow == 0\) return dev != 0(?: && name\[[01]\] == 0x[0-9a-f]{16}ULL)*(?: && inum == \d+U)?;"
+                    r" /\* flow 0 \*/")
 _CONDITION = re.compile(rf"(?:{_TERM.pattern})(?: && (?:{_TERM.pattern}))*")
 
 
 def _check_filter_text(text: str) -> None:
+    if PCAP_LENGTHS in text:
+        pcap, text = text.split(PCAP_LENGTHS)
+        words = set(re.findall(r"[A-Za-z_][A-Za-z_0-9]*", re.sub(r"\b(?:0x)?[0-9a-f]+(?:ULL|U)?\b", " ", pcap)))
+        assert words <= _PCAP_WORDS | {"ipft_pcap_0"} | {f"L{i}" for i in range(600)}, words - _PCAP_WORDS
+        text = text.lstrip("\n")
     for line in text.splitlines():
         if line in _FIXED_LINES:
             continue
@@ -194,6 +214,8 @@ def _check_filter_text(text: str) -> None:
 @SETTINGS
 @given(st.dictionaries(st.sampled_from(FLOW_KEYS), hostile, max_size=len(FLOW_KEYS)))
 @example({"dport": "²"})
+@example({"filter": "tcp and port 1", "l4proto": "tcp"})
+@example({"ifname": "0", "netns": "4026531840"})
 def test_flow_values_reach_the_bpf_filter_only_as_validated_numbers(raw: dict) -> None:
     try:
         flow = flow_from_mapping(raw)
@@ -203,10 +225,16 @@ def test_flow_values_reach_the_bpf_filter_only_as_validated_numbers(raw: dict) -
     _check_filter_text(text)
     source = ProbeSource(Probe(0, "net:netif_receive_skb", ProbeKind.TRACEPOINT, 1, ProbeRole.STEP),
                          "netif_receive_skb", 0)
+    where = where_function([flow])
+    for line in where.splitlines():  # fixed lines of where_function, or a comparison of numbers
+        fixed = where_function([FlowSpec(ifname="x", netns=2**32 - 1)]) + where_function([FlowSpec()])
+        assert line in fixed.splitlines() or _WHERE.fullmatch(line), line
     program = render([source], [flow]).text
-    plain = render([source], [FlowSpec(name=flow.name)]).text
-    # The whole program differs from a match-everything flow's only inside the filter function.
-    assert program.replace(text, "") == plain.replace(filter_function([FlowSpec(name=flow.name)]), "")
+    plain_flow = FlowSpec(name=flow.name)
+    plain = render([source], [plain_flow]).text
+    # The whole program differs from a match-everything flow's only inside the filter functions.
+    assert program.replace(text, "").replace(where, "") == \
+        plain.replace(filter_function([plain_flow]), "").replace(where_function([plain_flow]), "")
 
 
 # ---- lost events never merge two packets into one path ---------------------------------------------------------
