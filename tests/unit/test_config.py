@@ -201,10 +201,10 @@ def test_unnamed_flows_get_distinct_names():
             'config.yaml: paths: unknown key "idle_timout" (did you mean "idle_timeout"?)',
         ),
         ("paths: {idle_timeout: 0}", "config.yaml: paths.idle_timeout: 0: must be positive"),
-        ("paths: {max_events: 0}", "config.yaml: paths.max_events: 0: must be a positive integer"),
+        ("paths: {max_events: 0}", "config.yaml: paths.max_events: 0: must be an integer from 1 to 65536"),
         (
             "paths: {max_inflight: many}",
-            'config.yaml: paths.max_inflight: "many": must be a positive integer',
+            'config.yaml: paths.max_inflight: "many": must be an integer from 1 to 1048576',
         ),
         (
             "paths: [1]",
@@ -365,7 +365,7 @@ def test_load_config_names_the_file(tmp_path):
     assert (config.metrics.host, config.metrics.port) == ("::", 9436)
     assert config.source == str(path)
     path.write_text("paths: {max_events: -1}\n")
-    with pytest.raises(ConfigError, match=rf"^{path}: paths\.max_events: -1: must be a positive integer$"):
+    with pytest.raises(ConfigError, match=rf"^{path}: paths\.max_events: -1: must be an integer from 1 to 65536$"):
         load_config(path)
 
 
