@@ -62,7 +62,8 @@ MAX_MODULES = 16
 
 TOP_KEYS = ("flows", "backend", "manifest", "modules", "paths", "traces", "metrics", "collector")
 PATHS_KEYS = ("idle_timeout", "max_events", "max_inflight")
-TRACES_KEYS = ("sample_ratio", "otlp")
+TRACES_KEYS = ("sample_ratio", "otlp", "attributes")
+TRACE_ATTRIBUTE_KEYS = ("skb_address",)
 OTLP_KEYS = ("endpoint", "protocol", "timeout", "headers")
 METRICS_KEYS = ("address",)
 COLLECTOR_KEYS = ("ring_buffer_pages",)
@@ -111,11 +112,21 @@ class OtlpConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TraceAttributesConfig:
+    """`traces.attributes`: optional span attributes. `skb_address` sends the skb's kernel address
+    (`ipftrace.skb`): useful to match a path with other kernel tooling, but a heap pointer helps defeat KASLR
+    for whoever can read the traces, so it is off by default."""
+
+    skb_address: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class TracesConfig:
-    """`traces`: the in-kernel per-packet sampling ratio and where spans go."""
+    """`traces`: the in-kernel per-packet sampling ratio, where spans go and which optional attributes they carry."""
 
     sample_ratio: float = 1.0
     otlp: OtlpConfig = field(default_factory=OtlpConfig)
+    attributes: TraceAttributesConfig = field(default_factory=TraceAttributesConfig)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sample_ratio <= 1.0:
@@ -192,7 +203,8 @@ class Config:
             f"max_events {self.paths.max_events}, "
             f"max_inflight {self.paths.max_inflight}"
         )
-        lines.append(f"traces: sample_ratio {self.traces.sample_ratio:g}")
+        lines.append(f"traces: sample_ratio {self.traces.sample_ratio:g}, "
+                     f"skb_address {'on' if self.traces.attributes.skb_address else 'off'}")
         lines.append(
             "traces.otlp: "
             + ", ".join(
@@ -458,6 +470,12 @@ def _traces(raw: Any, base: TracesConfig) -> TracesConfig:
         changes["sample_ratio"] = float(ratio)
     if section.get("otlp") is not None:
         changes["otlp"] = _otlp(section["otlp"], base.otlp)
+    if section.get("attributes") is not None:
+        attributes = _section(section["attributes"], "traces.attributes", TRACE_ATTRIBUTE_KEYS)
+        skb_address = attributes.get("skb_address", base.attributes.skb_address)
+        if not isinstance(skb_address, bool):
+            raise _Invalid("traces.attributes.skb_address", f"{_show(skb_address)}: must be true or false")
+        changes["attributes"] = TraceAttributesConfig(skb_address=skb_address)
     return dataclasses.replace(base, **changes)
 
 

@@ -14,7 +14,7 @@ from .errors import KernelError
 from .httpserver import Heartbeat, HttpServer
 from .metrics import ExporterMetrics, KernelCounters
 from .modules import LoadedModule, ModuleContext, event_attributes, load_modules
-from .otlp import DROP_REASONS, OtlpSink
+from .otlp import DROP_REASONS, OtlpSettings, OtlpSink
 from .paths import SkbPath
 from .program import ProgramOptions
 from .spans import SpanEncoder, WallClock, resource_attributes
@@ -23,7 +23,6 @@ from .tracer import KernelView, Tracer, TraceRequest, choose_backend, plan_probe
 log = logging.getLogger(__name__)
 
 POLL_MS = 100
-SHUTDOWN_FLUSH_S = 5.0
 
 
 def trace_request(config: Config, modules: tuple[LoadedModule, ...] = ()) -> TraceRequest:
@@ -45,8 +44,16 @@ def load_config_modules(config: Config, view: KernelView | None = None) -> tuple
     return tuple(load_modules(config.modules, context))
 
 
+def otlp_settings(config: Config) -> OtlpSettings:
+    """Where spans go: `traces.otlp` over the OTEL_* environment. ConfigError (one line) for a bad value, an
+    unsupported OTEL_TRACES_EXPORTER or an unreadable TLS file: raised before anything attaches."""
+    otlp = config.traces.otlp
+    return OtlpSettings.resolve(otlp.endpoint, otlp.protocol, otlp.timeout_s, otlp.headers)
+
+
 def check(config: Config, cache_dir: str | None = None) -> list[str]:
     """Validate, plan and compile without attaching; the lines to print."""
+    settings = otlp_settings(config)
     view = KernelView()
     modules = load_config_modules(config, view)
     request = trace_request(config, modules)
@@ -59,6 +66,10 @@ def check(config: Config, cache_dir: str | None = None) -> list[str]:
     finally:
         collector.close()
     lines = config.describe()
+    if settings.enabled:
+        lines.append(f"spans: OTLP {settings.protocol} to {settings.endpoint}, timeout {settings.timeout_s:g}s")
+    else:
+        lines.append(f"spans: not exported ({settings.off_reason})")
     lines.append(f"plan: backend {plan.backend} ({config.backend} requested), {len(plan.sources)} probes, "
                  f"{len(plan.missing)} manifest functions missing; the program compiles")
     lines += [f"  {source.probe.name} ({source.probe.kind.value}, skb arg {source.skb_arg + 1}, "
@@ -74,6 +85,7 @@ class Daemon:
     def __init__(self, config: Config, ready_file: Path | None = None, cache_dir: str | None = None) -> None:
         self.config = config
         self.ready_file = ready_file
+        self.otlp = otlp_settings(config)
         view = KernelView()
         self.modules = load_config_modules(config, view)
         self.request = trace_request(config, self.modules)
@@ -116,15 +128,13 @@ class Daemon:
         return 0
 
     def _start_sink(self) -> None:
-        otlp = self.config.traces.otlp
+        if not self.otlp.enabled:
+            log.info("%s: spans are not exported", self.otlp.off_reason)
+            return
         encoder = SpanEncoder(self.tracer.probes, list(self.config.flow_names), WallClock(), resource_attributes(),
-                              event_attributes=event_attributes(self.modules) if self.modules else None)
-        sink = OtlpSink(encoder, endpoint=otlp.endpoint, protocol=otlp.protocol, timeout_s=otlp.timeout_s,
-                        headers=otlp.headers)
-        if sink.enabled:
-            self.sink = sink
-        else:
-            log.info("no OTLP endpoint (traces.otlp.endpoint / OTEL_EXPORTER_OTLP_ENDPOINT): spans are not exported")
+                              event_attributes=event_attributes(self.modules) if self.modules else None,
+                              skb_address=self.config.traces.attributes.skb_address)
+        self.sink = OtlpSink(encoder, settings=self.otlp)
 
     def _write_ready(self) -> None:
         if self.ready_file is not None:
@@ -155,7 +165,7 @@ class Daemon:
         finally:
             self.metrics.collector.set_kernel(None)
             if self.sink is not None:
-                self.sink.shutdown(SHUTDOWN_FLUSH_S)
+                self.sink.shutdown()  # bounded by traces.otlp.timeout
                 log.debug("spans exported %d, dropped %s", self.sink.exported, dict(self.sink.dropped))
             self.server.close()
         log.info("stopped: probes detached, spans flushed in %.1fs", time.monotonic() - started)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import logging
 import os
 import threading
 from typing import NamedTuple
@@ -10,6 +11,9 @@ from typing import NamedTuple
 from ipftrace_exporter.errors import KernelError
 
 DEFAULT_PATH = "/proc/kallsyms"
+HIDDEN_NAME = "unknown"  # what an address resolves to when kallsyms hides addresses (never the raw pointer)
+
+log = logging.getLogger(__name__)
 
 _TEXT_TYPES = frozenset("tTwW")
 # Markers that end a text region: an address at or after one (and before the next function) is in no function.
@@ -97,6 +101,9 @@ class KernelSymbols:
         self._names = names
         self._zeroed = not nonzero
         self._loaded = True
+        if self._zeroed and names:
+            log.warning("%s lists every address as 0 (kernel.kptr_restrict; grant CAP_SYSLOG): the functions that "
+                        "dropped packets cannot be named and are labelled %r", self._path, HIDDEN_NAME)
 
     @property
     def addresses_hidden(self) -> bool:
@@ -118,9 +125,13 @@ class KernelSymbols:
         return Symbol(name, address - self._addresses[index], module)
 
     def function_name(self, address: int) -> str:
-        """Name of the text symbol containing `address`; "0x..." hex when unknown or addresses are hidden."""
+        """Name of the text symbol containing `address`; "0x..." hex when unknown; HIDDEN_NAME when kallsyms hides
+        addresses (a raw kernel address in a metric label or span would help whoever reads it defeat KASLR, and
+        without CAP_SYSLOG the reader is not meant to learn it)."""
         symbol = self.resolve(address)
-        return symbol.name if symbol is not None else f"0x{address:x}"
+        if symbol is not None:
+            return symbol.name
+        return HIDDEN_NAME if self._zeroed else f"0x{address:x}"
 
     def module_of(self, name: str) -> str | None:
         """The module defining text symbol `name` ('' for vmlinux), or None when not a text symbol."""

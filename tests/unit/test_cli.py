@@ -57,3 +57,19 @@ def test_help_lists_the_seed_flags(capsys: pytest.CaptureFixture[str]) -> None:
                  "-d6, --daddr6", "-sp, --sport", "-dp, --dport", "-m, --module", "-l, --list", "-b, --backend",
                  "-n, --count", "-t, --timeout", "-o, --output", "--ready-file"):
         assert flag in out
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"OTEL_EXPORTER_OTLP_CERTIFICATE": "/nonexistent/ca.pem"},
+     "OTEL_EXPORTER_OTLP_CERTIFICATE: cannot read '/nonexistent/ca.pem': No such file or directory"),
+    ({"OTEL_TRACES_EXPORTER": "zipkin"}, "OTEL_TRACES_EXPORTER: 'zipkin' is not supported"),
+])
+def test_exporter_bad_otel_environment_is_one_line_before_anything_compiles(
+        env: dict[str, str], message: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector.invalid:4317")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert run_command("ipftrace-exporter", exporter_cli, ["--check"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 import textwrap
 
 import pytest
@@ -499,3 +500,27 @@ def test_config_checks_itself_when_built_directly():
         Config(flows=())
     with pytest.raises(ConfigError, match="backend"):
         Config(flows=(FlowSpec(),), backend="ebpf")
+
+
+def test_skb_address_attribute_is_off_by_default_and_on_when_asked() -> None:
+    assert default_config().traces.attributes.skb_address is False
+    assert parse_config("traces: {attributes: {skb_address: true}}\n").traces.attributes.skb_address is True
+    with pytest.raises(ConfigError, match=r"traces\.attributes\.skb_address: \"yes please\": must be true or false"):
+        parse_config("traces: {attributes: {skb_address: yes please}}\n", "config.yaml")
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("paths: {max_events: 65537}", "paths.max_events"),
+    ("paths: {max_inflight: 1048577}", "paths.max_inflight"),
+    ("paths: {idle_timeout: 2h}", "paths.idle_timeout"),
+    ("traces: {otlp: {timeout: 6m}}", "traces.otlp.timeout"),
+    ("modules: [" + ", ".join(f"m{i}" for i in range(17)) + "]", "modules"),
+])
+def test_numbers_and_lists_past_their_key_range_name_the_key(text: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^config\.yaml: {re.escape(key)}: "):
+        parse_config(text, "config.yaml")
+
+
+def test_range_edges_are_accepted() -> None:
+    config = parse_config("paths: {max_events: 65536, max_inflight: 1048576, idle_timeout: 1h}\n")
+    assert (config.paths.max_events, config.paths.max_inflight) == (65536, 1048576)
