@@ -15,6 +15,7 @@ import click
 
 from .errors import AttachError, IpftraceError, UsageError
 from .flows import FlowSpec, parse_ipversion, parse_l4proto, parse_network, parse_port
+from .fsutil import write_file_atomic
 from .output import PathFormatter
 from .program import ProgramOptions
 from .tracer import BACKENDS, KernelView, Tracer, TraceRequest
@@ -57,12 +58,9 @@ def setup_logging(level: str, prog: str) -> None:
 
 
 def write_ready_file(path: Path | None) -> None:
-    """Write the ready file (atomically) once probes are attached."""
-    if path is None:
-        return
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text("ready\n")
-    temporary.replace(path)
+    """Write the ready file once probes are attached: atomically, never through a symlink (fsutil)."""
+    if path is not None:
+        write_file_atomic(path, b"ready\n")
 
 
 def one_line(text: str) -> str:
@@ -124,6 +122,8 @@ def _flow_from_flags(ipversion: str, l4proto: str, saddr4: str | None, daddr4: s
 @click.option("-sp", "--sport", help="Specify source port number")
 @click.option("-dp", "--dport", help="Specify destination port number")
 @click.option("-m", "--module", "modules", multiple=True, help="Specify custom match module name (repeatable)")
+@click.option("--module-dir", "module_dirs", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory of module files: -m NAME loads NAME.py from it (repeatable; root-owned only)")
 @click.option("-l", "--list", "list_only", is_flag=True, help="List available functions")
 @click.option("-b", "--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
               help="Probe backend")
@@ -138,7 +138,7 @@ def _flow_from_flags(ipversion: str, l4proto: str, saddr4: str | None, daddr4: s
 @click.argument("manifest_file", required=False, type=click.Path(dir_okay=False))
 def ipftrace_cli(ipversion: str, l4proto: str, saddr4: str | None, daddr4: str | None, saddr6: str | None,
                  daddr6: str | None, sport: str | None, dport: str | None, modules: tuple[str, ...],
-                 list_only: bool, backend: str, count: int | None, timeout: float | None, output: str,
+                 module_dirs: tuple[Path, ...], list_only: bool, backend: str, count: int | None, timeout: float | None, output: str,
                  ready_file: Path | None, log_level: str, manifest_file: str | None) -> int:
     """Function tracer for Linux networking code with flow based filtering."""
     setup_logging(log_level, "ipftrace")
@@ -150,7 +150,7 @@ def ipftrace_cli(ipversion: str, l4proto: str, saddr4: str | None, daddr4: str |
     from .modules import ModuleContext, load_modules
 
     view = KernelView()
-    loaded = load_modules(modules, ModuleContext(btf=lambda: view.btf)) if modules else []
+    loaded = load_modules(modules, ModuleContext(btf=lambda: view.btf), module_dirs) if modules else []
     request = TraceRequest(flows=(flow,), backend=backend, manifest=manifest_file,
                            options=ProgramOptions(), modules=tuple(m.code for m in loaded))
     if list_only:
@@ -274,10 +274,12 @@ def ipftrace_main(argv: Sequence[str] | None = None) -> None:
 @click.option("--metrics-address", metavar="HOST:PORT", help="Override metrics.address")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Write this file once probes are attached")
+@click.option("--module-dir", "module_dirs", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory of module files: `modules: [NAME]` loads NAME.py from it (repeatable; root-owned only)")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
               default="info", show_default=True)
 def exporter_cli(config_file: str | None, check: bool, metrics_address: str | None, ready_file: Path | None,
-                 log_level: str) -> int:
+                 module_dirs: tuple[Path, ...], log_level: str) -> int:
     """Trace packets through the kernel; export paths as OTLP traces and per-function counts on /metrics."""
     from .config import apply_overrides, default_config, load_config
     from .daemon import Daemon
@@ -287,10 +289,10 @@ def exporter_cli(config_file: str | None, check: bool, metrics_address: str | No
     config = load_config(config_file) if config_file else default_config()
     config = apply_overrides(config, metrics_address=metrics_address)
     if check:
-        for line in check_config(config):
+        for line in check_config(config, module_dirs=module_dirs):
             click.echo(line)
         return EXIT_OK
-    daemon = Daemon(config, ready_file=ready_file)
+    daemon = Daemon(config, ready_file=ready_file, module_dirs=module_dirs)
     stop = install_stop_handlers(daemon.stop)
     daemon.run()
     log.info("stopped by %s", signal.Signals(stop.signum).name if stop.signum else "request")

@@ -96,7 +96,10 @@ class ModuleSpec:
         """'mark=0x10/0xff' -> name 'mark', arg '0x10/0xff'; the name is checked for shape only."""
         name, sep, arg = text.strip().partition("=")
         name = name.strip()
-        if not name or not re.fullmatch(r"[A-Za-z0-9_.:/-]+", name):
+        if "/" in name or name.endswith(".py"):
+            raise ValueError("a path: module files load only from a directory given with --module-dir on the "
+                             "command line, never from the config (name the module instead)")
+        if not name or not re.fullmatch(r"[A-Za-z0-9_.:-]+", name):
             raise ValueError("not a module name (NAME or NAME=ARGUMENT)")
         return cls(text=text.strip(), name=name, arg=arg.strip() if sep else None)
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 import logging
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
 from .config import Config
 from .errors import KernelError
+from .fsutil import write_file_atomic
 from .httpserver import Heartbeat, HttpServer
 from .metrics import ExporterMetrics, KernelCounters
 from .modules import LoadedModule, ModuleContext, event_attributes, load_modules
@@ -36,12 +38,14 @@ def trace_request(config: Config, modules: tuple[LoadedModule, ...] = ()) -> Tra
                         limits=config.paths, modules=tuple(m.code for m in modules))
 
 
-def load_config_modules(config: Config, view: KernelView | None = None) -> tuple[LoadedModule, ...]:
-    """The config's modules, loaded (unknown names and bad options raise UsageError naming the module)."""
+def load_config_modules(config: Config, view: KernelView | None = None,
+                        module_dirs: Sequence[Path] = ()) -> tuple[LoadedModule, ...]:
+    """The config's modules, loaded (unknown names and bad options raise UsageError naming the module); module
+    files come only from `module_dirs` (the command line's --module-dir)."""
     if not config.modules:
         return ()
     context = ModuleContext(btf=(lambda: view.btf) if view is not None else None)
-    return tuple(load_modules(config.modules, context))
+    return tuple(load_modules(config.modules, context, module_dirs))
 
 
 def otlp_settings(config: Config) -> OtlpSettings:
@@ -51,11 +55,11 @@ def otlp_settings(config: Config) -> OtlpSettings:
     return OtlpSettings.resolve(otlp.endpoint, otlp.protocol, otlp.timeout_s, otlp.headers)
 
 
-def check(config: Config, cache_dir: str | None = None) -> list[str]:
+def check(config: Config, cache_dir: str | None = None, module_dirs: Sequence[Path] = ()) -> list[str]:
     """Validate, plan and compile without attaching; the lines to print."""
     settings = otlp_settings(config)
     view = KernelView()
-    modules = load_config_modules(config, view)
+    modules = load_config_modules(config, view, module_dirs)
     request = trace_request(config, modules)
     tracer = Tracer(request, view=view, cache_dir=cache_dir)
     backend, _ = choose_backend(config.backend, view)
@@ -82,12 +86,13 @@ def check(config: Config, cache_dir: str | None = None) -> list[str]:
 class Daemon:
     """Runs until stop() is called (the signal handlers call it)."""
 
-    def __init__(self, config: Config, ready_file: Path | None = None, cache_dir: str | None = None) -> None:
+    def __init__(self, config: Config, ready_file: Path | None = None, cache_dir: str | None = None,
+                 module_dirs: Sequence[Path] = ()) -> None:
         self.config = config
         self.ready_file = ready_file
         self.otlp = otlp_settings(config)
         view = KernelView()
-        self.modules = load_config_modules(config, view)
+        self.modules = load_config_modules(config, view, module_dirs)
         self.request = trace_request(config, self.modules)
         self.tracer = Tracer(self.request, view=view, cache_dir=cache_dir)
         self.sink: OtlpSink | None = None
@@ -138,9 +143,7 @@ class Daemon:
 
     def _write_ready(self) -> None:
         if self.ready_file is not None:
-            temporary = self.ready_file.with_name(self.ready_file.name + ".tmp")
-            temporary.write_text("ready\n")
-            temporary.replace(self.ready_file)
+            write_file_atomic(self.ready_file, b"ready\n")
 
     def _deliver(self, paths: list[SkbPath]) -> None:
         if not paths:
