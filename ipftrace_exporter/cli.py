@@ -276,10 +276,12 @@ def ipftrace_main(argv: Sequence[str] | None = None) -> None:
               help="Write this file once probes are attached")
 @click.option("--module-dir", "module_dirs", multiple=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory of module files: `modules: [NAME]` loads NAME.py from it (repeatable; root-owned only)")
+@click.option("--web.config.file", "web_config_file", type=click.Path(dir_okay=False),
+              help="TLS and basic auth for /metrics (Prometheus exporter-toolkit format, as node_exporter)")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
               default="info", show_default=True)
 def exporter_cli(config_file: str | None, check: bool, metrics_address: str | None, ready_file: Path | None,
-                 module_dirs: tuple[Path, ...], log_level: str) -> int:
+                 module_dirs: tuple[Path, ...], web_config_file: str | None, log_level: str) -> int:
     """Trace packets through the kernel; export paths as OTLP traces and per-function counts on /metrics."""
     from .config import apply_overrides, default_config, load_config
     from .daemon import Daemon
@@ -288,11 +290,18 @@ def exporter_cli(config_file: str | None, check: bool, metrics_address: str | No
     setup_logging(log_level, "ipftrace-exporter")
     config = load_config(config_file) if config_file else default_config()
     config = apply_overrides(config, metrics_address=metrics_address)
+    web = None
+    if web_config_file:
+        from .webconfig import load_web_config
+
+        web = load_web_config(web_config_file)
     if check:
         for line in check_config(config, module_dirs=module_dirs):
             click.echo(line)
+        if web is not None:
+            click.echo(web.describe())
         return EXIT_OK
-    daemon = Daemon(config, ready_file=ready_file, module_dirs=module_dirs)
+    daemon = Daemon(config, ready_file=ready_file, module_dirs=module_dirs, web=web)
     stop = install_stop_handlers(daemon.stop)
     daemon.run()
     log.info("stopped by %s", signal.Signals(stop.signum).name if stop.signum else "request")

@@ -238,6 +238,17 @@ def parse_config(text: str, source: str = "<config>") -> Config:
 
 def load_config(path: str | PathLike[str]) -> Config:
     """parse_config of a file, the file's path naming the source in errors."""
+    return parse_config(read_bounded_text(path), str(path))
+
+
+def load_yaml_file(path: str | PathLike[str]) -> Any:
+    """A small YAML file (e.g. --web.config.file) read and parsed with the config's bounds (size, depth,
+    alias expansion, duplicate keys); ConfigError (one line, naming the file) otherwise."""
+    return _load_yaml(read_bounded_text(path), str(path))
+
+
+def read_bounded_text(path: str | PathLike[str]) -> str:
+    """The UTF-8 text of a file of at most MAX_CONFIG_BYTES (never reading more); ConfigError otherwise."""
     source = str(path)
     try:
         with open(path, "rb") as handle:
@@ -246,10 +257,9 @@ def load_config(path: str | PathLike[str]) -> Config:
         raise ConfigError(f"{source}: cannot read: {err.strerror or err}") from None
     _check_size(len(data), source)
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ConfigError(f"{source}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    return parse_config(text, source)
 
 
 def _check_size(size: int, source: str) -> None:

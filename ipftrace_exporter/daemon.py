@@ -21,6 +21,7 @@ from .paths import SkbPath
 from .program import ProgramOptions
 from .spans import SpanEncoder, WallClock, resource_attributes
 from .tracer import KernelView, Tracer, TraceRequest, choose_backend, plan_probes
+from .webconfig import WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class Daemon:
     """Runs until stop() is called (the signal handlers call it)."""
 
     def __init__(self, config: Config, ready_file: Path | None = None, cache_dir: str | None = None,
-                 module_dirs: Sequence[Path] = ()) -> None:
+                 module_dirs: Sequence[Path] = (), web: WebConfig | None = None) -> None:
         self.config = config
         self.ready_file = ready_file
         self.otlp = otlp_settings(config)
@@ -101,7 +102,9 @@ class Daemon:
                                        kernel=platform.release())
         self.heartbeat = Heartbeat()
         self.server = HttpServer(config.metrics.address, self.metrics.registry, health=self.heartbeat,
-                                 ready=self.metrics.probes.ready)
+                                 ready=self.metrics.probes.ready, web=web)
+        if web is not None:
+            log.info("%s", web.describe())
         self._running = True
 
     def _span_stats(self) -> tuple[int, dict[str, int]]:
