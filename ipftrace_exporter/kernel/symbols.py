@@ -43,6 +43,7 @@ class KernelSymbols:
         self._entries: list[tuple[str, str]] = []  # (name or "" for a non-function boundary, module)
         self._names: dict[str, str] = {}  # text symbol → module ('' for vmlinux)
         self._zeroed = False
+        self._warned = False
         self._lock = threading.Lock()
 
     @property
@@ -101,9 +102,6 @@ class KernelSymbols:
         self._names = names
         self._zeroed = not nonzero
         self._loaded = True
-        if self._zeroed and names:
-            log.warning("%s lists every address as 0 (kernel.kptr_restrict; grant CAP_SYSLOG): the functions that "
-                        "dropped packets cannot be named and are labelled %r", self._path, HIDDEN_NAME)
 
     @property
     def addresses_hidden(self) -> bool:
@@ -131,7 +129,13 @@ class KernelSymbols:
         symbol = self.resolve(address)
         if symbol is not None:
             return symbol.name
-        return HIDDEN_NAME if self._zeroed else f"0x{address:x}"
+        if not self._zeroed:
+            return f"0x{address:x}"
+        if not self._warned:  # here, not when reading: kallsyms is read while BCC compiles, with stderr captured
+            self._warned = True
+            log.warning("%s lists every address as 0 (kernel.kptr_restrict; grant CAP_SYSLOG): the functions that "
+                        "dropped packets cannot be named and are labelled %r", self._path, HIDDEN_NAME)
+        return HIDDEN_NAME
 
     def module_of(self, name: str) -> str | None:
         """The module defining text symbol `name` ('' for vmlinux), or None when not a text symbol."""

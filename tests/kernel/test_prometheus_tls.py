@@ -16,14 +16,12 @@ import yaml
 from tests.kernel.test_prometheus_e2e import (
     EXPORTER,
     PROMETHEUS,
-    READY_TIMEOUT_S,
-    as_deployed,
     free_port,
     http_get,
     prom_api,
     start,
+    start_exporter_as_deployed,
     stop,
-    tail,
     wait_for,
 )
 from tests.support.tls import bcrypt_hash, make_pki
@@ -57,17 +55,8 @@ def test_prometheus_scrapes_over_tls_with_client_certificate_and_basic_auth(tmp_
                                            "scrape_configs": jobs}))
     started: list[subprocess.Popen[bytes]] = []
     try:
-        exporter = start(as_deployed([str(EXPORTER), "--metrics-address", exporter_address, "--web.config.file",
-                                      str(web), "--ready-file", str(ready_file)]), exporter_log,
-                         env={"IPFTRACE_CACHE_DIR": cache_dir, "PYTHONUNBUFFERED": "1"})
-        started.append(exporter)
-
-        def exporter_ready() -> bool:
-            if exporter.poll() is not None:
-                pytest.fail(f"the exporter exited with {exporter.returncode}:\n{tail(exporter_log)}")
-            return ready_file.exists()
-
-        wait_for(exporter_ready, READY_TIMEOUT_S, "the exporter's --ready-file", log=exporter_log)
+        started.append(start_exporter_as_deployed(["--metrics-address", exporter_address, "--web.config.file",
+                                                   str(web)], ready_file, exporter_log, cache_dir))
         with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain HTTP gets nothing
             http_get(f"http://{exporter_address}/metrics")
         prometheus = start([str(PROMETHEUS), f"--config.file={config_file}",
