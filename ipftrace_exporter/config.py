@@ -702,8 +702,9 @@ class _TooLarge(yaml.MarkedYAMLError):
     """The document nests too deep, or expands (through aliases) to too many values."""
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys, nesting past MAX_DEPTH and documents that expand past MAX_NODES.
+class BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses nesting past MAX_DEPTH and documents that expand past MAX_NODES (for every YAML
+    file the tools read: configs, the web config, manifests).
 
     Depth is checked while composing (PyYAML's composer recurses once per level, so a deep document would hit
     Python's recursion limit); the expanded size is counted on the composed node graph before anything is
@@ -728,6 +729,10 @@ class _Loader(yaml.SafeLoader):
         if node is not None:
             _expanded_size(node)
         return node  # type: ignore[no-any-return]
+
+
+class _Loader(BoundedLoader):
+    """BoundedLoader that also refuses duplicate keys."""
 
 
 def _expanded_size(root: yaml.Node) -> int:

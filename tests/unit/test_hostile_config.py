@@ -96,3 +96,22 @@ def test_a_config_just_under_the_size_bound_still_parses(tmp_path: Path) -> None
     config.write_text("#" * (MAX_CONFIG_BYTES - len(body) - 1) + "\n" + body)
     assert config.stat().st_size == MAX_CONFIG_BYTES
     assert load_config(config).paths.max_events == 512
+
+
+@pytest.mark.parametrize("name", ["billion_laughs", "deep_flow_nesting", "recursive_alias"])
+def test_hostile_manifests_are_refused_the_same_way(tmp_path: Path, name: str) -> None:
+    """Manifests (`manifest:` in a config, or ipftrace's MANIFEST_FILE) go through the same bounded loader."""
+    from ipftrace_exporter.errors import UsageError
+    from ipftrace_exporter.manifest import load_manifest
+
+    text, message = HOSTILE[name]
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_text(text.replace("flows:", "functions:"))
+    started = time.monotonic()
+    with pytest.raises(UsageError, match=rf"^manifest {manifest}: not valid YAML: .*{message}"):
+        load_manifest(manifest)
+    assert time.monotonic() - started < TIME_LIMIT_S
+    big = tmp_path / "big.yaml"
+    big.write_text("functions:\n" + "  - {name: ip_rcv, skb_pos: 1}\n" * 40_000)
+    with pytest.raises(UsageError, match=f"larger than {MAX_CONFIG_BYTES // 1024} KiB"):
+        load_manifest(big)
