@@ -70,6 +70,7 @@ def test_exporter_bad_otel_environment_is_one_line_before_anything_compiles(
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector.invalid:4317")
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    assert run_command("ipftrace-exporter", exporter_cli, ["--check"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and message in err, err
+    for args in (["--check"], ["--metrics-address", "127.0.0.1:0"]):  # the daemon's start, too: before attaching
+        assert run_command("ipftrace-exporter", exporter_cli, args) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
