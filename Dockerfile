@@ -14,14 +14,22 @@
 FROM debian:bookworm-slim
 
 WORKDIR /opt/ipftrace-exporter
-COPY . .
 
+# Dependencies first, sources after: the layer with the Debian packages and the venv is rebuilt only when
+# pyproject.toml or setup.sh change, not on every source edit. setup.sh installs the package in editable mode, so a
+# one-line stand-in package is enough here; the real sources are copied over it below.
 # One RUN: setup.sh runs `apt-get update` itself when packages are missing; the lists and pip's cache are removed
-# in the same layer. The last two commands check that the entry point imports and precompile the package, so a
-# read-only root filesystem costs nothing at start-up.
+# in the same layer.
+COPY pyproject.toml README.md ./
+COPY scripts/setup.sh scripts/
+RUN mkdir -p ipftrace_exporter && echo '__version__ = "0"' > ipftrace_exporter/__init__.py
 RUN IPFTRACE_VENV=/opt/ipftrace IPFTRACE_EXTRAS= scripts/setup.sh \
-    && rm -rf /var/lib/apt/lists/* /root/.cache \
-    && /opt/ipftrace/bin/ipftrace-exporter --help >/dev/null \
+    && rm -rf /var/lib/apt/lists/* /root/.cache
+
+# The sources; then check that the entry point imports and precompile the package, so a read-only root
+# filesystem costs nothing at start-up.
+COPY . .
+RUN /opt/ipftrace/bin/ipftrace-exporter --help >/dev/null \
     && /opt/ipftrace/bin/python -m compileall -q /opt/ipftrace-exporter/ipftrace_exporter
 
 ENV PATH=/opt/ipftrace/bin:$PATH \

@@ -27,6 +27,7 @@ from .flows import (
     parse_network,
     parse_port,
 )
+from .fsutil import write_file_atomic
 from .output import PathFormatter, TextStyle, device_text, use_colour
 from .program import ProgramOptions
 from .progress import ProgressLine, run_interruptibly
@@ -70,12 +71,9 @@ def setup_logging(level: str, prog: str) -> None:
 
 
 def write_ready_file(path: Path | None) -> None:
-    """Write the ready file (atomically) once probes are attached."""
-    if path is None:
-        return
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text("ready\n")
-    temporary.replace(path)
+    """Write the ready file once probes are attached: atomically, never through a symlink (fsutil)."""
+    if path is not None:
+        write_file_atomic(path, b"ready\n")
 
 
 def check_ready_file(path: Path | None) -> None:
@@ -193,6 +191,8 @@ It sees each packet from its IP header: link-layer words (ether, vlan, arp) do n
 @click.option("--netns", metavar="PATH|INODE|PID",
               help="Only packets first seen on a device of this network namespace")
 @click.option("-m", "--module", "modules", multiple=True, help="Specify custom match module name (repeatable)")
+@click.option("--module-dir", "module_dirs", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory of module files: -m NAME loads NAME.py from it (repeatable; root-owned only)")
 @click.option("-l", "--list", "list_only", is_flag=True, help="List available functions")
 @click.option("--all", "show_all", is_flag=True, help="With --list: also the probes no backend can attach here")
 @click.option("-b", "--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
@@ -211,7 +211,7 @@ It sees each packet from its IP header: link-layer words (ether, vlan, arp) do n
 @click.argument("manifest_file", required=False, type=click.Path(dir_okay=False))
 def ipftrace_cli(ipversion: str, l4proto: str, saddr4: str | None, daddr4: str | None, saddr6: str | None,
                  daddr6: str | None, sport: str | None, dport: str | None, ifname: str | None, netns: str | None,
-                 modules: tuple[str, ...],
+                 modules: tuple[str, ...], module_dirs: tuple[Path, ...],
                  list_only: bool, show_all: bool, backend: str, count: int | None, timeout: float | None, output: str,
                  verbose: bool, clock: str, ready_file: Path | None, log_level: str,
                  manifest_file: str | None) -> int:
@@ -238,7 +238,7 @@ def ipftrace_cli(ipversion: str, l4proto: str, saddr4: str | None, daddr4: str |
     # namespaces); added for that column only, unless asked for with -m.
     auto_netdev = verbose and not list_only and not any(spec.split("=", 1)[0] == "netdev" for spec in modules)
     specs = [*modules, "netdev"] if auto_netdev else list(modules)
-    loaded = load_modules(specs, ModuleContext(btf=lambda: view.btf)) if specs else []
+    loaded = load_modules(specs, ModuleContext(btf=lambda: view.btf), module_dirs) if specs else []
     request = TraceRequest(flows=(flow,), backend=backend, manifest=manifest_file,
                            options=ProgramOptions(), modules=tuple(m.code for m in loaded))
     if list_only:
@@ -455,8 +455,12 @@ def ipftrace_main(argv: Sequence[str] | None = None) -> None:
               help="Write this file once probes are attached")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
               default="info", show_default=True)
+@click.option("--module-dir", "module_dirs", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory of module files: `modules: [NAME]` loads NAME.py from it (repeatable; root-owned only)")
+@click.option("--web.config.file", "web_config_file", type=click.Path(dir_okay=False),
+              help="TLS and basic auth for /metrics (Prometheus exporter-toolkit format, as node_exporter)")
 def exporter_cli(config_file: str | None, check: bool, metrics_address: str | None, ready_file: Path | None,
-                 log_level: str) -> int:
+                 log_level: str, module_dirs: tuple[Path, ...], web_config_file: str | None) -> int:
     """Trace packets through the kernel; export paths as OTLP traces and per-function counts on /metrics."""
     from .config import apply_overrides, default_config, load_config
     from .daemon import Daemon
@@ -465,13 +469,20 @@ def exporter_cli(config_file: str | None, check: bool, metrics_address: str | No
     setup_logging(log_level, "ipftrace-exporter")
     config = load_config(config_file) if config_file else default_config()
     config = apply_overrides(config, metrics_address=metrics_address)
+    web = None
+    if web_config_file:
+        from .webconfig import load_web_config
+
+        web = load_web_config(web_config_file)
     check_ready_file(ready_file)
     require_privileges()
     if check:
-        for line in check_config(config):
+        for line in check_config(config, module_dirs=module_dirs):
             click.echo(line)
+        if web is not None:
+            click.echo(web.describe())
         return EXIT_OK
-    daemon = Daemon(config, ready_file=ready_file)
+    daemon = Daemon(config, ready_file=ready_file, module_dirs=module_dirs, web=web)
     stop = install_stop_handlers(daemon.stop)
     daemon.run()
     log.info("stopped by %s", signal.Signals(stop.signum).name if stop.signum else "request")

@@ -41,7 +41,6 @@ from .flows import (
     parse_network,
     parse_port,
 )
-from .manifest import default_manifest_path
 from .paths import PathLimits
 
 BACKENDS = ("auto", "kfunc", "kprobe", "tracepoint")
@@ -52,9 +51,22 @@ DEFAULT_METRICS_ADDRESS = "0.0.0.0:9436"
 DEFAULT_RING_BUFFER_PAGES = 1024  # 4 MiB: ~200 ms of 20k traced packets/s with spans exported
 MAX_RING_BUFFER_PAGES = 1 << 16  # 256 MiB with 4 KiB pages
 
+# Bounds on the input itself (a config is small; anything past these is a mistake or an attack).
+MAX_CONFIG_BYTES = 1 << 20  # 1 MiB
+MAX_DEPTH = 32  # nesting of mappings and lists (the real shape needs 4)
+MAX_NODES = 100_000  # values in the document with every alias expanded (billion laughs stops here)
+# Per-key ranges: (smallest, largest).
+MAX_EVENTS_RANGE = (1, 65536)  # events per path (PathLimits.max_held_events bounds all paths together)
+MAX_INFLIGHT_RANGE = (1, 1 << 20)  # open paths = entries of the kernel's tracking LRU hash
+IDLE_TIMEOUT_RANGE_NS = (1, 3_600_000_000_000)  # up to 1 h
+OTLP_TIMEOUT_RANGE_NS = (1_000_000, 300_000_000_000)  # 1 ms to 5 min (the shutdown flush waits this long)
+MAX_HEADERS = 64
+MAX_MODULES = 16
+
 TOP_KEYS = ("flows", "backend", "manifest", "modules", "paths", "traces", "metrics", "collector")
 PATHS_KEYS = ("idle_timeout", "max_events", "max_inflight")
-TRACES_KEYS = ("sample_ratio", "otlp")
+TRACES_KEYS = ("sample_ratio", "otlp", "attributes")
+TRACE_ATTRIBUTE_KEYS = ("skb_address",)
 OTLP_KEYS = ("endpoint", "protocol", "timeout", "headers")
 METRICS_KEYS = ("address",)
 COLLECTOR_KEYS = ("ring_buffer_pages",)
@@ -87,7 +99,10 @@ class ModuleSpec:
         """'mark=0x10/0xff' -> name 'mark', arg '0x10/0xff'; the name is checked for shape only."""
         name, sep, arg = text.strip().partition("=")
         name = name.strip()
-        if not name or not re.fullmatch(r"[A-Za-z0-9_.:/-]+", name):
+        if "/" in name or name.endswith(".py"):
+            raise ValueError("a path: module files load only from a directory given with --module-dir on the "
+                             "command line, never from the config (name the module instead)")
+        if not name or not re.fullmatch(r"[A-Za-z0-9_.:-]+", name):
             raise ValueError("not a module name (NAME or NAME=ARGUMENT)")
         return cls(text=text.strip(), name=name, arg=arg.strip() if sep else None)
 
@@ -103,11 +118,21 @@ class OtlpConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TraceAttributesConfig:
+    """`traces.attributes`: optional span attributes. `skb_address` sends the skb's kernel address
+    (`ipftrace.skb`): useful to match a path with other kernel tooling, but a heap pointer helps defeat KASLR
+    for whoever can read the traces, so it is off by default."""
+
+    skb_address: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class TracesConfig:
-    """`traces`: the in-kernel per-packet sampling ratio and where spans go."""
+    """`traces`: the in-kernel per-packet sampling ratio, where spans go and which optional attributes they carry."""
 
     sample_ratio: float = 1.0
     otlp: OtlpConfig = field(default_factory=OtlpConfig)
+    attributes: TraceAttributesConfig = field(default_factory=TraceAttributesConfig)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sample_ratio <= 1.0:
@@ -184,7 +209,8 @@ class Config:
             f"max_events {self.paths.max_events}, "
             f"max_inflight {self.paths.max_inflight}"
         )
-        lines.append(f"traces: sample_ratio {self.traces.sample_ratio:g}")
+        lines.append(f"traces: sample_ratio {self.traces.sample_ratio:g}, "
+                     f"skb_address {'on' if self.traces.attributes.skb_address else 'off'}")
         lines.append(
             "traces.otlp: "
             + ", ".join(
@@ -215,15 +241,33 @@ def parse_config(text: str, source: str = "<config>") -> Config:
 
 def load_config(path: str | PathLike[str]) -> Config:
     """parse_config of a file, the file's path naming the source in errors."""
+    return parse_config(read_bounded_text(path), str(path))
+
+
+def load_yaml_file(path: str | PathLike[str]) -> Any:
+    """A small YAML file (e.g. --web.config.file) read and parsed with the config's bounds (size, depth,
+    alias expansion, duplicate keys); ConfigError (one line, naming the file) otherwise."""
+    return _load_yaml(read_bounded_text(path), str(path))
+
+
+def read_bounded_text(path: str | PathLike[str]) -> str:
+    """The UTF-8 text of a file of at most MAX_CONFIG_BYTES (never reading more); ConfigError otherwise."""
     source = str(path)
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)  # never more: a 40 MB file costs 1 MiB
     except OSError as err:
         raise ConfigError(f"{source}: cannot read: {err.strerror or err}") from None
+    _check_size(len(data), source)
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ConfigError(f"{source}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    return parse_config(text, source)
+
+
+def _check_size(size: int, source: str) -> None:
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: larger than {MAX_CONFIG_BYTES // 1024} KiB: not a config file")
 
 
 @lru_cache(maxsize=1)
@@ -293,6 +337,9 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 def _parse(text: str, source: str, base: Config) -> Config:
+    if len(text) > MAX_CONFIG_BYTES // 4:  # at most 4 bytes a character: only long texts need encoding
+        _check_size(len(text) if len(text) > MAX_CONFIG_BYTES else len(text.encode(errors="surrogatepass")),
+                    source)
     data = _load_yaml(text, source)
     try:
         return _config(data, base, source)
@@ -405,6 +452,8 @@ def _manifest(raw: Any, path: str) -> str:
                              "(BTF auto-discovery)")
     text = raw.strip()
     if text == CURATED_MANIFEST:
+        from .manifest import default_manifest_path  # here: manifest.py reads YAML with this module's loader
+
         return default_manifest_path()
     return text
 
@@ -414,6 +463,8 @@ def _modules(raw: Any) -> tuple[ModuleSpec, ...]:
         raw = [raw]
     if not isinstance(raw, list):
         raise _Invalid("modules", f"{_show(raw)}: must be a list of module names")
+    if len(raw) > MAX_MODULES:
+        raise _Invalid("modules", f"{len(raw)} modules: at most {MAX_MODULES}")
     out = []
     for index, item in enumerate(raw):
         if not isinstance(item, str):
@@ -429,12 +480,11 @@ def _paths(raw: Any, base: PathLimits) -> PathLimits:
     section = _section(raw, "paths", PATHS_KEYS)
     changes: dict[str, int] = {}
     if section.get("idle_timeout") is not None:
-        changes["idle_timeout_ns"] = _checked(
-            parse_duration_ns, section["idle_timeout"], "paths.idle_timeout"
-        )
-    for key in ("max_events", "max_inflight"):
+        changes["idle_timeout_ns"] = _duration(section["idle_timeout"], "paths.idle_timeout",
+                                               IDLE_TIMEOUT_RANGE_NS)
+    for key, bounds in (("max_events", MAX_EVENTS_RANGE), ("max_inflight", MAX_INFLIGHT_RANGE)):
         if section.get(key) is not None:
-            changes[key] = _positive_int(section[key], f"paths.{key}")
+            changes[key] = _int_in_range(section[key], f"paths.{key}", bounds)
     return dataclasses.replace(base, **changes)
 
 
@@ -448,6 +498,12 @@ def _traces(raw: Any, base: TracesConfig) -> TracesConfig:
         changes["sample_ratio"] = float(ratio)
     if section.get("otlp") is not None:
         changes["otlp"] = _otlp(section["otlp"], base.otlp)
+    if section.get("attributes") is not None:
+        attributes = _section(section["attributes"], "traces.attributes", TRACE_ATTRIBUTE_KEYS)
+        skb_address = attributes.get("skb_address", base.attributes.skb_address)
+        if not isinstance(skb_address, bool):
+            raise _Invalid("traces.attributes.skb_address", f"{_show(skb_address)}: must be true or false")
+        changes["attributes"] = TraceAttributesConfig(skb_address=skb_address)
     return dataclasses.replace(base, **changes)
 
 
@@ -464,7 +520,7 @@ def _otlp(raw: Any, base: OtlpConfig) -> OtlpConfig:
             )
         changes["protocol"] = protocol.strip().lower()
     if section.get("timeout") is not None:
-        changes["timeout_s"] = _checked(parse_duration_ns, section["timeout"], "traces.otlp.timeout") / 1e9
+        changes["timeout_s"] = _duration(section["timeout"], "traces.otlp.timeout", OTLP_TIMEOUT_RANGE_NS) / 1e9
     if "headers" in section:
         changes["headers"] = None if section["headers"] is None else _headers(section["headers"])
     return dataclasses.replace(base, **changes)
@@ -490,6 +546,8 @@ def _endpoint(raw: Any) -> str:
 def _headers(raw: Any) -> Mapping[str, str]:
     if not isinstance(raw, Mapping):
         raise _Invalid("traces.otlp.headers", f"{_show(raw)}: must be a mapping of header name to value")
+    if len(raw) > MAX_HEADERS:
+        raise _Invalid("traces.otlp.headers", f"{len(raw)} headers: at most {MAX_HEADERS}")
     out: dict[str, str] = {}
     for name, value in raw.items():
         path = f"traces.otlp.headers.{name}"
@@ -598,10 +656,21 @@ def _checked(parse: Callable[[Any], _T], value: Any, path: str) -> _T:
         raise _Invalid(path, f"{_show(value)}: {err}") from None
 
 
-def _positive_int(value: Any, path: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise _Invalid(path, f"{_show(value)}: must be a positive integer")
+def _int_in_range(value: Any, path: str, bounds: tuple[int, int]) -> int:
+    low, high = bounds
+    if isinstance(value, float) and value.is_integer() and low <= value <= high:
+        return int(value)  # e.g. 1.0e4 (YAML 1.1 floats need the dot)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _Invalid(path, f"{_show(value)}: must be an integer from {low} to {high}")
     return value
+
+
+def _duration(value: Any, path: str, bounds: tuple[int, int]) -> int:
+    ns = _checked(parse_duration_ns, value, path)
+    low, high = bounds
+    if not low <= ns <= high:
+        raise _Invalid(path, f"{_show(value)}: must be from {_format_ns(low)} to {_format_ns(high)}")
+    return ns
 
 
 def _show(value: Any) -> str:
@@ -610,6 +679,8 @@ def _show(value: Any) -> str:
         return "true" if value else "false"
     if value is None:
         return "null"
+    if isinstance(value, int) and abs(value) >= 10**60:
+        return f"{'-' if value < 0 else ''}a {len(str(abs(value)))}-digit number"
     if isinstance(value, (int, float)):
         return str(value)
     text = json.dumps(value, ensure_ascii=False, default=str)
@@ -642,8 +713,77 @@ class _DuplicateKey(yaml.MarkedYAMLError):
     """A mapping names the same key twice (PyYAML would silently keep the last)."""
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys."""
+class _TooLarge(yaml.MarkedYAMLError):
+    """The document nests too deep, or expands (through aliases) to too many values."""
+
+
+class BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses nesting past MAX_DEPTH and documents that expand past MAX_NODES (for every YAML
+    file the tools read: configs, the web config, manifests).
+
+    Depth is checked while composing (PyYAML's composer recurses once per level, so a deep document would hit
+    Python's recursion limit); the expanded size is counted on the composed node graph before anything is
+    constructed, each anchored node once (an alias costs what its anchor's node expands to)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _TooLarge(problem=f"nested deeper than {MAX_DEPTH} levels",
+                                problem_mark=self.peek_event().start_mark)
+            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        finally:
+            self._depth -= 1
+
+    def get_single_node(self) -> yaml.Node | None:
+        node = super().get_single_node()
+        if node is not None:
+            _expanded_size(node)
+        return node  # type: ignore[no-any-return]
+
+
+class _Loader(BoundedLoader):
+    """BoundedLoader that also refuses duplicate keys."""
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """Values in the document under `root` with aliases expanded; _TooLarge past MAX_NODES or on a cycle.
+    Iterative (post-order with a stack) and memoized per node, so it costs one visit per distinct node."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        children = _children(node)
+        if children_done:
+            open_nodes.discard(key)
+            size = 1 + sum(sizes[id(child)] for child in children)
+            if size > MAX_NODES:
+                raise _TooLarge(problem=f"expands to more than {MAX_NODES} values (YAML aliases?)",
+                                problem_mark=node.start_mark)
+            sizes[key] = size
+            continue
+        if key in open_nodes:
+            raise _TooLarge(problem="an alias refers to a node that contains it", problem_mark=node.start_mark)
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in children if id(child) not in sizes)
+    return sizes[id(root)]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any]:
@@ -679,6 +819,8 @@ def _load_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"{where}: invalid YAML: {_one_line(problem)}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{source}: invalid YAML: {_one_line(str(err))}") from None
+    except (ValueError, OverflowError) as err:  # e.g. an integer of more than 4300 digits
+        raise ConfigError(f"{source}: invalid YAML: {_one_line(str(err))[:200]}") from None
 
 
 def _one_line(text: str) -> str:

@@ -6,24 +6,26 @@ from __future__ import annotations
 import logging
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
 from .config import Config
 from .errors import KernelError
+from .fsutil import write_file_atomic
 from .httpserver import Heartbeat, HttpServer
 from .metrics import ExporterMetrics, KernelCounters
 from .modules import LoadedModule, ModuleContext, event_attributes, load_modules
-from .otlp import DROP_REASONS, OtlpSink
+from .otlp import DROP_REASONS, OtlpSettings, OtlpSink
 from .paths import SkbPath
 from .program import ProgramOptions
 from .spans import SpanEncoder, WallClock, resource_attributes
 from .tracer import KernelView, Tracer, TraceRequest
+from .webconfig import WebConfig
 
 log = logging.getLogger(__name__)
 
 POLL_MS = 100
-SHUTDOWN_FLUSH_S = 5.0
 
 
 def trace_request(config: Config, modules: tuple[LoadedModule, ...] = ()) -> TraceRequest:
@@ -37,19 +39,29 @@ def trace_request(config: Config, modules: tuple[LoadedModule, ...] = ()) -> Tra
                         limits=config.paths, modules=tuple(m.code for m in modules))
 
 
-def load_config_modules(config: Config, view: KernelView | None = None) -> tuple[LoadedModule, ...]:
-    """The config's modules, loaded (unknown names and bad options raise UsageError naming the module)."""
+def load_config_modules(config: Config, view: KernelView | None = None,
+                        module_dirs: Sequence[Path] = ()) -> tuple[LoadedModule, ...]:
+    """The config's modules, loaded (unknown names and bad options raise UsageError naming the module); module
+    files come only from `module_dirs` (the command line's --module-dir)."""
     if not config.modules:
         return ()
     context = ModuleContext(btf=(lambda: view.btf) if view is not None else None)
-    return tuple(load_modules(config.modules, context))
+    return tuple(load_modules(config.modules, context, module_dirs))
 
 
-def check(config: Config, cache_dir: str | None = None) -> list[str]:
+def otlp_settings(config: Config) -> OtlpSettings:
+    """Where spans go: `traces.otlp` over the OTEL_* environment. ConfigError (one line) for a bad value, an
+    unsupported OTEL_TRACES_EXPORTER or an unreadable TLS file: raised before anything attaches."""
+    otlp = config.traces.otlp
+    return OtlpSettings.resolve(otlp.endpoint, otlp.protocol, otlp.timeout_s, otlp.headers)
+
+
+def check(config: Config, cache_dir: str | None = None, module_dirs: Sequence[Path] = ()) -> list[str]:
     """Validate, plan, compile, attach for real and detach: fails (AttachError, KernelError, OSError) where the real
     run would, e.g. a backend the kernel refuses or a metrics address in use. The lines to print."""
+    settings = otlp_settings(config)
     view = KernelView()
-    modules = load_config_modules(config, view)
+    modules = load_config_modules(config, view, module_dirs)
     check_address(config.metrics.host, config.metrics.port)
     tracer = Tracer(trace_request(config, modules), view=view, cache_dir=cache_dir)
     try:
@@ -60,6 +72,10 @@ def check(config: Config, cache_dir: str | None = None) -> list[str]:
     if plan is None:
         raise KernelError("the tracer attached without a plan")
     lines = config.describe()
+    if settings.enabled:
+        lines.append(f"spans: OTLP {settings.protocol} to {settings.endpoint}, timeout {settings.timeout_s:g}s")
+    else:
+        lines.append(f"spans: not exported ({settings.off_reason})")
     lines.append(f"plan: backend {plan.backend} ({config.backend} requested), {len(plan.sources)} probes, "
                  f"{len(plan.missing)} manifest functions missing; {len(report.attached)} attached, "
                  f"{len(report.failed)} failed, then detached")
@@ -86,11 +102,13 @@ def check_address(host: str, port: int) -> None:
 class Daemon:
     """Runs until stop() is called (the signal handlers call it)."""
 
-    def __init__(self, config: Config, ready_file: Path | None = None, cache_dir: str | None = None) -> None:
+    def __init__(self, config: Config, ready_file: Path | None = None, cache_dir: str | None = None,
+                 module_dirs: Sequence[Path] = (), web: WebConfig | None = None) -> None:
         self.config = config
         self.ready_file = ready_file
+        self.otlp = otlp_settings(config)
         view = KernelView()
-        self.modules = load_config_modules(config, view)
+        self.modules = load_config_modules(config, view, module_dirs)
         self.request = trace_request(config, self.modules)
         self.tracer = Tracer(self.request, view=view, cache_dir=cache_dir)
         self.sink: OtlpSink | None = None
@@ -99,7 +117,9 @@ class Daemon:
                                        kernel=platform.release())
         self.heartbeat = Heartbeat()
         self.server = HttpServer(config.metrics.address, self.metrics.registry, health=self.heartbeat,
-                                 ready=self.metrics.probes.ready)
+                                 ready=self.metrics.probes.ready, web=web)
+        if web is not None:
+            log.info("%s", web.describe())
         self._running = True
 
     def _span_stats(self) -> tuple[int, dict[str, int]]:
@@ -131,21 +151,17 @@ class Daemon:
         return 0
 
     def _start_sink(self) -> None:
-        otlp = self.config.traces.otlp
+        if not self.otlp.enabled:
+            log.info("%s: spans are not exported", self.otlp.off_reason)
+            return
         encoder = SpanEncoder(self.tracer.probes, list(self.config.flow_names), WallClock(), resource_attributes(),
-                              event_attributes=event_attributes(self.modules) if self.modules else None)
-        sink = OtlpSink(encoder, endpoint=otlp.endpoint, protocol=otlp.protocol, timeout_s=otlp.timeout_s,
-                        headers=otlp.headers)
-        if sink.enabled:
-            self.sink = sink
-        else:
-            log.info("no OTLP endpoint (traces.otlp.endpoint / OTEL_EXPORTER_OTLP_ENDPOINT): spans are not exported")
+                              event_attributes=event_attributes(self.modules) if self.modules else None,
+                              skb_address=self.config.traces.attributes.skb_address)
+        self.sink = OtlpSink(encoder, settings=self.otlp)
 
     def _write_ready(self) -> None:
         if self.ready_file is not None:
-            temporary = self.ready_file.with_name(self.ready_file.name + ".tmp")
-            temporary.write_text("ready\n")
-            temporary.replace(self.ready_file)
+            write_file_atomic(self.ready_file, b"ready\n")
 
     def _deliver(self, paths: list[SkbPath]) -> None:
         if not paths:
@@ -170,7 +186,7 @@ class Daemon:
         finally:
             self.metrics.collector.set_kernel(None)
             if self.sink is not None:
-                self.sink.shutdown(SHUTDOWN_FLUSH_S)
+                self.sink.shutdown()  # bounded by traces.otlp.timeout
                 log.debug("spans exported %d, dropped %s", self.sink.exported, dict(self.sink.dropped))
             self.server.close()
         log.info("stopped: probes detached, spans flushed in %.1fs", time.monotonic() - started)

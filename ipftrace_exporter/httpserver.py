@@ -1,6 +1,9 @@
 """The daemon's one HTTP server: /metrics (Prometheus), /healthz (main loop alive), /readyz (probes attached).
 
-A ThreadingHTTPServer in a daemon thread. Checks are callables returning (ok, reason); one that raises
+A ThreadingHTTPServer in a daemon thread, with a listen backlog of LISTEN_BACKLOG (the standard library's 5 made
+1,000 concurrent scrapes time out). With a web config (webconfig.py, `--web.config.file`) connections are TLS (the
+handshake runs in the connection's own thread, bounded by REQUEST_TIMEOUT_S, so a slow client never stalls the
+accept loop) and /metrics asks for basic auth. Checks are callables returning (ok, reason); one that raises
 counts as failing, with a one-line reason (never a traceback in a response).
 """
 
@@ -10,11 +13,12 @@ import errno
 import gzip
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Self
+from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CollectorRegistry
@@ -22,6 +26,7 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from .config import parse_address
 from .errors import ConfigError
+from .webconfig import WebConfig
 
 __all__ = ["Check", "Heartbeat", "HttpServer", "parse_address", "render_metrics"]
 
@@ -31,6 +36,7 @@ Check = Callable[[], tuple[bool, str]]
 """A health or readiness check: (ok, one-line reason)."""
 
 REQUEST_TIMEOUT_S = 30.0
+LISTEN_BACKLOG = 1024  # pending connections the kernel queues (further capped by net.core.somaxconn)
 
 
 class Heartbeat:
@@ -78,8 +84,10 @@ class HttpServer:
         registry: CollectorRegistry,
         health: Check | None = None,
         ready: Check | None = None,
+        web: WebConfig | None = None,
     ) -> None:
         self.address = address
+        self.web = web
         self.host, self.requested_port = parse_address(address, "metrics address")
         self.registry = registry
         self.health = health
@@ -97,7 +105,8 @@ class HttpServer:
         """Base URL for clients, e.g. http://127.0.0.1:9436."""
         host = self.host if self.host not in ("0.0.0.0", "") else "127.0.0.1"
         host = "[::1]" if host == "::" else (f"[{host}]" if ":" in host else host)
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.web is not None and self.web.tls is not None else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     def start(self) -> int:
         """Bind, serve in a daemon thread, return the bound port; ConfigError names the address."""
@@ -167,7 +176,25 @@ def _family(host: str, port: int, address: str) -> socket.AddressFamily:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
     app: HttpServer
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """In the connection's thread: the TLS handshake first when configured, then the HTTP exchange."""
+        tls = self.app.web.tls if self.app.web is not None else None
+        if tls is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(REQUEST_TIMEOUT_S)
+        try:
+            conn = tls.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as err:
+            log.debug("http %s: TLS handshake failed: %s", client_address[0], err)
+            return
+        try:
+            super().finish_request(conn, client_address)
+        finally:
+            conn.close()
 
     def server_bind(self) -> None:
         if self.address_family == socket.AF_INET6 and self.server_address[0] == "::":
@@ -190,6 +217,12 @@ class _Handler(BaseHTTPRequestHandler):
         app = self.server.app
         url = urlsplit(self.path)
         if url.path == "/metrics":
+            auth = app.web.auth if app.web is not None else None
+            if auth is not None and not auth.check(self.headers.get("Authorization")):
+                self._send(401, b"unauthorized\n", {"Content-Type": "text/plain; charset=utf-8",
+                                                     "WWW-Authenticate": 'Basic realm="ipftrace-exporter"'},
+                           send_body)
+                return
             try:
                 names = parse_qs(url.query).get("name[]")
                 body, headers = render_metrics(
@@ -214,7 +247,8 @@ class _Handler(BaseHTTPRequestHandler):
         self, status: int, body: bytes, headers: dict[str, str] | None = None, send_body: bool = True
     ) -> None:
         self.send_response(status)
-        for name, value in (headers or {"Content-Type": "text/plain; charset=utf-8"}).items():
+        extra = self.server.app.web.headers if self.server.app.web is not None else {}
+        for name, value in {**(headers or {"Content-Type": "text/plain; charset=utf-8"}), **extra}.items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()

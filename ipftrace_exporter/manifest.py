@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import yaml
 
+from ipftrace_exporter.config import MAX_CONFIG_BYTES, BoundedLoader
 from ipftrace_exporter.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -96,21 +97,24 @@ def load_manifest(path: str | os.PathLike[str]) -> Manifest:
     """Read and validate the manifest at `path`; UsageError (one line naming file and entry) if bad."""
     source = os.fspath(path)
     try:
-        with open(source, encoding="utf-8") as f:
-            text = f.read()
+        with open(source, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)  # never more (a full manifest for ~2300 functions is ~100 KB)
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise UsageError(f"manifest {source}: file not found") from None
     except IsADirectoryError:
         raise UsageError(f"manifest {source}: is a directory, expected a YAML file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"manifest {source}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise UsageError(f"manifest {source}: larger than {MAX_CONFIG_BYTES // 1024} KiB: not a manifest")
     return parse_manifest(text, source)
 
 
 def parse_manifest(text: str, source: str = "<manifest>") -> Manifest:
     """Validate manifest YAML `text`; `source` names it in error messages."""
     try:
-        loader = yaml.SafeLoader(text)
+        loader = BoundedLoader(text)  # depth and alias expansion bounded, as for configs
     except yaml.YAMLError as exc:  # the reader rejects control characters before parsing starts
         raise UsageError(f"manifest {source}: not valid YAML: {_yaml_problem(exc)}") from None
     try:

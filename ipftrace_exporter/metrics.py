@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from . import __version__
@@ -352,6 +352,7 @@ class ExporterMetrics:
         span_drop_reasons: Sequence[str] = (),
         version: str = __version__,
         kernel: str | None = None,
+        procfs: str = "/proc",
     ) -> None:
         self.paths = PathStats(flow_names)
         self.probes = ProbeStatus()
@@ -360,3 +361,5 @@ class ExporterMetrics:
         )
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
+        # process_* (CPU seconds, resident and virtual memory, open and max fds, start time) of this process
+        self.process = ProcessCollector(registry=self.registry, proc=procfs)

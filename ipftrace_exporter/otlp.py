@@ -16,8 +16,11 @@ is configured), the protocol, endpoint, timeout, headers and compression, with p
 from opentelemetry-python 1.45.2, on purpose: OTEL_EXPORTER_OTLP[_TRACES]_TIMEOUT is read in milliseconds as the
 specification says (the Python SDK reads seconds, opentelemetry-python#4044); an endpoint without a scheme means
 `http://` (plaintext), where the gRPC exporter would silently switch to TLS; the default protocol is grpc (the
-Python distro's default exporter; the spec's default is http/protobuf). TLS files and OTEL_EXPORTER_OTLP_INSECURE
-are still read by the upstream exporters.
+Python distro's default exporter; the spec's default is http/protobuf). `OTEL_SDK_DISABLED=true` and
+`OTEL_TRACES_EXPORTER=none` turn export off; any exporter but `otlp` or `none` is a one-line error (this package
+has no other). The TLS files (`OTEL_EXPORTER_OTLP[_TRACES]_CERTIFICATE`, `_CLIENT_KEY`, `_CLIENT_CERTIFICATE`)
+are read by the upstream exporters; here they are only checked at start, so a missing or unreadable file is a
+one-line error before anything attaches instead of a traceback and an exporter without TLS.
 """
 
 from __future__ import annotations
@@ -59,7 +62,13 @@ ENV: dict[str, tuple[str, str]] = {
     "timeout": ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"),  # milliseconds
     "headers": ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"),
     "compression": ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION"),
+    "certificate": ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE"),
+    "client_key": ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", "OTEL_EXPORTER_OTLP_CLIENT_KEY"),
+    "client_certificate": ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE", "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"),
 }
+ENV_SDK_DISABLED = "OTEL_SDK_DISABLED"
+ENV_TRACES_EXPORTER = "OTEL_TRACES_EXPORTER"
+TRACES_EXPORTERS = ("otlp", "none")
 CONFIG_KEY = "traces.otlp"  # how constructor arguments are named in error messages
 
 DROP_QUEUE_FULL = "queue_full"
@@ -98,11 +107,22 @@ class OtlpSettings:
     timeout_s: float = DEFAULT_TIMEOUT_S
     headers: dict[str, str] = field(default_factory=dict)
     compression: str = "none"
+    tls_files: dict[str, str] = field(default_factory=dict)  # certificate / client_key / client_certificate
+    disabled_by: str | None = None  # the variable that turned export off (endpoint is then None)
 
     @property
     def enabled(self) -> bool:
         """True when an endpoint is configured."""
         return self.endpoint is not None
+
+    @property
+    def off_reason(self) -> str:
+        """Why spans are not exported (for the one log line), '' when they are."""
+        if self.enabled:
+            return ""
+        if self.disabled_by:
+            return f"{self.disabled_by} turns span export off"
+        return "no OTLP endpoint (traces.otlp.endpoint / OTEL_EXPORTER_OTLP_ENDPOINT)"
 
     @classmethod
     def resolve(
@@ -117,13 +137,53 @@ class OtlpSettings:
         """Arguments > OTEL_EXPORTER_OTLP_TRACES_* > OTEL_EXPORTER_OTLP_* > defaults; ConfigError names the bad key."""
         env = os.environ if environ is None else environ
         protocol_value = _resolve_protocol(protocol, env)
+        disabled_by = _disabled_by(env)
+        url = None if disabled_by else _resolve_endpoint(endpoint, protocol_value, env)
         return cls(
-            _resolve_endpoint(endpoint, protocol_value, env),
+            url,
             protocol_value,
             _resolve_timeout(timeout_s, env),
             _resolve_headers(headers, env),
             _resolve_compression(compression, protocol_value, env),
+            _resolve_tls_files(env) if url is not None else {},
+            disabled_by,
         )
+
+
+def _disabled_by(environ: Mapping[str, str]) -> str | None:
+    """`OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none` (as `NAME=value`), else None; ConfigError for an
+    exporter this package does not have."""
+    if environ.get(ENV_SDK_DISABLED, "").strip().lower() == "true":  # spec: only "true" disables
+        return f"{ENV_SDK_DISABLED}=true"
+    raw = environ.get(ENV_TRACES_EXPORTER, "").strip()
+    names = [name.strip().lower() for name in raw.split(",") if name.strip()]
+    unknown = [name for name in names if name not in TRACES_EXPORTERS]
+    if unknown:
+        raise ConfigError(f"{ENV_TRACES_EXPORTER}: {unknown[0]!r} is not supported (use otlp or none)")
+    if names and all(name == "none" for name in names):
+        return f"{ENV_TRACES_EXPORTER}={raw}"
+    return None
+
+
+def _resolve_tls_files(environ: Mapping[str, str]) -> dict[str, str]:
+    """The TLS files named in the environment, each checked readable now; ConfigError names the variable."""
+    files: dict[str, str] = {}
+    for setting in ("certificate", "client_key", "client_certificate"):
+        found = _env(environ, setting)
+        if found is None:
+            continue
+        name, path = found
+        try:
+            with open(path, "rb") as handle:
+                handle.read(1)
+        except OSError as error:
+            raise ConfigError(f"{name}: cannot read {path!r}: {error.strerror or error}") from None
+        files[setting] = path
+    if ("client_key" in files) != ("client_certificate" in files):
+        given, missing = ("client_key", "client_certificate") if "client_key" in files else (
+            "client_certificate", "client_key")
+        raise ConfigError(f"{ENV[given][1]}: set {ENV[missing][1]} too (a client key needs its certificate)")
+    return files
 
 
 def _setting(argument: str | None, setting: str, environ: Mapping[str, str], default: str) -> tuple[str, str]:
@@ -350,12 +410,14 @@ class OtlpSink:
         linger_s: float = 0.5,
         environ: Mapping[str, str] | None = None,
         transport: Transport | None = None,
+        settings: OtlpSettings | None = None,
     ) -> None:
         if max_queued_spans <= 0 or max_batch_spans <= 0:
             raise ConfigError(f"{CONFIG_KEY}: queue and batch sizes must be positive")
         if linger_s < 0:
             raise ConfigError(f"{CONFIG_KEY}: linger must not be negative")
-        self.settings = OtlpSettings.resolve(endpoint, protocol, timeout_s, headers, compression, environ)
+        self.settings = settings if settings is not None else OtlpSettings.resolve(
+            endpoint, protocol, timeout_s, headers, compression, environ)
         self.encoder = encoder
         self.max_queued_spans = max_queued_spans
         self.max_batch_spans = max_batch_spans
@@ -525,8 +587,10 @@ class OtlpSink:
 
     # -- shutdown --------------------------------------------------------------------------------------------------
 
-    def shutdown(self, timeout_s: float = 5.0) -> None:
-        """Flush what is queued, waiting at most `timeout_s`; whatever is left is dropped as `shutdown`."""
+    def shutdown(self, timeout_s: float | None = None) -> None:
+        """Flush what is queued, waiting at most `timeout_s` (default: the export timeout, `traces.otlp.timeout`);
+        whatever is left is dropped as `shutdown`."""
+        timeout_s = self.settings.timeout_s if timeout_s is None else timeout_s
         thread = self._thread
         if thread is None:
             return

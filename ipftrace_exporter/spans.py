@@ -1,16 +1,25 @@
 """SkbPath -> OTLP trace protobuf, purely (no network): one trace per path, a root span and one child per event.
 
-The contract (DESIGN.md, "Contract: traces"): the root span is named `<L4> <src> -> <dst>`, covers the first to the
-last event, and has status ERROR when the packet was dropped; each event becomes a child span named after its probe,
+The contract (DESIGN.md, "Contract: traces"): the root span is named `<L4> <flow name>` (e.g. `ICMP icmp`,
+`TCP web`: a bounded set, whatever the traffic; addresses and ports are attributes), covers the first to the last
+event, and has status ERROR when the packet was dropped; each event becomes a child span named after its probe,
 from its timestamp to the next event's (the last one is an instant). Kernel CLOCK_MONOTONIC times become wall-clock
 times through a `WallClock` whose offset is measured once.
 
+Attributes follow the semantic conventions of `SCHEMA_URL`: a child span of a kernel-function probe (kprobe,
+kfunc) has `code.function.name` = that function; a tracepoint is not a function (and the function it fires in is
+not known), so its span has no `code.function.name`. Every child has `ipftrace.probe`, the attach point in
+bpftrace's notation (`tracepoint:net:netif_receive_skb`, `kprobe:ip_rcv`, `kfunc:ip_rcv`). The skb's address
+(`ipftrace.skb`) is a kernel heap pointer, which helps defeat KASLR: it is sent only when asked for
+(`traces.attributes.skb_address: true`).
+
 How it is fast: nothing goes through the SDK tracer, and almost nothing through per-field protobuf calls. Every
 constant piece of a span is built once with the opentelemetry-proto message classes and kept in serialized form (per
-probe: name, kind, `code.function`, `ipftrace.probe`; per attribute value: its `KeyValue`; the resource and scope);
-field tags are taken from the generated classes, not written by hand. Per event only the ids, the two timestamps and
-a few cached attribute pieces are joined. Protobuf allows a message to be written as concatenated fields, so the
-joined bytes are one valid `ExportTraceServiceRequest`, which `encode` parses once (in C) into the message.
+probe: name, kind, `code.function.name`, `ipftrace.probe`; per attribute value: its `KeyValue`; the resource and
+scope); field tags are taken from the generated classes, not written by hand. Per event only the ids, the two
+timestamps and a few cached attribute pieces are joined. Protobuf allows a message to be written as concatenated
+fields, so the joined bytes are one valid `ExportTraceServiceRequest`, which `encode` parses once (in C) into the
+message.
 """
 
 from __future__ import annotations
@@ -33,13 +42,19 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 from . import __version__
 from .events import Event
 from .paths import OUTCOME_DROPPED, SkbPath
-from .probes import Probe, ProbeRole, ProbeTable
+from .probes import Probe, ProbeKind, ProbeRole, ProbeTable
 from .protocols import PORT_PROTOCOLS
 
 log = logging.getLogger(__name__)
 
 SCOPE_NAME = "ipftrace-exporter"
 DEFAULT_SERVICE_NAME = "ipftrace-exporter"
+# The semantic-conventions version the attribute names follow (code.function.name, network.*, source.*, ...).
+SCHEMA_URL = "https://opentelemetry.io/schemas/1.44.0"
+# Spans are encoded here, not by the OpenTelemetry SDK: telemetry.sdk.name names this encoder (as the
+# specification asks of an implementation other than the official SDK).
+TELEMETRY_SDK = {"telemetry.sdk.name": "ipftrace-exporter", "telemetry.sdk.language": "python"}
+HOSTNAME_PATH = "/proc/sys/kernel/hostname"
 
 # Environment variables read for the resource (the OTLP transport's own live in otlp.py).
 ENV_SERVICE_NAME = "OTEL_SERVICE_NAME"
@@ -96,19 +111,38 @@ def parse_resource_attributes(text: str) -> dict[str, str]:
     return attributes
 
 
+def host_name(environ: Mapping[str, str] | None = None, hostname_path: str = HOSTNAME_PATH) -> str:
+    """The node's name: NODE_NAME (the DaemonSet sets it from spec.nodeName; a pod's own host name is the pod's),
+    else the kernel's host name of this UTS namespace (`hostname_path`; the host's when not in a container),
+    else gethostname()."""
+    env = os.environ if environ is None else environ
+    node = env.get(ENV_NODE_NAME, "").strip()
+    if node:
+        return node
+    try:
+        with open(hostname_path, encoding="utf-8", errors="replace") as handle:
+            name = handle.read(256).strip()
+    except OSError:
+        name = ""
+    return name or socket.gethostname()
+
+
 def resource_attributes(
     environ: Mapping[str, str] | None = None, hostname: str | None = None
 ) -> dict[str, AttributeValue]:
     """The resource of every exported trace: defaults, then OTEL_RESOURCE_ATTRIBUTES, then OTEL_SERVICE_NAME.
 
-    Defaults: `service.name` ipftrace-exporter, `service.version`, `host.name`, and `k8s.node.name` from NODE_NAME
-    when set. A malformed OTEL_RESOURCE_ATTRIBUTES is discarded as a whole with one warning (as the spec says).
+    Defaults: `service.name` ipftrace-exporter, `service.version`, `host.name` (host_name(): the node's),
+    `k8s.node.name` from NODE_NAME when set, and `telemetry.sdk.*`. A malformed OTEL_RESOURCE_ATTRIBUTES is
+    discarded as a whole with one warning (as the spec says).
     """
     env = os.environ if environ is None else environ
     attributes: dict[str, AttributeValue] = {
         "service.name": DEFAULT_SERVICE_NAME,
         "service.version": __version__,
-        "host.name": socket.gethostname() if hostname is None else hostname,
+        "host.name": host_name(env) if hostname is None else hostname,
+        **TELEMETRY_SDK,
+        "telemetry.sdk.version": __version__,
     }
     node = env.get(ENV_NODE_NAME, "").strip()
     if node:
@@ -123,6 +157,18 @@ def resource_attributes(
     if service:
         attributes["service.name"] = service
     return attributes
+
+
+def root_span_name(protocol: str, flow_name: str) -> str:
+    """`<L4> <flow name>`, e.g. `TCP web`: what Jaeger lists as operations, so it never holds addresses."""
+    return f"{protocol} {flow_name}"
+
+
+def probe_attributes(probe: Probe) -> dict[str, AttributeValue]:
+    """The constant attributes of a probe's spans: `ipftrace.probe` always, `code.function.name` for a function."""
+    if probe.kind is ProbeKind.TRACEPOINT:
+        return {"ipftrace.probe": f"tracepoint:{probe.name}"}
+    return {"code.function.name": probe.name, "ipftrace.probe": f"{probe.kind.value}:{probe.name}"}
 
 
 # ---- wire pieces, derived from the generated classes ---------------------------------------------------------------
@@ -162,7 +208,6 @@ _PARENT_ID = _prefix(Span(parent_span_id=bytes(8)).SerializeToString(), 8)
 _START = _prefix(Span(start_time_unix_nano=1).SerializeToString(), 8)
 _END = _prefix(Span(end_time_unix_nano=1).SerializeToString(), 8)
 _SPANS = _prefix(ScopeSpans(spans=[Span()]).SerializeToString(), 1)
-_RESOURCE = _prefix(ResourceSpans(resource=Resource()).SerializeToString(), 1)
 _SCOPE_SPANS = _prefix(ResourceSpans(scope_spans=[ScopeSpans()]).SerializeToString(), 1)
 _RESOURCE_SPANS = _prefix(ExportTraceServiceRequest(resource_spans=[ResourceSpans()]).SerializeToString(), 1)
 if len(_START) != 1 or len(_END) != 1:
@@ -248,17 +293,20 @@ class SpanEncoder:
         resource_attributes: Mapping[str, AttributeValue],
         event_attributes: EventAttributes | None = None,
         *,
+        skb_address: bool = False,
         seed: int | None = None,
     ) -> None:
         self.probes = probes
+        self.skb_address = skb_address
         self.flow_names = tuple(flow_names)
         self.clock = clock
         self.event_attributes = event_attributes
         self.resource = Resource(attributes=_key_values(resource_attributes))
         self.scope = InstrumentationScope(name=SCOPE_NAME, version=__version__)
         self._rng = random.Random(seed)
-        self._head = _length_delimited(_RESOURCE, self.resource.SerializeToString())
-        self._scope = ScopeSpans(scope=self.scope).SerializeToString()
+        # ResourceSpans without its scope_spans (appended per request: fields may come in any order)
+        self._head = ResourceSpans(resource=self.resource, schema_url=SCHEMA_URL).SerializeToString()
+        self._scope = ScopeSpans(scope=self.scope, schema_url=SCHEMA_URL).SerializeToString()
         self._templates = [self._template(probe) for probe in probes]
         self._template_lens = [len(template) for template in self._templates]
         self._tails: dict[tuple[int, int, int], bytes] = {}
@@ -266,7 +314,8 @@ class SpanEncoder:
         self._cpu = _Cache("ipftrace.cpu")
         self._len = _Cache("ipftrace.len")
         self._ifindex = _Cache("ipftrace.ifindex")
-        self._networks: dict[tuple[int, int, bytes, bytes, int, int], bytes] = {}
+        self._networks: dict[tuple[int, int, int, bytes, bytes, int, int], bytes] = {}
+        self._headerless: dict[str, bytes] = {}
         self._path_attributes: dict[tuple[str, object], bytes] = {}
         self._module_attributes: dict[tuple[str, type, object], bytes] = {}
 
@@ -274,9 +323,7 @@ class SpanEncoder:
     def _template(probe: Probe) -> bytes:
         """The constant part of every child span of this probe."""
         return Span(
-            name=probe.name,
-            kind=Span.SPAN_KIND_INTERNAL,
-            attributes=_key_values({"code.function": probe.name, "ipftrace.probe": probe.kind.value}),
+            name=probe.name, kind=Span.SPAN_KIND_INTERNAL, attributes=_key_values(probe_attributes(probe))
         ).SerializeToString()
 
     def _unknown_template(self, probe_id: int) -> bytes:
@@ -284,7 +331,7 @@ class SpanEncoder:
         if template is None:
             name = f"probe {probe_id}"
             template = self._unknown[probe_id] = Span(
-                name=name, kind=Span.SPAN_KIND_INTERNAL, attributes=_key_values({"code.function": name})
+                name=name, kind=Span.SPAN_KIND_INTERNAL, attributes=_key_values({"ipftrace.probe": name})
             ).SerializeToString()
         return template
 
@@ -308,16 +355,16 @@ class SpanEncoder:
         return piece
 
     def _network(self, path: SkbPath) -> bytes:
-        """Root name and network attributes, cached by the packet's headers (packets of a connection share them)."""
+        """Root name and network attributes, cached by flow and headers (packets of a connection share them)."""
         event = path.tuple_event
         if event is None:
-            return Span(name=f"skb {path.skb:#x}", kind=Span.SPAN_KIND_INTERNAL).SerializeToString()
-        key = (event.ipversion, event.l4proto, event.saddr, event.daddr, event.sport, event.dport)
+            return self._headerless_root(f"packet {self.flow_name(path.flow_id)}")
+        key = (path.flow_id, event.ipversion, event.l4proto, event.saddr, event.daddr, event.sport, event.dport)
         piece = self._networks.get(key)
         if piece is None:
             flow = path.describe()
             attribute = self._attribute
-            name = f"{flow.protocol} {flow.source} -> {flow.destination}".encode()
+            name = root_span_name(flow.protocol, self.flow_name(path.flow_id)).encode()
             pieces = [
                 _NAME + _varint(len(name)) + name,
                 _KIND_INTERNAL,
@@ -333,6 +380,13 @@ class SpanEncoder:
             if len(self._networks) >= _CACHE_LIMIT:
                 self._networks.clear()
             self._networks[key] = piece
+        return piece
+
+    def _headerless_root(self, name: str) -> bytes:
+        """Name and kind of the root of a path whose headers never parsed (one per flow)."""
+        piece = self._headerless.get(name)
+        if piece is None:
+            piece = self._headerless[name] = Span(name=name, kind=Span.SPAN_KIND_INTERNAL).SerializeToString()
         return piece
 
     def flow_name(self, flow_id: int) -> str:
@@ -454,7 +508,7 @@ class SpanEncoder:
             root_id,
             self._network(path),
             times,
-            _string_attribute(_SKB_KEY, f"{path.skb:#x}"),  # unique per path: not worth caching
+            _string_attribute(_SKB_KEY, f"{path.skb:#x}") if self.skb_address else b"",  # unique: not cached
             attribute("ipftrace.flow", self.flow_name(path.flow_id)),
             attribute("ipftrace.outcome", path.outcome),
             drop_pieces,

@@ -7,6 +7,7 @@ includes. It is cached per kernel release and BTF digest, so a changed BTF rebui
 
 from __future__ import annotations
 
+import atexit
 import glob
 import gzip
 import hashlib
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import KernelError
+from ..fsutil import untrusted_reason
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +176,7 @@ class HeaderTreeBuilder:
 
     def ensure(self) -> HeaderTree:
         """The cached tree, built first if absent. Raises KernelError with one line on failure."""
+        self.cache_dir = trusted_cache_dir(self.cache_dir)
         target = self.tree_path()
         if (target / "include" / "vmlinux.h").is_file():
             return HeaderTree(str(target), "btf", BTF_TREE_CFLAGS)
@@ -230,6 +233,24 @@ class HeaderTreeBuilder:
         log.warning("no kernel config (%s or /boot/config-%s): CONFIG_* macros will be undefined",
                     self.config_path, self.release)
         return ""
+
+
+def trusted_cache_dir(cache_dir: Path) -> Path:
+    """`cache_dir` (created 0755 if absent) when root or we own it and neither group nor others can write it;
+    else, with one warning, a new private directory (0700, removed at exit) to build the tree in. A header tree
+    someone else could plant there would be compiled into a program the kernel runs on our behalf."""
+    try:
+        cache_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    except OSError:
+        pass  # reported below, or by the build when not even a private directory helps
+    reason = untrusted_reason(cache_dir)
+    if reason is None:
+        return cache_dir
+    private = Path(tempfile.mkdtemp(prefix="ipftrace-headers-"))
+    atexit.register(shutil.rmtree, private, ignore_errors=True)
+    log.warning("header cache %s is not used (%s): building kernel headers in %s instead (set %s to a directory "
+                "only root can write)", cache_dir, reason, private, CACHE_ENV)
+    return private
 
 
 def real_header_candidates(release: str | None = None) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import logging
 import os
 import threading
 from typing import NamedTuple
@@ -10,6 +11,9 @@ from typing import NamedTuple
 from ipftrace_exporter.errors import KernelError
 
 DEFAULT_PATH = "/proc/kallsyms"
+HIDDEN_NAME = "unknown"  # what an address resolves to when kallsyms hides addresses (never the raw pointer)
+
+log = logging.getLogger(__name__)
 
 _TEXT_TYPES = frozenset("tTwW")
 # Markers that end a text region: an address at or after one (and before the next function) is in no function.
@@ -39,6 +43,7 @@ class KernelSymbols:
         self._entries: list[tuple[str, str]] = []  # (name or "" for a non-function boundary, module)
         self._names: dict[str, str] = {}  # text symbol → module ('' for vmlinux)
         self._zeroed = False
+        self._warned = False
         self._lock = threading.Lock()
 
     @property
@@ -118,9 +123,19 @@ class KernelSymbols:
         return Symbol(name, address - self._addresses[index], module)
 
     def function_name(self, address: int) -> str:
-        """Name of the text symbol containing `address`; "0x..." hex when unknown or addresses are hidden."""
+        """Name of the text symbol containing `address`; "0x..." hex when unknown; HIDDEN_NAME when kallsyms hides
+        addresses (a raw kernel address in a metric label or span would help whoever reads it defeat KASLR, and
+        without CAP_SYSLOG the reader is not meant to learn it)."""
         symbol = self.resolve(address)
-        return symbol.name if symbol is not None else f"0x{address:x}"
+        if symbol is not None:
+            return symbol.name
+        if not self._zeroed:
+            return f"0x{address:x}"
+        if not self._warned:  # here, not when reading: kallsyms is read while BCC compiles, with stderr captured
+            self._warned = True
+            log.warning("%s lists every address as 0 (kernel.kptr_restrict; grant CAP_SYSLOG): the functions that "
+                        "dropped packets cannot be named and are labelled %r", self._path, HIDDEN_NAME)
+        return HIDDEN_NAME
 
     def module_of(self, name: str) -> str | None:
         """The module defining text symbol `name` ('' for vmlinux), or None when not a text symbol."""

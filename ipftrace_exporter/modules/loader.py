@@ -1,5 +1,11 @@
-"""Finding modules (built-in name, entry point, `.py` file), giving each its own bytes of the 64, rendering their C,
-and decoding events' custom data for text, JSON and span attributes."""
+"""Finding modules (built-in name, entry point, `<name>.py` in a directory the operator names with `--module-dir`),
+giving each its own bytes of the 64, rendering their C, and decoding events' custom data for text, JSON and span
+attributes.
+
+Least privilege: a module runs as root with the daemon's capabilities, so its code comes only from the package,
+from installed distributions (entry points), or from a directory given on the command line, never from a path in a
+config value or a `-m` argument; that directory and the file must be owned by root (or us) and writable by no one
+else (fsutil.untrusted_reason)."""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..events import Event
+from ..fsutil import untrusted_reason
 from ..program import ModuleCode
 from .base import (
     C_HELPERS,
@@ -82,12 +89,22 @@ def _from_entry_point(name: str) -> type[Module] | None:
     return check_module_class(loaded, name)
 
 
-def _from_file(path_text: str) -> type[Module]:
-    path = Path(path_text).expanduser()
-    if not path.is_file():
-        raise ModuleError(f"module {path_text!r}: no such file")
-    if path.suffix != ".py":
-        raise ModuleError(f"module {path_text!r}: a module file must be a .py file")
+def _in_module_dirs(name: str, module_dirs: Sequence[str | Path]) -> Path | None:
+    """The first `<dir>/<name>.py` that exists; ModuleError when it (or its directory) others could write."""
+    for directory in module_dirs:
+        path = Path(directory) / f"{name}.py"
+        if not path.is_file():
+            continue
+        for what, checked in (("directory", Path(directory)), ("file", path)):
+            reason = untrusted_reason(checked)
+            if reason is not None:
+                raise ModuleError(f"module {name!r}: {what} {str(checked)!r} is {reason}: not loaded "
+                                  "(module code runs as root)")
+        return path
+    return None
+
+
+def _from_file(path: Path, path_text: str) -> type[Module]:
     digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
     module_name = f"ipftrace_exporter_user_module_{digest}"
     spec = importlib.util.spec_from_file_location(module_name, path)
@@ -112,19 +129,28 @@ def _from_file(path_text: str) -> type[Module]:
     return check_module_class(chosen, path_text)
 
 
-def find_module(name: str) -> type[Module]:
-    """The Module class for a built-in name, an entry-point name or a path to a .py file."""
+PATH_REFUSED = ("module files are not loaded from paths: put {file} in a directory and give that with "
+                "--module-dir, then name the module ({stem})")
+
+
+def find_module(name: str, module_dirs: Sequence[str | Path] = ()) -> type[Module]:
+    """The Module class for a built-in name, an entry-point name, or `<name>.py` in one of `module_dirs`."""
     if is_path(name):
-        return _from_file(name)
+        stem = Path(name).stem
+        raise ModuleError(f"module {name!r}: " + PATH_REFUSED.format(file=Path(name).name, stem=stem))
     if not MODULE_NAME.fullmatch(name):
-        raise ModuleError(f"module {name!r}: not a module name (lower-case letters, digits, '_') nor a .py path")
+        raise ModuleError(f"module {name!r}: not a module name (lower-case letters, digits, '_')")
     if name in BUILTINS:
         return _import_builtin(BUILTINS[name])
     cls = _from_entry_point(name)
-    if cls is None:
-        known = ", ".join(sorted(set(BUILTINS) | set(entry_point_names())))
-        raise ModuleError(f"module {name!r}: unknown module (known: {known}; or give a path to a .py file)")
-    return cls
+    if cls is not None:
+        return cls
+    path = _in_module_dirs(name, module_dirs)
+    if path is not None:
+        return _from_file(path, name)
+    known = ", ".join(sorted(set(BUILTINS) | set(entry_point_names())))
+    where = f"nor {name}.py in {', '.join(str(d) for d in module_dirs)}" if module_dirs else "or --module-dir"
+    raise ModuleError(f"module {name!r}: unknown module (known: {known}; {where})")
 
 
 def allocate(modules: Sequence[Module]) -> list[int]:
@@ -221,15 +247,17 @@ class LoadedModule:
         return f"LoadedModule({self.spec!r}, offset={self.offset}, size={self.size})"
 
 
-def load_modules(specs: Iterable[str | SpecLike], context: ModuleContext | None = None) -> list[LoadedModule]:
+def load_modules(specs: Iterable[str | SpecLike], context: ModuleContext | None = None,
+                 module_dirs: Sequence[str | Path] = ()) -> list[LoadedModule]:
     """Resolve specs such as 'gso' or 'mark=0x10/0xff' (or config.ModuleSpec) into loaded modules with
-    non-overlapping data ranges. Raises ModuleError (a UsageError) naming the module."""
+    non-overlapping data ranges; names not built in nor installed are looked up as `<name>.py` in `module_dirs`
+    (operator-given directories). Raises ModuleError (a UsageError) naming the module."""
     context = context or ModuleContext()
     instances: list[tuple[Module, str]] = []
     seen: set[str] = set()
     for spec in specs:
         name, arg, text = split_spec(spec)
-        cls = find_module(name)
+        cls = find_module(name, module_dirs)
         if cls.name in seen:
             raise ModuleError(f"module {cls.name!r}: given more than once")
         seen.add(cls.name)

@@ -231,7 +231,8 @@ class Broken(Module):
 def test_a_module_whose_c_does_not_compile_is_named_in_one_error(start_tool, tmp_path: Path) -> None:
     path = tmp_path / "broken.py"
     path.write_text(BROKEN_MODULE)
-    tool = start_tool("ipftrace", *TRACEPOINT, "-m", "gso", "-m", str(path), "--timeout", "5", wait=False)
+    tool = start_tool("ipftrace", *TRACEPOINT, "-m", "gso", "--module-dir", str(tmp_path), "-m", "broken",
+                      "--timeout", "5", wait=False)
     code, _out, err = tool.finish(timeout=120)
     assert code == 2, err
     last = err.strip().splitlines()[-1]

@@ -141,6 +141,26 @@ def as_deployed(argv: list[str]) -> list[str]:
     return [setpriv, f"--bounding-set=-all,{caps}", "--inh-caps=-all", "--no-new-privs", "--", *argv]
 
 
+def start_exporter_as_deployed(args: list[str], ready_file: Path, log: Path,
+                               cache_dir: str) -> subprocess.Popen[bytes]:
+    """The exporter with `args` under the DaemonSet's capabilities, once its --ready-file exists (fails the test
+    with the end of its log if it exits first)."""
+    exporter = start(as_deployed([str(EXPORTER), *args, "--ready-file", str(ready_file)]), log,
+                     env={"IPFTRACE_CACHE_DIR": cache_dir, "PYTHONUNBUFFERED": "1"})
+
+    def exporter_ready() -> bool:
+        if exporter.poll() is not None:
+            pytest.fail(f"the exporter exited with {exporter.returncode}:\n{tail(log)}")
+        return ready_file.exists()
+
+    try:
+        wait_for(exporter_ready, READY_TIMEOUT_S, "the exporter's --ready-file", log=log)
+    except BaseException:
+        stop(exporter)
+        raise
+    return exporter
+
+
 # ---- traffic to 127.0.0.1 only -----------------------------------------------------------------------------
 
 def _checksum(data: bytes) -> int:
@@ -274,17 +294,9 @@ def test_prometheus_scrapes_the_exporter_and_every_dashboard_query_returns_data(
     exporter_log, prometheus_log = tmp_path / "exporter.log", tmp_path / "prometheus.log"
     started: list[subprocess.Popen[bytes]] = []
     try:
-        exporter = start(as_deployed([str(EXPORTER), "--metrics-address", exporter_address,
-                                      "--ready-file", str(ready_file), "--log-level", "info"]), exporter_log,
-                         env={"IPFTRACE_CACHE_DIR": cache_dir, "PYTHONUNBUFFERED": "1"})
+        exporter = start_exporter_as_deployed(["--metrics-address", exporter_address, "--log-level", "info"],
+                                              ready_file, exporter_log, cache_dir)
         started.append(exporter)
-
-        def exporter_ready() -> bool:
-            if exporter.poll() is not None:
-                pytest.fail(f"the exporter exited with {exporter.returncode}:\n{tail(exporter_log)}")
-            return ready_file.exists()
-
-        wait_for(exporter_ready, READY_TIMEOUT_S, "the exporter's --ready-file", log=exporter_log)
         drops_expected = make_traffic(flows)
 
         config_file = tmp_path / "prometheus.yml"

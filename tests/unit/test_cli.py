@@ -97,3 +97,20 @@ def test_flags_and_filter_make_one_flow() -> None:
     flow = _flow_from_flags("4", "tcp", None, "10.0.0.0/8", None, None, None, "443", "tcp[tcpflags] & tcp-syn != 0")
     assert flow.pcap is not None and flow.pcap.expression == "tcp[tcpflags] & tcp-syn != 0"
     assert "filter 'tcp[tcpflags] & tcp-syn != 0'" in flow.describe()
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"OTEL_EXPORTER_OTLP_CERTIFICATE": "/nonexistent/ca.pem"},
+     "OTEL_EXPORTER_OTLP_CERTIFICATE: cannot read '/nonexistent/ca.pem': No such file or directory"),
+    ({"OTEL_TRACES_EXPORTER": "zipkin"}, "OTEL_TRACES_EXPORTER: 'zipkin' is not supported"),
+])
+def test_exporter_bad_otel_environment_is_one_line_before_anything_compiles(
+        env: dict[str, str], message: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector.invalid:4317")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    for args in (["--check"], ["--metrics-address", "127.0.0.1:0"]):  # the daemon's start, too: before attaching
+        assert run_command("ipftrace-exporter", exporter_cli, args) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 import textwrap
 
 import pytest
@@ -207,10 +208,10 @@ def test_unnamed_flows_get_distinct_names():
             'config.yaml: paths: unknown key "idle_timout" (did you mean "idle_timeout"?)',
         ),
         ("paths: {idle_timeout: 0}", "config.yaml: paths.idle_timeout: 0: must be positive"),
-        ("paths: {max_events: 0}", "config.yaml: paths.max_events: 0: must be a positive integer"),
+        ("paths: {max_events: 0}", "config.yaml: paths.max_events: 0: must be an integer from 1 to 65536"),
         (
             "paths: {max_inflight: many}",
-            'config.yaml: paths.max_inflight: "many": must be a positive integer',
+            'config.yaml: paths.max_inflight: "many": must be an integer from 1 to 1048576',
         ),
         (
             "paths: [1]",
@@ -382,7 +383,7 @@ def test_load_config_names_the_file(tmp_path):
     assert (config.metrics.host, config.metrics.port) == ("::", 9436)
     assert config.source == str(path)
     path.write_text("paths: {max_events: -1}\n")
-    with pytest.raises(ConfigError, match=rf"^{path}: paths\.max_events: -1: must be a positive integer$"):
+    with pytest.raises(ConfigError, match=rf"^{path}: paths\.max_events: -1: must be an integer from 1 to 65536$"):
         load_config(path)
 
 
@@ -536,3 +537,27 @@ def test_a_flow_can_name_its_device_and_namespace():
     (flow,) = config.flows
     assert flow.ifname == "eth0" and flow.netns == os.stat("/proc/self/ns/net").st_ino
     assert error_of("flows: [{ifname: 'a/b'}]").startswith('config.yaml: flows[0].ifname: "a/b": not a device name')
+
+
+def test_skb_address_attribute_is_off_by_default_and_on_when_asked() -> None:
+    assert default_config().traces.attributes.skb_address is False
+    assert parse_config("traces: {attributes: {skb_address: true}}\n").traces.attributes.skb_address is True
+    with pytest.raises(ConfigError, match=r"traces\.attributes\.skb_address: \"yes please\": must be true or false"):
+        parse_config("traces: {attributes: {skb_address: yes please}}\n", "config.yaml")
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("paths: {max_events: 65537}", "paths.max_events"),
+    ("paths: {max_inflight: 1048577}", "paths.max_inflight"),
+    ("paths: {idle_timeout: 2h}", "paths.idle_timeout"),
+    ("traces: {otlp: {timeout: 6m}}", "traces.otlp.timeout"),
+    ("modules: [" + ", ".join(f"m{i}" for i in range(17)) + "]", "modules"),
+])
+def test_numbers_and_lists_past_their_key_range_name_the_key(text: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^config\.yaml: {re.escape(key)}: "):
+        parse_config(text, "config.yaml")
+
+
+def test_range_edges_are_accepted() -> None:
+    config = parse_config("paths: {max_events: 65536, max_inflight: 1048576, idle_timeout: 1h}\n")
+    assert (config.paths.max_events, config.paths.max_inflight) == (65536, 1048576)

@@ -306,7 +306,8 @@ def test_every_kubernetes_object_passes_strict_schema_validation(path: Path, obj
 
 def test_kubernetes_objects_cover_every_kind_deployed() -> None:
     kinds = {obj["kind"] for path, obj in kubernetes_objects() if path.parent == K8S}
-    assert kinds == {"Namespace", "ServiceAccount", "ConfigMap", "DaemonSet", "Service", "ServiceMonitor"}
+    assert kinds == {"Namespace", "ServiceAccount", "ConfigMap", "DaemonSet", "Service", "ServiceMonitor",
+                     "NetworkPolicy"}
 
 
 def test_strict_validation_rejects_a_misspelt_field() -> None:
@@ -483,6 +484,44 @@ def test_daemonset_sets_node_name_service_name_probes_resources_and_grace_period
     timeout = yaml.safe_load(configmap["data"]["config.yaml"])["traces"]["otlp"]["timeout"]
     grace = daemonset()["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace >= 2 * int(timeout.rstrip("s")), "room to detach probes and flush spans (OTLP timeout)"
+
+
+def test_resources_cover_the_measured_footprint() -> None:
+    """The memory request is at least the idle RSS bench/footprint.py measured, the limit at least its peak."""
+    text = (ROOT / "bench" / "RESULTS.md").read_text(encoding="utf-8")
+    section = text.split("## Footprint (Kubernetes requests and limits)", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:-1] for line in section.splitlines() if line.startswith("| ") and "MiB" not in line]
+    rss_max = max(float(row[4]) for row in rows)
+    peak = float(re.search(r"peak over the whole run ([\d.]+) MiB", section).group(1))  # type: ignore[union-attr]
+    resources = exporter_container()["resources"]
+
+    def mebibytes(quantity: str) -> float:
+        assert quantity.endswith("Mi"), quantity
+        return float(quantity[:-2])
+
+    assert mebibytes(resources["requests"]["memory"]) >= rss_max
+    assert mebibytes(resources["limits"]["memory"]) >= 1.5 * peak
+
+
+def test_network_policy_admits_only_the_metrics_port_and_lets_out_only_dns_and_otlp() -> None:
+    (policy,) = yaml_documents(K8S / "networkpolicy.yaml")
+    spec = policy["spec"]
+    pod_labels = daemonset()["spec"]["template"]["metadata"]["labels"]
+    assert spec["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert daemonset()["spec"]["template"]["spec"].get("hostNetwork") is False  # else a policy does not apply
+    assert sorted(spec["policyTypes"]) == ["Egress", "Ingress"]
+    (ingress,) = spec["ingress"]
+    (port,) = [p for p in exporter_container()["ports"] if p["name"] == "metrics"]
+    assert ingress["ports"] == [{"port": "metrics", "protocol": "TCP"}] and port["protocol"] == "TCP"
+    egress_ports = {(p["port"], p["protocol"]) for rule in spec["egress"] for p in rule["ports"]}
+    (configmap,) = yaml_documents(K8S / "configmap.yaml")
+    endpoint = yaml.safe_load(configmap["data"]["config.yaml"])["traces"]["otlp"]["endpoint"]
+    host, otlp_port = endpoint.removeprefix("http://").removeprefix("https://").rsplit(":", 1)
+    assert egress_ports == {(53, "UDP"), (53, "TCP"), (int(otlp_port), "TCP"), (4318, "TCP")}
+    (otlp_rule,) = [rule for rule in spec["egress"] if any(p["port"] == int(otlp_port) for p in rule["ports"])]
+    namespace = host.split(".")[1]
+    assert otlp_rule["to"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}]
+    assert all(rule.get("to") for rule in spec["egress"])  # no rule opens egress to everywhere
 
 
 def test_metrics_port_agrees_across_args_container_service_and_servicemonitor() -> None:
@@ -678,6 +717,18 @@ def test_dockerfile_installs_through_the_readme_setup_script() -> None:
     env = {e["name"]: e.get("value") for e in exporter_container()["env"]}
     assert [env["IPFTRACE_CACHE_DIR"]] in volumes
     assert (ROOT / "scripts" / "setup.sh").is_file()
+
+
+def test_dockerfile_copies_the_sources_after_installing_dependencies() -> None:
+    """Layer caching: a source edit must not re-run apt and pip. Before setup.sh only what it reads is copied."""
+    instructions = _dockerfile_instructions()
+    setup = next(i for i, (op, arg) in enumerate(instructions) if op == "RUN" and "scripts/setup.sh" in arg)
+    copies = [(i, arg) for i, (op, arg) in enumerate(instructions) if op == "COPY"]
+    before = {arg.split()[0] for i, arg in copies if i < setup}
+    assert before == {"pyproject.toml", "scripts/setup.sh"}, before
+    assert any(arg == ". ." and i > setup for i, arg in copies)
+    checks = [arg for i, (op, arg) in enumerate(instructions) if op == "RUN" and i > setup]
+    assert any("ipftrace-exporter --help" in arg for arg in checks)  # the real sources import
 
 
 def test_dockerignore_keeps_what_setup_sh_installs() -> None:

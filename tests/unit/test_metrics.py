@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
@@ -133,8 +134,30 @@ def test_exports_exactly_the_contract_names_plus_scrape_errors(metrics):
         line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")
     }
     assert CONTRACT <= names
-    assert names - CONTRACT == {"ipftrace_scrape_errors_total"}
+    ours = {name for name in names if not name.startswith("process_")}
+    assert ours - CONTRACT == {"ipftrace_scrape_errors_total"}
     assert {"ipftrace_function_hits", "ipftrace_skb_drops"} <= families  # counters named without _total
+
+
+def test_process_metrics_are_read_from_the_proc_root_given(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """prometheus_client's ProcessCollector, as node_exporter's process_* families: from /proc (here a recorded
+    copy of this process's stat, status and limits under a fake root)."""
+    from prometheus_client.parser import text_string_to_metric_families
+    pid_dir = tmp_path / "self"  # the collector reads <proc>/self
+    pid_dir.mkdir()
+    for name in ("stat", "status", "limits"):
+        (pid_dir / name).write_bytes(Path(f"/proc/self/{name}").read_bytes())
+    (pid_dir / "fd").mkdir()
+    for fd in range(3):
+        (pid_dir / "fd" / str(fd)).write_text("")
+    (tmp_path / "stat").write_bytes(Path("/proc/stat").read_bytes())
+    m = ExporterMetrics(FLOWS, procfs=str(tmp_path))
+    text = generate_latest(m.registry).decode()
+    values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    assert values["process_open_fds"] == 3
+    assert values["process_resident_memory_bytes"] > 10e6
+    assert values["process_start_time_seconds"] > 1.6e9
+    assert {"process_cpu_seconds_total", "process_virtual_memory_bytes", "process_max_fds"} <= set(values)
 
 
 def test_function_hits_per_flow_and_probe_name(metrics, reader):

@@ -222,10 +222,10 @@ class Hello(Module):
 """
 
 
-def test_a_module_is_loaded_from_a_python_file(tmp_path: Path, context: ModuleContext) -> None:
+def test_a_module_is_loaded_from_a_file_in_a_module_dir(tmp_path: Path, context: ModuleContext) -> None:
     path = tmp_path / "hello.py"
     path.write_text(HELLO)
-    _gso, hello = load_modules(["gso", str(path)], context)
+    _gso, hello = load_modules(["gso", "hello"], context, [tmp_path])
     assert (hello.name, hello.offset, hello.size) == ("hello", 12, 2)
     data = bytes(12) + b"hi" + bytes(50)
     assert hello.fields(data) == {"greeting": "hi"}
@@ -233,23 +233,58 @@ def test_a_module_is_loaded_from_a_python_file(tmp_path: Path, context: ModuleCo
     assert "ipft_hook_hello_data(skb, t, data + 12);" in hello.code.data_body
 
 
-def test_module_file_errors_name_the_file(tmp_path: Path, context: ModuleContext) -> None:
-    missing = tmp_path / "missing.py"
-    with pytest.raises(ModuleError, match=f"^module '{missing}': no such file"):
-        load_modules([str(missing)], context)
-    broken = tmp_path / "broken.py"
-    broken.write_text("def (:\n")
-    with pytest.raises(ModuleError, match=f"^module '{broken}': SyntaxError"):
-        load_modules([str(broken)], context)
-    two = tmp_path / "two.py"
-    two.write_text(HELLO + "\nclass Other(Hello):\n    name = 'other'\n")
+def test_module_file_errors_name_the_module(tmp_path: Path, context: ModuleContext) -> None:
+    dirs = [tmp_path]
+    with pytest.raises(ModuleError, match=f"^module 'missing': unknown module .*nor missing.py in {tmp_path}"):
+        load_modules(["missing"], context, dirs)
+    (tmp_path / "broken.py").write_text("def (:\n")
+    with pytest.raises(ModuleError, match="^module 'broken': SyntaxError"):
+        load_modules(["broken"], context, dirs)
+    (tmp_path / "two.py").write_text(HELLO + "\nclass Other(Hello):\n    name = 'other'\n")
     with pytest.raises(ModuleError, match="defines 2 Module subclasses; set MODULE"):
-        load_modules([str(two)], context)
+        load_modules(["two"], context, dirs)
     (tmp_path / "chosen.py").write_text(HELLO + "\nclass Other(Hello):\n    name = 'other'\nMODULE = Other\n")
-    assert load_modules([str(tmp_path / "chosen.py")], context)[0].name == "other"
+    assert load_modules(["chosen"], context, dirs)[0].name == "other"
     (tmp_path / "badname.py").write_text(HELLO.replace('"hello"', '"Hello-1"'))
     with pytest.raises(ModuleError, match="name 'Hello-1' must match"):
-        load_modules([str(tmp_path / "badname.py")], context)
+        load_modules(["badname"], context, dirs)
+
+
+@pytest.mark.parametrize("spec", ["/tmp/evil.py", "./evil.py", "evil.py", "sub/evil", "/tmp/evil.py=x"])
+def test_a_module_path_is_refused_even_when_the_file_exists(tmp_path: Path, context: ModuleContext,
+                                                            spec: str) -> None:
+    evil = tmp_path / "evil.py"
+    evil.write_text("raise SystemExit('executed')\n")  # would end the test run if it were imported
+    spec = spec.replace("/tmp/", f"{tmp_path}/")
+    with pytest.raises(ModuleError, match="module files are not loaded from paths: .*--module-dir"):
+        load_modules([spec], context, [tmp_path])
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o775, 0o1777])
+def test_a_module_dir_others_can_write_is_refused(tmp_path: Path, context: ModuleContext, mode: int) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "hello.py").write_text(HELLO)
+    shared.chmod(mode)
+    with pytest.raises(ModuleError, match=r"^module 'hello': directory .* is writable by .*: not loaded"):
+        load_modules(["hello"], context, [shared])
+    shared.chmod(0o755)
+    (shared / "hello.py").chmod(0o666)
+    with pytest.raises(ModuleError, match=r"^module 'hello': file .*hello.py' is writable by group and others"):
+        load_modules(["hello"], context, [shared])
+    (shared / "hello.py").chmod(0o644)
+    assert load_modules(["hello"], context, [shared])[0].name == "hello"
+
+
+def test_a_module_file_owned_by_another_user_is_refused(tmp_path: Path, context: ModuleContext) -> None:
+    import os
+
+    (tmp_path / "hello.py").write_text(HELLO)
+    if os.getuid() != 0:
+        pytest.skip("needs root to give the file away")
+    os.chown(tmp_path / "hello.py", 4242, 4242)
+    with pytest.raises(ModuleError, match="owned by uid 4242, not root"):
+        load_modules(["hello"], context, [tmp_path])
 
 
 def test_a_module_is_found_through_its_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -279,7 +314,7 @@ def test_option_errors_of_a_plugin_name_it(tmp_path: Path, context: ModuleContex
         MODULE = Strict
     """))
     with pytest.raises(ModuleError, match="^module 'strict': bad option 'x': level must be 1-3"):
-        load_modules([f"{path}=x"], context)
+        load_modules(["strict=x"], context, [tmp_path])
 
 
 # ---- offsets -------------------------------------------------------------------------------------------------
@@ -397,6 +432,6 @@ def test_a_failing_plugin_decoder_or_formatter_does_not_stop_the_output(tmp_path
                 return fields["missing"]
         MODULE = Fragile
     """))
-    (fragile,) = load_modules([str(path)], context)
+    (fragile,) = load_modules(["fragile"], context, [tmp_path])
     assert fragile.fields(bytes(64)) == {"decode_error": "KeyError: 'unexpected'"}
     assert fragile.describe(b"hi" + bytes(62)) == "(greeting: hi)"

@@ -30,6 +30,8 @@ FAST = {"linger_s": 0.02}
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OTEL_SDK_DISABLED", "OTEL_TRACES_EXPORTER"):
+        monkeypatch.delenv(name, raising=False)
     for names in ENV.values():
         for name in names:
             monkeypatch.delenv(name, raising=False)
@@ -187,7 +189,7 @@ def test_spans_arrive_at_a_real_receiver(encoder: SpanEncoder, receiver_type: ty
         assert sink.dropped == {"queue_full": 0, "export_failed": 0, "shutdown": 0}
         assert len({span.trace_id for span in spans}) == 10
         roots = [span for span in spans if not span.parent_span_id]
-        assert {root.name for root in roots} == {"ICMP 10.199.0.1 -> 10.199.0.2"}
+        assert {root.name for root in roots} == {"ICMP ping"}
         request = receiver.requests[0]
         assert attributes(request.resource_spans[0].resource.attributes) == {"service.name": "otlp-test"}
         assert receiver.headers[0]["x-tenant"] == "t1"
@@ -437,3 +439,69 @@ def test_upstream_hooks_this_module_relies_on_exist() -> None:
     assert isinstance(exporter._client, _OTLPHTTPClient)
     assert exporter._shutdown is False
     exporter.shutdown()
+
+
+# ---- OTEL_SDK_DISABLED, OTEL_TRACES_EXPORTER, TLS files, the shutdown bound ----------------------------------------
+
+ENDPOINT_ENV = {"OTEL_EXPORTER_OTLP_ENDPOINT": "https://collector:4317"}
+
+
+@pytest.mark.parametrize(("env", "by"), [
+    ({"OTEL_SDK_DISABLED": "true"}, "OTEL_SDK_DISABLED=true"),
+    ({"OTEL_SDK_DISABLED": "TRUE"}, "OTEL_SDK_DISABLED=true"),
+    ({"OTEL_TRACES_EXPORTER": "none"}, "OTEL_TRACES_EXPORTER=none"),
+    ({"OTEL_TRACES_EXPORTER": " None "}, "OTEL_TRACES_EXPORTER=None"),
+])
+def test_sdk_disabled_and_exporter_none_turn_export_off(env: dict, by: str) -> None:
+    settings = OtlpSettings.resolve(environ={**ENDPOINT_ENV, **env})
+    assert not settings.enabled
+    assert settings.disabled_by == by and by in settings.off_reason
+
+
+@pytest.mark.parametrize("env", [
+    {"OTEL_SDK_DISABLED": "false"}, {"OTEL_SDK_DISABLED": "1"},  # only "true" disables (spec)
+    {"OTEL_TRACES_EXPORTER": "otlp"}, {"OTEL_TRACES_EXPORTER": ""},
+])
+def test_other_values_leave_otlp_export_on(env: dict) -> None:
+    assert OtlpSettings.resolve(environ={**ENDPOINT_ENV, **env}).enabled
+
+
+@pytest.mark.parametrize("value", ["zipkin", "console", "otlp,jaeger"])
+def test_an_exporter_this_package_lacks_is_a_one_line_error(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"^OTEL_TRACES_EXPORTER: '\w+' is not supported \(use otlp or none\)$"):
+        OtlpSettings.resolve(environ={**ENDPOINT_ENV, "OTEL_TRACES_EXPORTER": value})
+
+
+def test_a_missing_ca_file_is_a_one_line_error_naming_the_variable(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    missing = tmp_path / "ca.pem"
+    with pytest.raises(ConfigError, match=rf"^OTEL_EXPORTER_OTLP_CERTIFICATE: cannot read '{missing}': "
+                                          r"No such file or directory$"):
+        OtlpSettings.resolve(environ={**ENDPOINT_ENV, "OTEL_EXPORTER_OTLP_CERTIFICATE": str(missing)})
+    with pytest.raises(ConfigError, match=r"^OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE: cannot read"):
+        OtlpSettings.resolve(environ={**ENDPOINT_ENV, "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE": str(missing)})
+    # export off: the file does not matter
+    assert not OtlpSettings.resolve(environ={"OTEL_EXPORTER_OTLP_CERTIFICATE": str(missing)}).enabled
+
+
+def test_tls_files_are_checked_and_a_client_key_needs_its_certificate(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    for name in ("ca.pem", "client.key", "client.pem"):
+        (tmp_path / name).write_text("-----BEGIN X-----\n")
+    env = {**ENDPOINT_ENV, "OTEL_EXPORTER_OTLP_CERTIFICATE": str(tmp_path / "ca.pem"),
+           "OTEL_EXPORTER_OTLP_CLIENT_KEY": str(tmp_path / "client.key")}
+    with pytest.raises(ConfigError, match="^OTEL_EXPORTER_OTLP_CLIENT_KEY: set OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"):
+        OtlpSettings.resolve(environ=env)
+    env["OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"] = str(tmp_path / "client.pem")
+    assert OtlpSettings.resolve(environ=env).tls_files == {
+        "certificate": str(tmp_path / "ca.pem"), "client_key": str(tmp_path / "client.key"),
+        "client_certificate": str(tmp_path / "client.pem")}
+
+
+def test_shutdown_waits_at_most_the_export_timeout_by_default(encoder: SpanEncoder, hung_endpoint: str) -> None:
+    sink = OtlpSink(encoder, hung_endpoint, "grpc", timeout_s=0.5, max_batch_spans=6, **FAST)
+    sink.submit(make_paths(10))
+    assert wait_until(lambda: sink.queued_spans == 24)
+    started = time.monotonic()
+    sink.shutdown()  # no argument: traces.otlp.timeout
+    took = time.monotonic() - started
+    assert 0.3 < took < 2, took
+    assert sink.dropped["shutdown"] + sink.dropped["export_failed"] == 30

@@ -14,8 +14,10 @@ from ipftrace_exporter.events import FLAG_TUPLE, MODULE_DATA_SIZE, Event
 from ipftrace_exporter.paths import OUTCOME_CONSUMED, OUTCOME_DROPPED, OUTCOME_TIMEOUT, Drop, SkbPath
 from ipftrace_exporter.probes import Probe, ProbeKind, ProbeRole, ProbeTable
 from ipftrace_exporter.spans import (
+    SCHEMA_URL,
     SpanEncoder,
     WallClock,
+    host_name,
     parse_resource_attributes,
     resource_attributes,
 )
@@ -114,16 +116,17 @@ def test_child_spans_are_named_after_their_probe_and_carry_event_attributes() ->
     ]
     assert all(span.kind == Span.SPAN_KIND_INTERNAL for span in [root, *children])
     first = attributes(children[0].attributes)
-    assert first == {
-        "code.function": "net:netif_receive_skb",
-        "ipftrace.probe": "tracepoint",
+    assert first == {  # a tracepoint is not a function: no code.function.name
+        "ipftrace.probe": "tracepoint:net:netif_receive_skb",
         "ipftrace.cpu": 1,
         "ipftrace.len": 84,
         "ipftrace.ifindex": 2,
     }
-    assert attributes(children[1].attributes)["ipftrace.probe"] == "kfunc"
-    assert attributes(children[2].attributes)["code.function"] == "__udp4_lib_rcv"
-    assert attributes(children[2].attributes)["ipftrace.probe"] == "kprobe"
+    assert attributes(children[1].attributes)["code.function.name"] == "ip_rcv"
+    assert attributes(children[1].attributes)["ipftrace.probe"] == "kfunc:ip_rcv"
+    assert attributes(children[2].attributes)["code.function.name"] == "__udp4_lib_rcv"
+    assert attributes(children[2].attributes)["ipftrace.probe"] == "kprobe:__udp4_lib_rcv"
+    assert not any("code.function" in attributes(child.attributes) for child in children)  # deprecated name
 
 
 def test_times_are_wall_clock_start_at_the_event_and_end_at_the_next() -> None:
@@ -139,23 +142,29 @@ def test_times_are_wall_clock_start_at_the_event_and_end_at_the_next() -> None:
 
 def test_root_is_named_after_the_flow_and_has_network_attributes() -> None:
     root, _ = split(spans_of(encoder().encode([icmp_path()])))
-    assert root.name == "ICMP 10.0.1.10 -> 10.0.1.20"
+    assert root.name == "ICMP dns"
     assert root.status.code == Status.STATUS_CODE_UNSET
-    assert attributes(root.attributes) == {
+    assert attributes(root.attributes) == {  # no ipftrace.skb: a kernel pointer is sent only when asked for
         "network.transport": "icmp",
         "network.type": "ipv4",
         "source.address": "10.0.1.10",
         "destination.address": "10.0.1.20",
-        "ipftrace.skb": "0xffff888012345600",
         "ipftrace.flow": "dns",
         "ipftrace.outcome": "consumed",
     }
 
 
+def test_the_skb_address_is_an_attribute_only_when_asked_for() -> None:
+    root, _ = split(spans_of(encoder(skb_address=True).encode([icmp_path()])))
+    assert attributes(root.attributes)["ipftrace.skb"] == "0xffff888012345600"
+    root, _ = split(spans_of(encoder(skb_address=False).encode([icmp_path()])))
+    assert "ipftrace.skb" not in attributes(root.attributes)
+
+
 def test_tcp_and_udp_roots_carry_ports() -> None:
     path = SkbPath(SKB, 0, [event(10, 0, l4proto=6, sport=40000, dport=443)], OUTCOME_TIMEOUT)
     root, _ = split(spans_of(encoder().encode([path])))
-    assert root.name == "TCP 10.0.1.10:40000 -> 10.0.1.20:443"
+    assert root.name == "TCP web"
     attrs = attributes(root.attributes)
     assert (attrs["network.transport"], attrs["source.port"], attrs["destination.port"]) == (
         "tcp",
@@ -172,7 +181,7 @@ def test_ipv6_addresses_are_bracketed_when_a_port_follows() -> None:
                        dport=53)], OUTCOME_CONSUMED
     )  # fmt: skip
     root, _ = split(spans_of(encoder().encode([path])))
-    assert root.name == "UDP [fd00:199::1]:5353 -> [fd00:199::2]:53"
+    assert root.name == "UDP web"
     attrs = attributes(root.attributes)
     assert attrs["network.type"] == "ipv6"
     assert attrs["source.address"] == "fd00:199::1"
@@ -182,7 +191,7 @@ def test_ipv6_addresses_are_bracketed_when_a_port_follows() -> None:
 def test_ipv6_without_ports_keeps_plain_addresses() -> None:
     path = SkbPath(SKB, 0, [event(10, 0, ipversion=6, l4proto=58, saddr="fd00::1", daddr="fd00::2")])
     root, _ = split(spans_of(encoder().encode([path])))
-    assert root.name == "ICMPV6 fd00::1 -> fd00::2"
+    assert root.name == "ICMPV6 web"
     assert "source.port" not in attributes(root.attributes)
     assert attributes(root.attributes)["network.transport"] == "icmpv6"
 
@@ -190,13 +199,13 @@ def test_ipv6_without_ports_keeps_plain_addresses() -> None:
 def test_addresses_come_from_the_first_event_with_parsed_headers() -> None:
     path = SkbPath(SKB, 0, [event(10, 0, tuple_=False, saddr="1.1.1.1"), event(20, 1)])
     root, _ = split(spans_of(encoder().encode([path])))
-    assert root.name == "ICMP 10.0.1.10 -> 10.0.1.20"
+    assert attributes(root.attributes)["source.address"] == "10.0.1.10"
 
 
-def test_a_path_without_parsed_headers_is_named_after_its_skb() -> None:
+def test_a_path_without_parsed_headers_is_named_after_its_flow_only() -> None:
     path = SkbPath(SKB, 0, [event(10, 0, tuple_=False)])
     root, _ = split(spans_of(encoder().encode([path])))
-    assert root.name == "skb 0xffff888012345600"
+    assert root.name == "packet web"
     assert "network.transport" not in attributes(root.attributes)
 
 
@@ -301,7 +310,58 @@ def test_resource_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         "service.name": "ipftrace-exporter",
         "service.version": __version__,
         "host.name": "host-a",
+        "telemetry.sdk.name": "ipftrace-exporter",
+        "telemetry.sdk.language": "python",
+        "telemetry.sdk.version": __version__,
     }
+
+
+def test_host_name_is_the_node_name_else_the_kernel_host_name(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    hostname = tmp_path / "hostname"
+    hostname.write_text("node-from-kernel\n")
+    assert host_name({"NODE_NAME": "node-7"}, str(hostname)) == "node-7"
+    assert host_name({}, str(hostname)) == "node-from-kernel"
+    assert resource_attributes({}, None)["host.name"] == host_name({})
+    import socket
+
+    assert host_name({}, str(tmp_path / "missing")) == socket.gethostname()
+
+
+def test_requests_carry_the_semantic_conventions_schema_url() -> None:
+    from opentelemetry.semconv.schemas import Schemas
+
+    request = encoder().encode([icmp_path()])
+    assert request.resource_spans[0].schema_url == SCHEMA_URL
+    assert request.resource_spans[0].scope_spans[0].schema_url == SCHEMA_URL
+    assert SCHEMA_URL in {schema.value for schema in Schemas}  # a version the pinned semconv package knows
+
+
+def test_root_span_names_stay_few_under_mixed_traffic() -> None:
+    """Span-name cardinality: thousands of packets with random addresses, ports, protocols and both IP
+    versions give at most one root name per (protocol, flow), and never an address."""
+    import random
+
+    rng = random.Random(16)
+    paths = []
+    for index in range(3000):
+        version = rng.choice((4, 6))
+        proto = rng.choice((1, 6, 17)) if version == 4 else rng.choice((58, 6, 17))
+        if version == 4:
+            saddr, daddr = (str(ipaddress.IPv4Address(rng.getrandbits(32))) for _ in range(2))
+        else:
+            saddr, daddr = (str(ipaddress.IPv6Address(rng.getrandbits(128))) for _ in range(2))
+        ports = {"sport": rng.randrange(1, 65536), "dport": rng.randrange(1, 65536)} if proto in (6, 17) else {}
+        paths.append(SkbPath(SKB + index, rng.randrange(len(FLOWS)),
+                             [event(10, 0, ipversion=version, l4proto=proto, saddr=saddr, daddr=daddr, **ports),
+                              event(20, 4)], OUTCOME_CONSUMED))
+    spans = spans_of(encoder().encode(paths))
+    roots = [span for span in spans if not span.parent_span_id]
+    assert len(roots) == 3000
+    names = {root.name for root in roots}
+    assert names <= {f"{proto} {flow}" for proto in ("ICMP", "ICMPV6", "TCP", "UDP") for flow in FLOWS}
+    assert len(names) <= 8
+    assert len({span.name for span in spans}) <= 8 + len(PROBES)
+    assert len({attributes(root.attributes)["source.address"] for root in roots}) > 2900  # they are attributes
 
 
 def test_resource_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -371,16 +431,8 @@ def test_one_encoder_keeps_flows_apart() -> None:
     udp = SkbPath(SKB + 1, 0, [event(10, 0, l4proto=17, sport=1, dport=2)])
     tcp_again = SkbPath(SKB + 2, 0, [event(10, 0, l4proto=6, sport=1, dport=2)])
     other_port = SkbPath(SKB + 3, 0, [event(10, 0, l4proto=6, sport=1, dport=3)])
-    spans = spans_of(enc.encode([tcp, udp, tcp_again, other_port]))
-    roots = sorted(
-        (s for s in spans if not s.parent_span_id), key=lambda s: attributes(s.attributes)["ipftrace.skb"]
-    )
-    assert [root.name for root in roots] == [
-        "TCP 10.0.1.10:1 -> 10.0.1.20:2",
-        "UDP 10.0.1.10:1 -> 10.0.1.20:2",
-        "TCP 10.0.1.10:1 -> 10.0.1.20:2",
-        "TCP 10.0.1.10:1 -> 10.0.1.20:3",
-    ]
-    assert [attributes(root.attributes)["ipftrace.skb"] for root in roots] == [
-        f"{SKB + i:#x}" for i in range(4)
-    ]
+    dns = SkbPath(SKB + 4, 1, [event(10, 0, l4proto=6, sport=1, dport=2)])
+    spans = spans_of(enc.encode([tcp, udp, tcp_again, other_port, dns]))
+    roots = [s for s in spans if not s.parent_span_id]
+    assert [root.name for root in roots] == ["TCP web", "UDP web", "TCP web", "TCP web", "TCP dns"]
+    assert [attributes(root.attributes)["destination.port"] for root in roots] == [2, 2, 2, 3, 2]
