@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Self
 
 from .errors import AttachError, KernelError
-from .events import RECORD_SIZE
+from .events import RECORD_SIZE, UNTRACED_REASONS
 from .kernel.headers import HeaderTree
 from .probes import ProbeKind
 from .program import FUNC_ADDRESS_PLACEHOLDER, ROLE_CODES, ProbeSource, Program, patch_ld_imm64
@@ -30,8 +30,6 @@ from .ringbuf import FRAME_HEADER_SIZE, RingReader, direct_read_supported, frame
 log = logging.getLogger(__name__)
 
 STAT_EVENTS, STAT_LOST, STAT_MATCHED, STAT_TRACK_FULL = range(4)
-# Why a matching packet was not traced, in the order of the program's IPFT_UNTRACED_* indices.
-UNTRACED_REASONS = ("sampled_out", "ring_full")
 MAX_RECORDS_PER_POLL = 8192
 BASE_CFLAGS = ("-w", "-Wno-unused-value")
 # BPF program types (enum bpf_prog_type) the collector loads.
@@ -695,9 +693,12 @@ class Collector:
             os.close(link)
         self._links.clear()
         if self._bpf is not None and not self.closed:
-            _close_kprobes_concurrently(self._bpf)
             try:
-                self._bpf.cleanup()
+                with _captured_stderr() as output:
+                    _close_kprobes_concurrently(self._bpf)
+                    self._bpf.cleanup()
+                if output:
+                    log.debug("BCC while detaching:\n%s", "\n".join(output[-50:]))
             finally:
                 self.closed = True
                 self._bpf = None
@@ -762,13 +763,11 @@ def _close_kprobes_concurrently(bpf) -> None:  # type: ignore[no-untyped-def]
     if len(events) < DETACH_THREADS or not os.path.exists("/sys/bus/event_source/devices/kprobe/type"):
         return
     lib = _import_bcc().libbcc.lib
-    with _captured_stderr() as output, ThreadPoolExecutor(DETACH_THREADS, thread_name_prefix="ipftrace-detach") as pool:
+    with ThreadPoolExecutor(DETACH_THREADS, thread_name_prefix="ipftrace-detach") as pool:
         list(pool.map(lambda item: lib.bpf_close_perf_event_fd(item[1]), events))
-        for event in {event for event, _ in events}:
-            lib.bpf_detach_kprobe(event)
+    for event in {event for event, _ in events}:
+        lib.bpf_detach_kprobe(event)
     bpf.kprobe_fds.clear()
-    if output:
-        log.debug("BCC while detaching:\n%s", "\n".join(output[-50:]))
 
 
 def verify_programs(program: Program, headers: HeaderTree) -> VerifyReport:

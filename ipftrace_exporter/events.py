@@ -105,3 +105,7 @@ def format_address(ipversion: int, raw: bytes) -> str:
     if ipversion == 6:
         return str(ipaddress.IPv6Address(raw[:16]))
     return ""
+
+
+# Why a matching packet was not traced: the kernel's `untraced` counters, in the order of its IPFT_UNTRACED_* indices.
+UNTRACED_REASONS = ("sampled_out", "ring_full")

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from . import __version__
+from .events import UNTRACED_REASONS
 from .paths import OUTCOMES, DropNames
 from .probes import ProbeTable
 
@@ -317,7 +318,7 @@ class IpftraceCollector:
             family.add_metric(list(labels), n)
 
     def _untraced(self, kernel: KernelCounters, family: CounterMetricFamily) -> None:
-        sums: dict[tuple[str, str], int] = {}
+        sums = {(flow, reason): 0 for flow in self.flow_names for reason in UNTRACED_REASONS}  # zero series too
         for flow_id, reason, count in list(kernel.reader.untraced()):
             key = (self._flow(flow_id), reason)
             sums[key] = sums.get(key, 0) + count

@@ -350,10 +350,12 @@ def auto_passes_over_kfunc(view: KernelView, function_count: Callable[[], int]) 
     return f"{count} functions: fentry loads and attaches one program per function, {how}"
 
 
-def attach_summary(backend: str, plan: ProbePlan, report: AttachReport, passed_over: Mapping[str, str]) -> str:
-    """The one start-up line: backend, why others were passed over, functions attached of planned, what could
-    not be traced, and the first failure."""
-    refused = "; ".join(f"{name} passed over: {why}" for name, why in passed_over.items())
+def attach_summary(backend: str, plan: ProbePlan, report: AttachReport, not_used: Mapping[str, str],
+                   passed_over: Collection[str] = ()) -> str:
+    """The one start-up line: backend, why the others were not used (refused by the kernel, or `passed_over` by
+    auto), functions attached of planned, what could not be traced, and the first failure."""
+    refused = "; ".join(f"{name} {'passed over' if name in passed_over else 'refused'}: {why}"
+                        for name, why in not_used.items())
     head = f"backend {backend}{f' ({refused})' if refused else ''}"
     if backend == "tracepoint":
         body = f"{len(report.attached)} of {len(plan.sources)} tracepoints attached"
@@ -404,7 +406,8 @@ class Tracer:
         self.cache_dir = cache_dir
         self.plan: ProbePlan | None = None
         self.report: AttachReport | None = None
-        self.fallback_reasons: dict[str, str] = {}
+        self.fallback_reasons: dict[str, str] = {}  # backends not used, and why
+        self.passed_over: set[str] = set()  # of those, the ones auto chose against (the others were refused)
         self._collector: Collector | None = None
         self._assembler: PathAssembler | None = None
         self.decode_errors = 0
@@ -538,6 +541,8 @@ class Tracer:
             known = function_backend_unavailable(backend, self.view)
             if known is None and auto and backend == "kfunc":
                 known = auto_passes_over_kfunc(self.view, lambda: plan_for("kprobe").function_count)
+                if known is not None:
+                    self.passed_over.add(backend)
             if known is not None:
                 self.fallback_reasons[backend] = known
                 if not auto:
@@ -570,11 +575,13 @@ class Tracer:
         """One line: the backend, why earlier ones were passed over, how many functions attached of how many, and
         the first failure (for a manifest traced with tracepoints, that function-level probing is unavailable:
         then at warning level). Per-probe details are at debug level."""
-        log.info("%s", attach_summary(backend, plan, report, self.fallback_reasons))
+        line = attach_summary(backend, plan, report, self.fallback_reasons, self.passed_over)
         if self.request.manifest and backend == "tracepoint" and self.request.backend == "auto":
-            log.warning("function-level probing is unavailable on this kernel, so the manifest's flows are traced "
-                        "with skb tracepoints (its egress functions end paths where a tracepoint marks the same "
-                        "moment)")
+            log.warning("%s; function-level probing is unavailable on this kernel, so the manifest's flows are "
+                        "traced with skb tracepoints (its egress functions end paths where a tracepoint marks the "
+                        "same moment)", line)
+        else:
+            log.info("%s", line)
 
     @property
     def backend(self) -> str:

@@ -155,6 +155,8 @@ def test_tcp_flags_of_a_handshake(netpair: NetPair, start_tool) -> None:
     # Paths print as they end, not as they start (one whose skb is freed where no tracepoint fires ends late, on
     # its idle timeout): take each kind of packet's first in time.
     for path in sorted(paths, key=lambda p: p["events"][0]["timestamp_ns"]):
+        if path["continued"]:  # the rest of a path that timed out (Known limits): its first event is mid-path
+            continue
         tcp = path["events"][0]["modules"].get("tcp")
         assert tcp, path
         direction = "request" if path["dport"] == port else "reply"

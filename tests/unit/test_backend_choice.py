@@ -49,15 +49,16 @@ def test_summary_counts_functions_attached_of_planned_and_what_could_not_be_trac
     plan = ProbePlan("kprobe", sources, untraceable=[("g", "not in available_filter_functions")])
     report = AttachReport(attached=[sources[0], sources[1], sources[3]], failed=[(sources[2], "EINVAL")],
                           multi_links=1)
-    line = attach_summary("kprobe", plan, report, {"kfunc": "too many"})
+    line = attach_summary("kprobe", plan, report, {"kfunc": "too many"}, {"kfunc"})
     assert line == ("backend kprobe (kfunc passed over: too many): 2 of 4 functions attached (1 kprobe-multi link); "
                     "2 not traceable: see -l; 1 free tracepoint (first failure: f2: EINVAL)")
 
 
-def test_summary_for_tracepoints_counts_tracepoints() -> None:
+def test_summary_for_tracepoints_counts_tracepoints_and_says_what_the_kernel_refused() -> None:
     sources = [_source(0, "net:netif_rx", ProbeKind.TRACEPOINT)]
-    line = attach_summary("tracepoint", ProbePlan("tracepoint", sources), AttachReport(attached=sources), {})
-    assert line == "backend tracepoint: 1 of 1 tracepoints attached"
+    line = attach_summary("tracepoint", ProbePlan("tracepoint", sources), AttachReport(attached=sources),
+                          {"kfunc": "EPERM"})
+    assert line == "backend tracepoint (kfunc refused: EPERM): 1 of 1 tracepoints attached"
 
 
 def test_untraceable_functions_come_from_ftrace_and_the_kprobe_blacklist() -> None:

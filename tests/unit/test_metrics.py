@@ -367,4 +367,5 @@ def test_untraced_packets_are_counted_per_flow_and_reason(metrics, reader):
         frozenset({("flow", "icmp"), ("reason", "sampled_out")}): 9,
         frozenset({("flow", "icmp"), ("reason", "ring_full")}): 2,
         frozenset({("flow", "web"), ("reason", "ring_full")}): 1,
+        frozenset({("flow", "web"), ("reason", "sampled_out")}): 0,  # every flow and reason has a series
     }
