@@ -76,15 +76,18 @@ def tracepoint_exists(info: TracepointInfo, root: str | None) -> bool:
 
 
 def locate_args(params: Sequence[tuple[str, str]]) -> TracepointArgs | None:
-    """Find skb, location and reason among TP_PROTO parameters; None when no struct sk_buff * is there."""
+    """Find skb, location and reason among TP_PROTO parameters; None when no struct sk_buff * is there. Without
+    parameter names (BTF of older kernels, e.g. Debian's 5.10, has no `__bpf_trace_<event>` to take them from:
+    `argN`), the location is the first `void *` after the skb and the reason an `enum skb_drop_reason`."""
     skb = location = reason = None
     for index, (name, type_text) in enumerate(params):
         compact = type_text.replace("const ", "").replace(" ", "")
+        unnamed = name.startswith("arg") and name[3:].isdigit()
         if skb is None and compact == "structsk_buff*":
             skb = index
-        elif name == "location":
+        elif name == "location" or (unnamed and skb is not None and location is None and compact == "void*"):
             location = index
-        elif name == "reason":
+        elif name == "reason" or (unnamed and reason is None and compact == "enumskb_drop_reason"):
             reason = index
     if skb is None:
         return None

@@ -32,7 +32,7 @@ READY_TIMEOUT = float(os.environ.get("IPFTRACE_TEST_READY_TIMEOUT", "300"))
 UDP_CLOSED_PORT = 9999
 TCP_PORT = 8080
 PINGS = 3
-PAIR_INDEX = {"kprobe": 91, "kfunc": 92, "auto": 93}  # 10.199.N.0/24 of each run's namespaces
+PAIR_INDEX = {"kprobe": 91, "kfunc": 92, "auto": 93, "tracepoint": 94}  # 10.199.N.0/24 of each run's namespaces
 
 
 def keep(name: str, text: str) -> None:
@@ -50,7 +50,7 @@ def record(name: str, value: float | str) -> None:
             handle.write(json.dumps({"name": name, "value": value}) + "\n")
 
 
-def other_flow_seconds(pair: NetPair, datagrams: int = 20000) -> float:
+def other_flow_seconds(pair: NetPair, datagrams: int = 5000) -> float:
     """Wall time to send `datagrams` UDP datagrams to a closed port no flow matches (each goes down the whole
     receive path, the drop included): the cost function probes add for traffic of other flows."""
     done = pair.python_in(pair.ns_a, (
@@ -144,7 +144,8 @@ def drive_traffic(pair: NetPair) -> None:
 
 
 def _run_cli(backend: str, tmp_path: Path, cache_dir: str, manifest: str | None) -> Iterator[Traffic]:
-    _skip_unless(backend if backend != "auto" else "kprobe")
+    if backend != "tracepoint":
+        _skip_unless(backend if backend != "auto" else "kprobe")
     pair = create_pair(PAIR_INDEX[backend])
     ready = tmp_path / "ready"
     argv = [str(BIN / "ipftrace"), "-b", backend, "-o", "json", "-t", "240", "--ready-file", str(ready)]
@@ -188,6 +189,13 @@ def manifest_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 def discovery_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: str) -> Iterator[Traffic]:
     """`ipftrace -b auto` with full BTF discovery (no manifest) while all test traffic runs."""
     yield from _run_cli("auto", tmp_path_factory.mktemp("discovery"), cache_dir, None)
+
+
+@pytest.fixture(scope="module")
+def tracepoint_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: str) -> Iterator[Traffic]:
+    """`ipftrace -b tracepoint` while all test traffic runs: the baseline start-up, and the skb tracepoints of
+    this kernel."""
+    yield from _run_cli("tracepoint", tmp_path_factory.mktemp("tracepoint"), cache_dir, None)
 
 
 def names(path: dict) -> list[str]:
@@ -281,6 +289,17 @@ def test_full_discovery_attaches_what_is_traceable_and_traces_a_ping(discovery_r
              if in_order(names(p), ["ip_output", "ip_rcv", "icmp_rcv"])]
     assert len(whole) >= PINGS, [names(p)[:12] for p in discovery_run.paths][:3]
     print(f"discovery ready after {discovery_run.ready_s:.0f} s: {summary}")
+
+
+def test_tracepoints_follow_a_ping_across_veth_to_its_free(tracepoint_run: Traffic) -> None:
+    pair = tracepoint_run.pair
+    requests = [p for p in paths_of(tracepoint_run, "ICMP", pair.addr_a4, pair.addr_b4)
+                if in_order(names(p), ["net:net_dev_queue", "net:netif_rx", "net:netif_receive_skb"])
+                and names(p)[-1] in FREES]
+    assert len(requests) >= PINGS, [names(p) for p in tracepoint_run.paths][:5]
+    drops = [p for p in paths_of(tracepoint_run, "UDP", pair.addr_a4, pair.addr_b4, UDP_CLOSED_PORT)
+             if p["outcome"] == "dropped"]
+    assert len(drops) >= 3 and all(p["drop"]["function"] == "__udp4_lib_rcv" for p in drops), drops[:1]
 
 
 # ---- the daemon: metrics and OTLP spans of function probes --------------------------------------------------
