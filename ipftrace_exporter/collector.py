@@ -770,12 +770,6 @@ def _close_kprobes_concurrently(bpf) -> None:  # type: ignore[no-untyped-def]
     bpf.kprobe_fds.clear()
 
 
-def verify_programs(program: Program, headers: HeaderTree) -> VerifyReport:
-    """Compile `program` and load each entry point through the verifier without attaching anything."""
-    with Collector(program, headers) as collector:
-        return collector.verify()
-
-
 class BpfCounters:
     """Reads the per-CPU counter maps, summing over CPUs. Implements metrics.CounterReader."""
 

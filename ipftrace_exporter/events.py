@@ -1,4 +1,4 @@
-"""Ring-buffer record bytes <-> Event. The layout mirrors `struct ipft_event` in bpf/ipftrace.h."""
+"""Ring-buffer record bytes <-> Event. The layout mirrors `struct ipft_event` in bpf/ipftrace.bpf.c."""
 
 from __future__ import annotations
 

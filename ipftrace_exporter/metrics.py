@@ -137,7 +137,7 @@ class ProbeStatus:
 
 
 class IpftraceCollector:
-    """prometheus_client collector of the DESIGN.md metric contract; reads the kernel maps on each scrape."""
+    """prometheus_client collector of the metric contract (README, Metrics); reads the kernel maps on each scrape."""
 
     def __init__(
         self,

@@ -88,14 +88,6 @@ class SkbPath:
     continued: bool = False
 
     @property
-    def start_ns(self) -> int:
-        return self.events[0].timestamp_ns
-
-    @property
-    def end_ns(self) -> int:
-        return self.events[-1].timestamp_ns
-
-    @property
     def tuple_event(self) -> Event | None:
         """The first event whose headers were parsed (carries addresses, ports, protocol)."""
         for event in self.events:

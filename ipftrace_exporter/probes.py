@@ -33,11 +33,6 @@ class Probe:
     skb_pos: int = 1  # 1-based argument position of the struct sk_buff * (function or TP_PROTO argument)
     role: ProbeRole = ProbeRole.STEP
 
-    @property
-    def ends_path(self) -> bool:
-        """True when an event of this probe closes the skb's path."""
-        return self.role is not ProbeRole.STEP
-
 
 class ProbeTable:
     """Probes by id; ids are dense, 0-based, in attach order."""

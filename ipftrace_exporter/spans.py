@@ -1,6 +1,6 @@
 """SkbPath -> OTLP trace protobuf, purely (no network): one trace per path, a root span and one child per event.
 
-The contract (DESIGN.md, "Contract: traces"): the root span is named `<L4> <flow name>` (e.g. `ICMP icmp`,
+The contract (README, Traces): the root span is named `<L4> <flow name>` (e.g. `ICMP icmp`,
 `TCP web`: a bounded set, whatever the traffic; addresses and ports are attributes), covers the first to the last
 event, and has status ERROR when the packet was dropped; each event becomes a child span named after its probe,
 from its timestamp to the next event's (the last one is an instant). Kernel CLOCK_MONOTONIC times become wall-clock

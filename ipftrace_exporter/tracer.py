@@ -410,7 +410,6 @@ class Tracer:
         self.passed_over: set[str] = set()  # of those, the ones auto chose against (the others were refused)
         self._collector: Collector | None = None
         self._assembler: PathAssembler | None = None
-        self.decode_errors = 0
 
     def headers(self) -> HeaderTree:
         """The header tree BCC compiles against (real headers only when their sk_buff matches BTF)."""

@@ -1,6 +1,6 @@
 """Kernel headers for BCC: real ones when their struct sk_buff layout is this kernel's, else a tree built from BTF.
 
-The BTF-derived tree (see DESIGN.md) holds include/vmlinux.h from `bpftool btf dump`, generated/autoconf.h from
+The BTF-derived tree (see the README, "Header-less BCC") holds include/vmlinux.h from `bpftool btf dump`, generated/autoconf.h from
 /proc/config.gz, linux/kconfig.h, linux/version.h, and one-line stand-ins for the other headers BCC's helpers.h
 includes. It is cached per kernel release and BTF digest, so a changed BTF rebuilds it.
 """

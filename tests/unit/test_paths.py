@@ -50,7 +50,7 @@ def test_a_freed_address_reused_starts_a_new_path() -> None:
     done = paths.add_many([event(1, RECEIVE, first=True), event(2, CONSUME),
                            event(3, RECEIVE, first=True, dst="10.0.0.9"), event(4, CONSUME)])
     clock.now = 100
-    first, second = sorted(done + paths.expire(), key=lambda p: p.start_ns)
+    first, second = sorted(done + paths.expire(), key=lambda p: p.events[0].timestamp_ns)
     assert [e.timestamp_ns for e in first.events] == [1, 2]
     assert [e.timestamp_ns for e in second.events] == [3, 4]
     assert second.describe().daddr == "10.0.0.9"
