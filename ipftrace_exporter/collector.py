@@ -672,7 +672,11 @@ class Collector:
             bpf.attach_raw_tracepoint(tp=source.target.encode(), fn_name=source.entry_name.encode())
         elif kind is ProbeKind.KPROBE:
             self._load(source.entry_name, kind)
-            bpf.attach_kprobe(event=source.target.encode(), fn_name=source.entry_name.encode())
+            try:
+                bpf.attach_kprobe(event=source.target.encode(), fn_name=source.entry_name.encode())
+            except Exception:  # noqa: BLE001 - BCC: bare Exception; libbcc printed the errno (captured)
+                raise KernelError("kprobe attach failed: not traceable here (inlined, notrace, or a name shared "
+                                  "by several static functions)") from None
         elif kind is ProbeKind.KFUNC:
             name, fd = self._load_kfunc(source.entry_name, source.target)
             link = _bcc_lib().bpf_attach_kfunc(fd)
