@@ -326,21 +326,33 @@ def where_function(flows: Sequence[FlowSpec]) -> str:
 
 
 def filter_function(flows: Sequence[FlowSpec]) -> str:
-    """C function `ipft_match_flow(t, skb, data, l3)` returning the first matching flow's index, or -1.
-    A flow with a pcap filter also runs it on the packet from its IP header `l3` (`data` is skb->data)."""
+    """The C flow filter, three functions (numbers only; `ipft_match_where` from where_function comes first):
+    `ipft_match_headers(t)`, the first flow whose header keys match, or -1 (every probe: the cheap early exit for
+    other flows); `ipft_flow_headers(flow, t)`, whether a tracked packet's headers still match its flow (a reused
+    skb otherwise); and `ipft_match_first(t, skb, data, l3)`, the first flow whose header keys, pcap filter (run
+    on the packet from its IP header `l3`; `data` is skb->data) and device/netns all match, or -1, run once per
+    packet where it is first matched, so a packet is followed wherever its headers still match its flow."""
     check_flows(flows)
     filtered = [index for index, flow in enumerate(flows) if flow.pcap is not None]
     lines = [c_function(flows[index].pcap, f"ipft_pcap_{index}") for index in filtered]  # type: ignore[arg-type]
     if filtered:
         lines.append(PCAP_LENGTHS)
-    lines += ["static __always_inline int ipft_match_flow(const struct ipft_tuple *t, struct sk_buff *skb,",
-              "                                          const unsigned char *data, const unsigned char *l3)", "{"]
+    conditions = [flow_condition(flow) for flow in flows]
+    lines += ["static __always_inline int ipft_match_headers(const struct ipft_tuple *t)", "{"]
+    lines += [f"    if ({condition}) return {index}; /* flow {index} */" for index, condition in enumerate(conditions)]
+    lines += ["    return -1;", "}",
+              "static __always_inline int ipft_flow_headers(u32 flow, const struct ipft_tuple *t)", "{"]
+    lines += [f"    if (flow == {index}) return {condition}; /* flow {index} */"
+              for index, condition in enumerate(conditions)]
+    lines += ["    return 0;", "}",
+              "static __always_inline int ipft_match_first(const struct ipft_tuple *t, struct sk_buff *skb,",
+              "                                           const unsigned char *data, const unsigned char *l3)", "{"]
     if filtered:
         lines += ["    u32 len = 0, caplen = 0;", "    ipft_pcap_lengths(skb, data, l3, &len, &caplen);"]
     else:
-        lines += ["    (void)skb; (void)data; (void)l3;"]
-    for index, flow in enumerate(flows):
+        lines += ["    (void)data; (void)l3;"]
+    for index, (flow, condition) in enumerate(zip(flows, conditions)):
         pcap = f" && ipft_pcap_{index}(l3, len, caplen)" if flow.pcap is not None else ""
-        lines.append(f"    if ({flow_condition(flow)}{pcap}) return {index}; /* flow {index} */")
+        lines.append(f"    if ({condition}{pcap} && ipft_match_where({index}, skb)) return {index}; /* flow {index} */")
     lines += ["    return -1;", "}"]
     return "\n".join(lines)

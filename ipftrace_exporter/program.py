@@ -245,7 +245,7 @@ def render(
         "#define IPFT_MODULE_MATCH(skb, t) ipft_module_match(skb, t)",
         "#define IPFT_MODULE_DATA(skb, t, data) ipft_module_data(skb, t, data)",
     ])
-    generated = "\n".join([filter_function(flows), where_function(flows), _module_macros(modules)])
+    generated = "\n".join([where_function(flows), filter_function(flows), _module_macros(modules)])
     functions = [source for source in sources if source.is_function]
     lookup = function_lookup(len(functions), options.func_ip) if functions else ""
     entries = "\n".join(entry_point(group[0]) for group in _entry_groups(sources))

@@ -3,8 +3,9 @@
  * program.py prepends a generated prelude that defines:
  *   IPFT_NUM_PROBES, IPFT_NUM_FLOWS, IPFT_MAX_INFLIGHT, IPFT_RINGBUF_PAGES, IPFT_MAX_DROP_KEYS,
  *   IPFT_SAMPLED() (the per-packet sampling decision: 1, 0, or a prandom comparison),
- *   ipft_match_flow(t, skb, data, l3) (the flow filter and the flows' pcap filters: numbers only),
- *   ipft_match_where(flow, skb) (the flow's device and netns, at first match), and the module hooks
+ *   the flow filter (numbers only, flows.py): ipft_match_headers(t) (first flow whose header keys match),
+ *   ipft_flow_headers(flow, t) (a tracked packet's headers still match its flow), ipft_match_first(t, skb, data,
+ *   l3) (first flow whose keys, pcap filter and device/netns match, at first match), and the module hooks
  *   IPFT_MODULE_MATCH(skb, t) (0 rejects) and IPFT_MODULE_DATA(skb, t, data) (fills 64 bytes);
  * and appends one small entry point per probe that calls ipft_handle().
  *
@@ -362,7 +363,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     unsigned char *head = fields.head;
     unsigned char *l3 = 0;
     int parsed = ipft_parse(&fields, &t, from_data, &l3);
-    int flow = parsed ? ipft_match_flow(&t, skb, fields.data, l3) : -1;
+    int flow = parsed ? ipft_match_headers(&t) : -1;
     /* Headers that parse to none of the flows are never traced here, whatever the tracking map holds (a tracked
      * address whose headers now match no flow is another packet, below): the common case on a busy node skips
      * the map lookup. Where a packet ends, the lookup still runs, to forget an entry left by a predecessor that
@@ -370,9 +371,11 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     if (parsed && flow < 0 && role == IPFT_ROLE_STEP)
         return 0;
     struct ipft_track *track = tracked.lookup(&key);
-    /* A tracked address whose headers now parse to another flow, or whose data buffer or fingerprint changed,
-     * is a new packet in a reused skb (its predecessor was freed where no probe saw it): forget the old one. */
-    if (track && parsed && (flow != (int)track->flow_id || track->head != (u64)head
+    /* A tracked address whose headers no longer match its flow, or whose data buffer or fingerprint changed, is
+     * a new packet in a reused skb (its predecessor was freed where no probe saw it): forget the old one. (Only
+     * the header keys are compared: a flow's pcap filter and device/netns decide where a packet is first matched,
+     * not whether it is still the same packet.) */
+    if (track && parsed && (!ipft_flow_headers(track->flow_id, &t) || track->head != (u64)head
                             || (t.fp && track->fp && t.fp != track->fp))) {
         tracked.delete(&key);
         track = 0;
@@ -397,9 +400,10 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     } else {
         if (flow < 0)
             return 0;
-        if (!IPFT_MODULE_MATCH(skb, &t))
+        flow = ipft_match_first(&t, skb, fields.data, l3); /* + pcap filter, --ifname / --netns: once per packet */
+        if (flow < 0)
             return 0;
-        if (!ipft_match_where(flow, skb)) /* --ifname / --netns: the device where it is first matched */
+        if (!IPFT_MODULE_MATCH(skb, &t))
             return 0;
         fresh.head = (u64)head;
         fresh.fp = t.fp;

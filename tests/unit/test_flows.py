@@ -110,3 +110,18 @@ def test_netns_from_a_path_a_pid_or_an_inode() -> None:
 def test_bad_device_and_namespace_values(raw: dict, message: str) -> None:
     with pytest.raises(UsageError, match=message):
         flow_from_mapping(raw)
+
+
+def test_pcap_filters_and_devices_run_only_where_a_packet_is_first_matched() -> None:
+    from ipftrace_exporter.flows import parse_filter
+
+    flows = [FlowSpec(name="syn", l4proto=6, pcap=parse_filter("tcp[tcpflags] & tcp-syn != 0")),
+             FlowSpec(name="rest", l4proto=6)]
+    text = filter_function(flows)
+    headers = text[text.index("int ipft_match_headers"):text.index("int ipft_flow_headers")]
+    tracked = text[text.index("int ipft_flow_headers"):text.index("int ipft_match_first")]
+    first = text[text.index("int ipft_match_first"):]
+    assert "ipft_pcap_" not in headers and "ipft_pcap_" not in tracked and "ipft_match_where" not in headers
+    assert "ipft_pcap_0(l3, len, caplen) && ipft_match_where(0, skb)) return 0;" in first
+    assert "ipft_match_where(1, skb)) return 1;" in first  # the second flow still takes what the filter rejects
+    assert "if (flow == 1) return t->ipversion != 0 && t->l4proto == 6; /* flow 1 */" in tracked

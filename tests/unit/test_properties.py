@@ -175,11 +175,18 @@ _TERM = re.compile(
     r"|\(t->[sd]addr\[[0-3]\] & 0x[0-9a-f]{8}U\) == 0x[0-9a-f]{8}U"
     r"|t->has_ports && t->[sd]port == \d+"
 )
-_LINE = re.compile(r"    if \((?P<terms>.+?)(?: && ipft_pcap_\d+\(l3, len, caplen\))?\) return \d+; /\* flow \d+ \*/")
-_FIXED_LINES = ("static __always_inline int ipft_match_flow(const struct ipft_tuple *t, struct sk_buff *skb,",
-                "                                          const unsigned char *data, const unsigned char *l3)",
-                "{", "    (void)skb; (void)data; (void)l3;", "    u32 len = 0, caplen = 0;",
-                "    ipft_pcap_lengths(skb, data, l3, &len, &caplen);", "    return -1;", "}")
+_LINES = (  # most specific first: ipft_match_first, ipft_flow_headers, ipft_match_headers
+    re.compile(r"    if \((?P<terms>.+?)(?: && ipft_pcap_\d+\(l3, len, caplen\))? && ipft_match_where\(\d+, skb\)\) "
+               r"return \d+; /\* flow \d+ \*/"),
+    re.compile(r"    if \(flow == \d+\) return (?P<terms>.+?); /\* flow \d+ \*/"),
+    re.compile(r"    if \((?P<terms>.+?)\) return \d+; /\* flow \d+ \*/"),
+)
+_FIXED_LINES = ("static __always_inline int ipft_match_headers(const struct ipft_tuple *t)",
+                "static __always_inline int ipft_flow_headers(u32 flow, const struct ipft_tuple *t)",
+                "static __always_inline int ipft_match_first(const struct ipft_tuple *t, struct sk_buff *skb,",
+                "                                           const unsigned char *data, const unsigned char *l3)",
+                "{", "    (void)data; (void)l3;", "    u32 len = 0, caplen = 0;",
+                "    ipft_pcap_lengths(skb, data, l3, &len, &caplen);", "    return -1;", "    return 0;", "}")
 # The translated pcap filter: fixed words of the translator around numbers, never the expression's text.
 _PCAP_WORDS = {"static", "__always_inline", "int", "const", "unsigned", "char", "pkt", "u32", "len", "caplen", "A",
                "X", "M", "b", "u8", "u64", "return", "if", "goto", "bpf_probe_read_kernel", "void", "ULL", "U"}
@@ -206,7 +213,7 @@ def _check_filter_text(text: str) -> None:
     for line in text.splitlines():
         if line in _FIXED_LINES:
             continue
-        match = _LINE.fullmatch(line)
+        match = next((m for m in (pattern.fullmatch(line) for pattern in _LINES) if m), None)
         assert match, repr(line)
         assert _CONDITION.fullmatch(match.group("terms")), repr(line)
 
