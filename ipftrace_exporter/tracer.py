@@ -48,8 +48,8 @@ EGRESS_TRACEPOINTS = {
 SKB_LAYOUT_MEMBERS = ("head", "data", "len", "protocol", "network_header", "dev")
 KPROBE_PMU = "/sys/bus/event_source/devices/kprobe/type"
 KPROBE_BLACKLIST = "/sys/kernel/debug/kprobes/blacklist"
-# auto: above this many functions, kprobe-multi (one attach call for all) is chosen over kfunc (fentry builds and
-# attaches one trampoline per function: minutes for thousands; bench/RESULTS.md, start-up cost).
+# auto: above this many functions, kprobes (kprobe-multi where the kernel has it) are chosen over kfunc (fentry loads,
+# attaches and detaches one program per function: minutes for thousands; bench/RESULTS.md, "Start-up on real kernels").
 AUTO_KFUNC_MAX_FUNCTIONS = 200
 # Tracepoints whose TP_PROTO has a struct sk_buff * at argument N: kfunc entry points for skb position N are
 # verifier-checked as tp_btf programs on them where fentry is refused (Tracer.verify_kfunc_as_tp_btf).
