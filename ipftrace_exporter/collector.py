@@ -558,8 +558,8 @@ class Collector:
         self.compile()
         report = AttachReport()
         unmapped = self._fill_function_map()
-        per_function = sum(1 for source in self.program.sources if source.is_function)
-        raise_open_file_limit(per_function * 2 + 256)
+        functions = sum(1 for source in self.program.sources if source.is_function)
+        raise_open_file_limit(functions * 2 + 256)  # per-function kprobes and fentry links hold fds
         kprobes = sum(1 for source in self.program.sources if source.probe.kind is ProbeKind.KPROBE)
         if kprobes and kprobes + 64 > _import_bcc().BPF.get_probe_limit():
             os.environ["BCC_PROBE_LIMIT"] = str(kprobes + 64)  # BCC caps open kprobes per process (default 1000)

@@ -189,8 +189,9 @@ class KernelView:
             return "this kernel has no kprobe-multi links (Linux 5.18+)"
         if self.func_ip_mode != "helper":
             return "no bpf_get_func_ip on this kernel"
-        if kprobes_unavailable() is not None:
-            return kprobes_unavailable()
+        missing = kprobes_unavailable()
+        if missing is not None:
+            return missing
         try:
             return kprobe_multi_refusal()
         except KernelError as err:
