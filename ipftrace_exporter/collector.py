@@ -572,8 +572,14 @@ class Collector:
             first = report.failed[0][1] if report.failed else "no probes"
             raise AttachError(f"no probe could be attached ({len(report.failed)} failed; first: {first})")
         self._open_ring_buffer()
+        self._arm()
         _release_free_heap()
         return report
+
+    def _arm(self) -> None:
+        """Switch every attached probe on at once (they do nothing until then)."""
+        table = self._bpf[b"ipft_armed"]
+        table[table.Key(0)] = table.Leaf(1)
 
     def _attach_multi(self, report: AttachReport, unmapped: Mapping[str, str]) -> list[ProbeSource]:
         """With kprobe_multi: one link per shared kprobe entry point for all its functions. Returns the sources

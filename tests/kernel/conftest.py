@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -58,51 +59,62 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 class Running:
-    """A tool started as a subprocess; stopped by PID (SIGINT, then SIGKILL) when the test ends."""
+    """A tool started as a subprocess; stopped by PID (SIGINT, then SIGKILL) when the test ends. Its output goes to
+    files, not pipes: a tracer printing every path fills a 64 KiB pipe long before a test reads it, and then
+    stalls (its paths lost) until the test stops it."""
 
     def __init__(self, argv: Sequence[str], cache_dir: str, ready_file: Path, env: dict[str, str] | None = None):
         full_env = dict(os.environ, IPFTRACE_CACHE_DIR=cache_dir, PYTHONUNBUFFERED="1")
         full_env.update(env or {})
         self.argv = list(argv)
         self.ready_file = ready_file
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env=full_env)
+        self._out = tempfile.TemporaryFile("w+")  # noqa: SIM115 - lives as long as the tool
+        self._err = tempfile.TemporaryFile("w+")  # noqa: SIM115 - lives as long as the tool
+        self.proc = subprocess.Popen(self.argv, stdout=self._out, stderr=self._err, text=True, env=full_env)
+
+    def output(self) -> tuple[str, str]:
+        """(stdout, stderr) so far."""
+        texts = []
+        for handle in (self._out, self._err):
+            handle.seek(0)
+            texts.append(handle.read())
+        return texts[0], texts[1]
 
     def wait_ready(self, timeout: float = 90) -> None:
-        """Wait for the ready file; fail with the tool's stderr if it exits first."""
+        """Wait for the ready file; fail with the tool's stderr if it exits first (exit 0 means it was ready and is
+        already done: --count reached before the file was seen, which the tool removes at exit)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.ready_file.exists():
                 return
             if self.proc.poll() is not None:
-                out, err = self.proc.communicate()
+                if self.proc.returncode == 0:
+                    return
+                out, err = self.output()
                 raise AssertionError(f"{self.argv[0]} exited with {self.proc.returncode} before ready:\n{err}\n{out}")
             time.sleep(0.05)
         self.stop()
-        raise AssertionError(f"{self.argv[0]} not ready after {timeout}s")
+        raise AssertionError(f"{self.argv[0]} not ready after {timeout}s:\n{self.output()[1][-3000:]}")
 
     def finish(self, timeout: float = 60) -> tuple[int, str, str]:
         """Wait for the tool to exit by itself; returns (code, stdout, stderr)."""
         try:
-            out, err = self.proc.communicate(timeout=timeout)
+            self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self.stop()
-            out, err = self.proc.communicate()
+            _, out, err = self.stop()
             raise AssertionError(f"{self.argv[0]} did not finish in {timeout}s:\n{err}\n{out}") from None
-        return self.proc.returncode, out, err
+        return self.proc.returncode, *self.output()
 
     def stop(self, sig: int = 2, timeout: float = 20) -> tuple[int, str, str]:
         """Send `sig` (default SIGINT) and wait; SIGKILL if it hangs."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
-                out, err = self.proc.communicate(timeout=timeout)
+                self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                out, err = self.proc.communicate()
-            return self.proc.returncode, out, err
-        out, err = self.proc.communicate()
-        return self.proc.returncode, out, err
+                self.proc.wait()
+        return self.proc.returncode, *self.output()
 
 
 @pytest.fixture

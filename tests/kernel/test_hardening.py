@@ -188,7 +188,7 @@ def test_sigterm_while_attaching_exits_0_and_leaves_no_program(netpair: NetPair,
         # The metrics server answers once the signal handlers are installed, just before compiling and attaching.
         deadline = time.monotonic() + 60
         while True:
-            assert daemon.proc.poll() is None, daemon.proc.communicate()
+            assert daemon.proc.poll() is None, daemon.output()
             assert time.monotonic() < deadline, "the daemon never served /metrics"
             try:
                 scrape(port)

@@ -36,7 +36,8 @@ def test_sigint_during_start_exits_130_at_once_with_nothing_left(delay: float, c
     assert not ready.exists(), "probes attached before the interrupt: the test did not hit the start"
     tool.proc.send_signal(signal.SIGINT)
     sent = time.monotonic()
-    out, err = tool.proc.communicate(timeout=20)
+    tool.proc.wait(timeout=20)
+    out, err = tool.output()
     assert tool.proc.returncode == 130, err
     assert time.monotonic() - sent < 2.0
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err

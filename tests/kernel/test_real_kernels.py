@@ -13,7 +13,6 @@ import os
 import re
 import socket
 import subprocess
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -58,48 +57,6 @@ def other_flow_seconds(pair: NetPair, datagrams: int = 5000) -> float:
         f"for _ in range({datagrams}): s.sendto(b'x' * 32, ('{pair.addr_b4}', 7777))\n"
         "print(time.perf_counter() - t)\n"), timeout=300)
     return float(done.stdout.strip())
-
-
-class Spooled(Running):
-    """A tool whose output goes to files, not pipes: a tracer printing every path of every kind of traffic fills
-    a 64 KiB pipe long before the test reads it, and then stalls (its paths lost) until the test stops it."""
-
-    def __init__(self, argv: list[str], cache_dir: str, ready_file: Path, env: dict[str, str] | None = None):
-        self.argv = list(argv)
-        self.ready_file = ready_file
-        self._out = tempfile.TemporaryFile("w+")  # noqa: SIM115 - lives as long as the tool
-        self._err = tempfile.TemporaryFile("w+")  # noqa: SIM115 - lives as long as the tool
-        full_env = dict(os.environ, IPFTRACE_CACHE_DIR=cache_dir, PYTHONUNBUFFERED="1", **(env or {}))
-        self.proc = subprocess.Popen(self.argv, stdout=self._out, stderr=self._err, text=True, env=full_env)
-
-    def _read(self) -> tuple[str, str]:
-        texts = []
-        for handle in (self._out, self._err):
-            handle.seek(0)
-            texts.append(handle.read())
-        return texts[0], texts[1]
-
-    def wait_ready(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not self.ready_file.exists():
-            if self.proc.poll() is not None:
-                out, err = self._read()
-                raise AssertionError(f"{self.argv[0]} exited with {self.proc.returncode} before ready:\n{err}\n{out}")
-            time.sleep(0.1)
-        if not self.ready_file.exists():
-            self.stop()
-            raise AssertionError(f"{self.argv[0]} not ready after {timeout}s:\n{self._read()[1][-3000:]}")
-
-    def stop(self, sig: int = 2, timeout: float = 20) -> tuple[int, str, str]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        out, err = self._read()
-        return self.proc.returncode, out, err
 
 
 def _skip_unless(backend: str) -> None:
@@ -160,7 +117,7 @@ def _run_cli(backend: str, tmp_path: Path, cache_dir: str, manifest: str | None)
     if manifest:
         argv.append(manifest)
     started = time.monotonic()
-    tool = Spooled(argv, cache_dir, ready)
+    tool = Running(argv, cache_dir, ready)
     try:
         tool.wait_ready(timeout=READY_TIMEOUT)
         ready_s = time.monotonic() - started
@@ -362,7 +319,7 @@ def daemon_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: str) -> Iter
     untraced_s = other_flow_seconds(pair)
     with GrpcOtlpReceiver() as receiver:
         ready = tmp / "ready"
-        tool = Spooled([str(BIN / "ipftrace-exporter"), "--config", str(config), "--metrics-address",
+        tool = Running([str(BIN / "ipftrace-exporter"), "--config", str(config), "--metrics-address",
                         f"127.0.0.1:{port}", "--ready-file", str(ready)], cache_dir, ready,
                        env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint})
         try:
