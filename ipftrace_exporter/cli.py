@@ -28,7 +28,9 @@ from .flows import (
     parse_port,
 )
 from .fsutil import write_file_atomic
+from .lossreport import KernelCounts, LossReport
 from .output import PathFormatter, TextStyle, device_text, use_colour
+from .paths import OUTCOME_TRUNCATED
 from .program import ProgramOptions
 from .progress import ProgressLine, run_interruptibly
 from .tracer import ATTACHABLE, BACKENDS, KernelView, Tracer, TraceRequest
@@ -376,9 +378,11 @@ def trace(request: TraceRequest, output: str, count: int | None, timeout: float 
         formatter = PathFormatter(tracer.probes, [flow.name for flow in request.flows],
                                   _module_text(loaded_modules if text_modules is None else text_modules),
                                   data_fields=_module_fields(loaded_modules), style=style)
+        losses = LossReport(lambda: KernelCounts.read(tracer.collector.counters()))
         write_ready_file(ready_file)
         deadline = None if timeout is None else time.monotonic() + timeout
         out = sys.stdout
+        truncated = 0
         while (count is None or printed < count) and not stop.stopped:
             wait_ms = 100
             if deadline is not None:
@@ -389,9 +393,14 @@ def trace(request: TraceRequest, output: str, count: int | None, timeout: float 
             for path in tracer.poll(wait_ms):
                 out.write(formatter.format(path, "json" if output == "json" else "text"))
                 printed += 1
+                truncated += path.outcome == OUTCOME_TRUNCATED
                 if count is not None and printed >= count:
                     break
             out.flush()
+            warning = losses.check()
+            if warning:
+                log.warning(warning)
+        log.info(losses.summary(printed, truncated))
     finally:
         tracer.close()
         remove_ready_file(ready_file)

@@ -100,8 +100,8 @@ BPF_PERCPU_ARRAY(hits, u64, IPFT_NUM_FLOWS * IPFT_NUM_PROBES);
 BPF_PERCPU_HASH(drops, struct ipft_drop_key, u64, IPFT_MAX_DROP_KEYS);
 BPF_PERCPU_ARRAY(stats, u64, 4);
 BPF_PERCPU_ARRAY(untraced, u64, IPFT_NUM_FLOWS * IPFT_UNTRACED_REASONS);
-/* Set by user space once every probe is attached: until then the probes do nothing, so a packet in flight while
- * the probes attach one by one (seconds for hundreds of kprobes) is not traced through some of them only. */
+/* Set by user space once every probe is attached: until then no packet starts being traced, so a packet in flight
+ * while the probes attach one by one (seconds for hundreds of kprobes) is not traced through some of them only. */
 BPF_ARRAY(ipft_armed, u32, 1);
 
 #define IPFT_READ(dst, ptr) bpf_probe_read_kernel(&(dst), sizeof(dst), (ptr))
@@ -352,9 +352,7 @@ static __always_inline int ipft_leaves_host(struct sk_buff *skb)
 static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe_id, int from_data, int role,
                                        u64 location, u32 reason)
 {
-    u32 armed_index = 0;
-    u32 *armed = ipft_armed.lookup(&armed_index);
-    if (!skb || !armed || !*armed)
+    if (!skb)
         return 0;
     u64 key = (u64)skb;
     struct ipft_tuple t = {};
@@ -405,6 +403,10 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     } else {
         if (flow < 0)
             return 0;
+        u32 armed_index = 0;
+        u32 *armed = ipft_armed.lookup(&armed_index);
+        if (!armed || !*armed)
+            return 0; /* no packet starts before every probe is attached */
         flow = ipft_match_first(&t, skb, fields.data, l3); /* + pcap filter, --ifname / --netns: once per packet */
         if (flow < 0)
             return 0;
