@@ -31,7 +31,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from ipftrace_exporter import __version__
 from ipftrace_exporter.events import FLAG_TUPLE, MODULE_DATA_SIZE, Event
-from ipftrace_exporter.paths import OUTCOME_CONSUMED, OUTCOME_DROPPED, Drop, SkbPath
+from ipftrace_exporter.paths import OUTCOME_DELIVERED, OUTCOME_DROPPED, Drop, SkbPath
 from ipftrace_exporter.probes import Probe, ProbeKind, ProbeRole, ProbeTable
 from ipftrace_exporter.protocols import PORT_PROTOCOLS
 from ipftrace_exporter.spans import SpanEncoder, WallClock
@@ -89,7 +89,7 @@ def make_paths(count: int, events: int, probes: ProbeTable, rng: random.Random) 
             evs.append(Event(ts, skb, 0, probe_id, cpu, length, 2, 0, index % len(FLOWS), ipversion, l4proto,
                              raw_s, raw_d, sport, dport, FLAG_TUPLE, bytes(MODULE_DATA_SIZE)))  # fmt: skip
         drop = Drop("NO_SOCKET", "__udp4_lib_rcv", "skb:kfree_skb") if dropped else None
-        outcome = OUTCOME_DROPPED if dropped else OUTCOME_CONSUMED
+        outcome = OUTCOME_DROPPED if dropped else OUTCOME_DELIVERED
         paths.append(SkbPath(skb, index % len(FLOWS), evs, outcome, drop, ts))
     return paths
 

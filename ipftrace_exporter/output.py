@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import TextIO
 
 from .events import Event
-from .paths import OUTCOME_CONSUMED, OUTCOME_DROPPED, OUTCOME_LEFT, FlowTuple, SkbPath
+from .paths import OUTCOME_DELIVERED, OUTCOME_DROPPED, OUTCOME_LEFT, FlowTuple, SkbPath
 from .probes import ProbeTable
 from .protocols import icmp_type_name
 
@@ -119,7 +119,7 @@ class PathFormatter:
             lines.append(f"{RED}{drop}{RESET}" if style.colour else drop)
         elif path.outcome == OUTCOME_LEFT:
             lines.append("(left the host)")
-        elif path.outcome != OUTCOME_CONSUMED:
+        elif path.outcome != OUTCOME_DELIVERED:
             lines.append(f"({path.outcome})")
         if path.continued:
             lines.append("(continues an earlier path of this packet that timed out)")

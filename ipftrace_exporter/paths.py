@@ -26,12 +26,12 @@ from .events import FLAG_GAP, FLAG_LEFT, FLAG_PREV_LOST, FLAG_TUPLE, Event, form
 from .probes import ProbeRole, ProbeTable
 from .protocols import ICMP_PROTOCOLS, PORT_PROTOCOLS, protocol_name
 
-OUTCOME_CONSUMED = "consumed"
+OUTCOME_DELIVERED = "delivered"  # freed normally (consume_skb): the stack or a socket took it
 OUTCOME_DROPPED = "dropped"
 OUTCOME_TIMEOUT = "timeout"
 OUTCOME_TRUNCATED = "truncated"
 OUTCOME_LEFT = "left"  # left the host through a hardware device
-OUTCOMES = (OUTCOME_CONSUMED, OUTCOME_DROPPED, OUTCOME_LEFT, OUTCOME_TIMEOUT, OUTCOME_TRUNCATED)
+OUTCOMES = (OUTCOME_DELIVERED, OUTCOME_DROPPED, OUTCOME_LEFT, OUTCOME_TIMEOUT, OUTCOME_TRUNCATED)
 
 
 class DropNames(Protocol):
@@ -273,7 +273,7 @@ class PathAssembler:
         elif role is ProbeRole.EGRESS:
             path.outcome = OUTCOME_LEFT
         else:
-            path.outcome = OUTCOME_CONSUMED
+            path.outcome = OUTCOME_DELIVERED
         if path.gap:
             path.outcome = OUTCOME_TRUNCATED
         previous = self._settling.pop(skb, None)

@@ -96,7 +96,7 @@ def start_daemon(cache_dir: str, tmp_path: Path, config_path: Path, port: int,
 def paths_total(port: int) -> float:
     metrics = scrape(port)
     return sum(sample(metrics, "ipftrace_paths_total", flow="udp", outcome=outcome)
-               for outcome in ("consumed", "dropped", "timeout", "truncated"))
+               for outcome in ("delivered", "dropped", "timeout", "truncated"))
 
 
 def settled(port: int, timeout: float = 15) -> float:
@@ -172,7 +172,7 @@ def test_ring_buffer_overflow_is_counted_and_marks_paths_truncated_never_merged(
         assert len(names) == len(set(names)), (attributes(root.attributes), sorted(names))
         ends = [name for name in names if name in FREE_PROBES]
         outcome = attributes(root.attributes)["ipftrace.outcome"]
-        if outcome in ("dropped", "consumed"):
+        if outcome in ("dropped", "delivered"):
             assert len(ends) == 1, (outcome, names)
         if attributes(root.attributes).get("ipftrace.gap"):
             assert outcome == "truncated"

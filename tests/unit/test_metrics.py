@@ -216,12 +216,12 @@ def test_unknown_flow_and_probe_ids_still_count(metrics, reader):
 def test_path_outcomes_have_zero_series_for_every_flow(metrics):
     metrics.paths.count("icmp", "dropped")
     metrics.paths.count("icmp", "dropped")
-    metrics.paths.count("web", "consumed", 5)
+    metrics.paths.count("web", "delivered", 5)
     _, samples = scrape(metrics)
     paths = series(samples, "ipftrace_paths_total")
     assert len(paths) == len(FLOWS) * len(OUTCOMES)
     expected = {(flow, outcome): 0 for flow in FLOWS for outcome in OUTCOMES}
-    expected.update({("icmp", "dropped"): 2, ("web", "consumed"): 5})
+    expected.update({("icmp", "dropped"): 2, ("web", "delivered"): 5})
     assert {
         (dict(labels)["flow"], dict(labels)["outcome"]): value for labels, value in paths.items()
     } == expected
@@ -234,14 +234,14 @@ def test_path_stats_refuse_unknown_outcomes_and_are_thread_safe():
 
     def work() -> None:
         for _ in range(5000):
-            stats.count("a", "consumed")
+            stats.count("a", "delivered")
 
     threads = [threading.Thread(target=work) for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert stats.snapshot()[("a", "consumed")] == 40000
+    assert stats.snapshot()[("a", "delivered")] == 40000
 
 
 def test_before_probes_attach_kernel_counters_are_zero_and_hits_empty():
@@ -302,14 +302,14 @@ def test_a_failing_reader_is_logged_once_counted_and_the_rest_exported(broken, c
     reader.total_counts.update(events=9)
     m = ExporterMetrics(FLOWS)
     m.collector.set_kernel(KernelCounters(reader, PROBES, TableNames()))
-    m.paths.count("icmp", "consumed")
+    m.paths.count("icmp", "delivered")
     with caplog.at_level(logging.DEBUG, logger="ipftrace_exporter.metrics"):
         scrape(m)
         _, samples = scrape(m)
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and f"reading {broken} failed" in warnings[0].getMessage()
     assert samples[key("ipftrace_scrape_errors_total", source=broken)] == 2
-    assert samples[key("ipftrace_paths_total", flow="icmp", outcome="consumed")] == 1
+    assert samples[key("ipftrace_paths_total", flow="icmp", outcome="delivered")] == 1
     read = {
         "hits": key("ipftrace_function_hits_total", flow="icmp", function="ip_rcv"),
         "drops": key("ipftrace_skb_drops_total", flow="icmp", function="ip_rcv_finish", reason="NO_SOCKET"),

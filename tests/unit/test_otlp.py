@@ -14,7 +14,7 @@ import pytest
 from ipftrace_exporter.errors import ConfigError
 from ipftrace_exporter.events import FLAG_TUPLE, MODULE_DATA_SIZE, Event
 from ipftrace_exporter.otlp import ENV, UPSTREAM_LOGGERS, OtlpSettings, OtlpSink
-from ipftrace_exporter.paths import OUTCOME_CONSUMED, SkbPath
+from ipftrace_exporter.paths import OUTCOME_DELIVERED, SkbPath
 from ipftrace_exporter.probes import Probe, ProbeKind, ProbeRole, ProbeTable
 from ipftrace_exporter.spans import SpanEncoder, WallClock
 from tests.support.otlp_receiver import GrpcOtlpReceiver, HttpOtlpReceiver, attributes
@@ -73,7 +73,7 @@ def make_paths(count: int, events: int = 2, start: int = 0) -> list[SkbPath]:
                   bytes(MODULE_DATA_SIZE))
             for i in range(events)
         ]  # fmt: skip
-        paths.append(SkbPath(skb, 0, evs, OUTCOME_CONSUMED))
+        paths.append(SkbPath(skb, 0, evs, OUTCOME_DELIVERED))
     return paths
 
 

@@ -40,7 +40,7 @@ def test_events_out_of_order_across_cpus_are_sorted_and_stragglers_join_the_ende
     clock.now = 20
     (path,) = paths.expire()
     assert [e.timestamp_ns for e in path.events] == [100, 200, 250, 300]
-    assert path.outcome == "consumed"
+    assert path.outcome == "delivered"
     assert path.describe().saddr == "10.0.0.1"
 
 
@@ -89,7 +89,7 @@ def test_egress_on_a_virtual_device_goes_on_to_the_receive_side() -> None:
     paths.add_many([event(1, IP_RCV, first=True), event(2, EGRESS), event(3, RECEIVE), event(4, CONSUME)])
     clock.now = 100
     (path,) = paths.expire()
-    assert path.outcome == "consumed"
+    assert path.outcome == "delivered"
     assert [e.probe_id for e in path.events] == [IP_RCV, EGRESS, RECEIVE, CONSUME]
 
 
@@ -140,7 +140,7 @@ def test_flush_returns_everything() -> None:
     paths = assembler(Clock())
     paths.add_many([event(1, RECEIVE, skb=SKB_A, first=True), event(2, RECEIVE, skb=SKB_B, first=True),
                     event(3, CONSUME, skb=SKB_B)])
-    assert sorted(p.outcome for p in paths.flush()) == ["consumed", "timeout"]
+    assert sorted(p.outcome for p in paths.flush()) == ["delivered", "timeout"]
     assert paths.flush() == []
 
 
@@ -160,6 +160,6 @@ def test_a_path_that_went_idle_continues_with_its_headers() -> None:
     paths.add_many([event(2100, IP_RCV), event(2200, CONSUME)])  # the kernel still tracked the skb
     clock.now = 3000
     (rest,) = paths.expire()
-    assert rest.continued and rest.outcome == "consumed"
+    assert rest.continued and rest.outcome == "delivered"
     assert rest.describe().dport == 8080
     assert not first.continued

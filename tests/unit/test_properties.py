@@ -285,13 +285,13 @@ def test_lost_events_never_merge_two_packets_into_one_path(plan: list[tuple[int,
         packet = path.events[0].cpu
         kept = plan[packet][1]
         if all(kept):
-            assert path.outcome == "consumed" and len(path.events) == 4
+            assert path.outcome == "delivered" and len(path.events) == 4
         elif any(e.flags & FLAG_GAP for e in path.events):
             assert path.outcome == "truncated"
         elif not kept[3] and any(p > packet and plan[p][0] == plan[packet][0] and plan[p][1][0]
                                  for p in range(len(plan))):
             assert path.outcome == "truncated"  # its end was lost, and the next packet at the address said so
-        if path.outcome == "consumed":
+        if path.outcome == "delivered":
             assert all(kept)  # a path says it is complete only when it is
 
 

@@ -11,7 +11,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from ipftrace_exporter import __version__
 from ipftrace_exporter.events import FLAG_TUPLE, MODULE_DATA_SIZE, Event
-from ipftrace_exporter.paths import OUTCOME_CONSUMED, OUTCOME_DROPPED, OUTCOME_TIMEOUT, Drop, SkbPath
+from ipftrace_exporter.paths import OUTCOME_DELIVERED, OUTCOME_DROPPED, OUTCOME_TIMEOUT, Drop, SkbPath
 from ipftrace_exporter.probes import Probe, ProbeKind, ProbeRole, ProbeTable
 from ipftrace_exporter.spans import (
     SCHEMA_URL,
@@ -86,7 +86,7 @@ def icmp_path() -> SkbPath:
         SKB,
         flow_id=1,
         events=[event(1_000, 0), event(1_250, 1), event(1_600, 2), event(2_000, 4)],
-        outcome=OUTCOME_CONSUMED,
+        outcome=OUTCOME_DELIVERED,
         end_ts=2_000,
     )
 
@@ -150,7 +150,7 @@ def test_root_is_named_after_the_flow_and_has_network_attributes() -> None:
         "source.address": "10.0.1.10",
         "destination.address": "10.0.1.20",
         "ipftrace.flow": "dns",
-        "ipftrace.outcome": "consumed",
+        "ipftrace.outcome": "delivered",
     }
 
 
@@ -178,7 +178,7 @@ def test_tcp_and_udp_roots_carry_ports() -> None:
 def test_ipv6_addresses_are_bracketed_when_a_port_follows() -> None:
     path = SkbPath(
         SKB, 0, [event(10, 0, ipversion=6, l4proto=17, saddr="fd00:199::1", daddr="fd00:199::2", sport=5353,
-                       dport=53)], OUTCOME_CONSUMED
+                       dport=53)], OUTCOME_DELIVERED
     )  # fmt: skip
     root, _ = split(spans_of(encoder().encode([path])))
     assert root.name == "UDP web"
@@ -353,7 +353,7 @@ def test_root_span_names_stay_few_under_mixed_traffic() -> None:
         ports = {"sport": rng.randrange(1, 65536), "dport": rng.randrange(1, 65536)} if proto in (6, 17) else {}
         paths.append(SkbPath(SKB + index, rng.randrange(len(FLOWS)),
                              [event(10, 0, ipversion=version, l4proto=proto, saddr=saddr, daddr=daddr, **ports),
-                              event(20, 4)], OUTCOME_CONSUMED))
+                              event(20, 4)], OUTCOME_DELIVERED))
     spans = spans_of(encoder().encode(paths))
     roots = [span for span in spans if not span.parent_span_id]
     assert len(roots) == 3000
