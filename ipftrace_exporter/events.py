@@ -27,6 +27,7 @@ FLAG_SAMPLED = 1 << 1  # the packet was sampled for tracing when first matched
 FLAG_GAP = 1 << 2  # an earlier event of this skb was lost (ring buffer full)
 FLAG_PREV_LOST = 1 << 3  # first event: the previous packet traced at this skb address lost its end event
 FLAG_LEFT = 1 << 4  # an egress probe where the device has a parent (hardware): the packet left the host
+FLAG_REWRITE = 1 << 5  # the headers were rewritten (NAT) before this probe: the event carries the new ones
 
 
 class Event(NamedTuple):
@@ -54,6 +55,11 @@ class Event(NamedTuple):
     def has_tuple(self) -> bool:
         """True when addresses and ports were parsed at this probe."""
         return bool(self.flags & FLAG_TUPLE)
+
+    @property
+    def rewritten(self) -> bool:
+        """True when the packet's headers changed (NAT) before this probe; addresses and ports are the new ones."""
+        return bool(self.flags & FLAG_REWRITE)
 
 
 # Event from an unpacked record, all in C (Event._make adds a Python-level call and a length check per event; the

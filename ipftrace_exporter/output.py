@@ -57,6 +57,12 @@ def icmp_text(flow: FlowTuple) -> str:
     return f"{name} (type {kind} code {code})" if name else f"type {kind} code {code}"
 
 
+def _headers_json(flow: FlowTuple) -> dict[str, object]:
+    """A rewritten packet's new headers in JSON."""
+    return {"protocol": flow.protocol, "saddr": flow.saddr, "sport": flow.sport or None,
+            "daddr": flow.daddr, "dport": flow.dport or None}
+
+
 class PathFormatter:
     """Formats finished paths; `flow_names[path.flow_id]` names the flow; `data_text` renders module data as text
     and `data_fields` as {module: {field: value}} for JSON (taken from `data_text.fields` when it has one, as
@@ -114,6 +120,8 @@ class PathFormatter:
             lines.append(row(style.stamp(event.timestamp_ns), delta, name, str(event.length),
                              style.device(event) if verbose else "",
                              self.data_text(event) if self.data_text is not None else ""))
+            if event.rewritten:
+                lines.append(f"{'':>15}  headers rewritten (NAT): now {FlowTuple.of(event).text}")
         if path.outcome == OUTCOME_DROPPED and path.drop is not None:
             drop = f"DROPPED at {path.drop.function}: {path.drop.reason} ({path.drop.probe})"
             lines.append(f"{RED}{drop}{RESET}" if style.colour else drop)
@@ -137,6 +145,8 @@ class PathFormatter:
                 "len": event.length,
                 "ifindex": event.ifindex,
             }
+            if event.rewritten:
+                item["rewrite"] = _headers_json(FlowTuple.of(event))
             if self.data_text is not None:
                 item["data"] = self.data_text(event)
             if self.data_fields is not None:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .events import FLAG_GAP, FLAG_LEFT, FLAG_PREV_LOST, FLAG_TUPLE, Event, format_address
+from .events import FLAG_GAP, FLAG_LEFT, FLAG_PREV_LOST, FLAG_REWRITE, FLAG_TUPLE, Event, format_address
 from .probes import ProbeRole, ProbeTable
 from .protocols import ICMP_PROTOCOLS, PORT_PROTOCOLS, protocol_name
 
@@ -96,21 +96,16 @@ class SkbPath:
         return self.header
 
     def describe(self) -> FlowTuple:
-        """Addresses, ports and protocol of this path's packet."""
+        """Addresses, ports and protocol of this path's packet (as first matched)."""
         event = self.tuple_event
         if event is None:
             return FlowTuple("", 0, "", 0, "", 0, 0)
-        ports = event.l4proto in PORT_PROTOCOLS
-        return FlowTuple(
-            protocol_name(event.l4proto),
-            event.ipversion,
-            format_address(event.ipversion, event.saddr),
-            event.sport if ports else 0,
-            format_address(event.ipversion, event.daddr),
-            event.dport if ports else 0,
-            event.l4proto,
-            (event.sport, event.dport) if event.l4proto in ICMP_PROTOCOLS else None,
-        )
+        return FlowTuple.of(event)
+
+    @property
+    def rewrites(self) -> list[tuple[int, FlowTuple]]:
+        """(event index, new headers) where the packet's headers were rewritten (NAT), in order."""
+        return [(index, FlowTuple.of(event)) for index, event in enumerate(self.events) if event.flags & FLAG_REWRITE]
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +120,26 @@ class FlowTuple:
     dport: int
     l4proto: int
     icmp: tuple[int, int] | None = None  # ICMP / ICMPv6 (type, code): the kernel sends them in the port fields
+
+    @classmethod
+    def of(cls, event: Event) -> FlowTuple:
+        """The headers an event carries (a packet's first event, or one where they were rewritten)."""
+        ports = event.l4proto in PORT_PROTOCOLS
+        return cls(
+            protocol_name(event.l4proto),
+            event.ipversion,
+            format_address(event.ipversion, event.saddr),
+            event.sport if ports else 0,
+            format_address(event.ipversion, event.daddr),
+            event.dport if ports else 0,
+            event.l4proto,
+            (event.sport, event.dport) if event.l4proto in ICMP_PROTOCOLS else None,
+        )
+
+    @property
+    def text(self) -> str:
+        """'UDP 10.0.0.1:5000 -> 10.0.1.2:53'."""
+        return f"{self.protocol or '?'} {self.source or '?'} -> {self.destination or '?'}"
 
     def endpoint(self, address: str, port: int) -> str:
         if not port:

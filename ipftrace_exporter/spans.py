@@ -40,8 +40,8 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
 from . import __version__
-from .events import Event
-from .paths import OUTCOME_DROPPED, SkbPath
+from .events import FLAG_REWRITE, Event
+from .paths import OUTCOME_DROPPED, FlowTuple, SkbPath
 from .probes import Probe, ProbeKind, ProbeRole, ProbeTable
 from .protocols import PORT_PROTOCOLS
 
@@ -476,12 +476,25 @@ class SpanEncoder:
                 extra = b"".join([module_attribute(name, value) for name, value in module(event).items()])
             if dropped and probe_id < ntemplates and probes[probe_id].role is drop_role:
                 extra += drop_pieces
+            if event.flags & FLAG_REWRITE:
+                extra += self._rewrite_pieces(event)
             size += len(extra)
             extend((spans_tag, varints[size] if size < _VARINT_CACHE else _varint(size), head,
                     raw[24 + 8 * index : 32 + 8 * index], template, pack(_START_TAG, start, _END_TAG, end), tail,
                     extra))
 
         out.append(_length_delimited(spans_tag, self._root(path, trace_id, root_id, offset, drop_pieces)))
+
+    def _rewrite_pieces(self, event: Event) -> bytes:
+        """`ipftrace.relation` = nat and the new headers, on the span of the event where they were seen rewritten."""
+        flow = FlowTuple.of(event)
+        attribute = self._attribute
+        pieces = [attribute("ipftrace.relation", "nat"), attribute("ipftrace.rewrite.source.address", flow.saddr),
+                  attribute("ipftrace.rewrite.destination.address", flow.daddr)]
+        if flow.l4proto in PORT_PROTOCOLS:
+            pieces += [attribute("ipftrace.rewrite.source.port", flow.sport),
+                       attribute("ipftrace.rewrite.destination.port", flow.dport)]
+        return b"".join(pieces)
 
     def _drop_pieces(self, path: SkbPath) -> bytes:
         """Status ERROR and the drop attributes (on the root and on the dropping event's span)."""

@@ -28,6 +28,7 @@
 #define IPFT_FLAG_GAP 4 /* an earlier event of this skb was lost (ring buffer full) */
 #define IPFT_FLAG_PREV_LOST 8 /* first event: the previous traced packet at this address lost its end event */
 #define IPFT_FLAG_LEFT 16 /* an egress probe on a device with a parent (hardware): the packet left the host */
+#define IPFT_FLAG_REWRITE 32 /* the packet's headers were rewritten (NAT) before this probe: the event has the new ones */
 
 #define IPFT_STAT_EVENTS 0
 #define IPFT_STAT_LOST 1
@@ -51,7 +52,7 @@ struct ipft_tuple {
     u8 ipversion;
     u8 l4proto;
     u8 has_ports;
-    u8 pad;
+    u8 l4_plain; /* IPv6 without extension headers, its L4 header read in full right after it */
     u32 fp; /* fingerprint of this packet among packets of its flow (0: unknown), see ipft_l4_word() */
 };
 
@@ -83,6 +84,7 @@ struct ipft_track {
     u8 gap;
     u16 protocol; /* skb->protocol when first matched (host order, 0 if unset) */
     u32 fp; /* the packet's fingerprint when first matched: another one at the same address is another packet */
+    u32 tuple_hash; /* a hash of its current headers: a change with the same buffer and fingerprint is a rewrite */
 };
 
 struct ipft_drop_key {
@@ -103,6 +105,13 @@ BPF_PERCPU_ARRAY(untraced, u64, IPFT_NUM_FLOWS * IPFT_UNTRACED_REASONS);
 /* Set by user space once every probe is attached: until then no packet starts being traced, so a packet in flight
  * while the probes attach one by one (seconds for hundreds of kprobes) is not traced through some of them only. */
 BPF_ARRAY(ipft_armed, u32, 1);
+/* A counting filter of the tracked skb addresses: a bucket per address hash, incremented when an address starts
+ * being tracked and decremented when it is forgotten. A packet whose headers match no flow is looked up in
+ * `tracked` only when its bucket is non-zero (it may be a tracked packet whose headers were rewritten, by NAT):
+ * the common case on a busy node, other traffic, costs one array read instead of a hash lookup. An entry the LRU
+ * evicts leaves its bucket high: that only costs the lookup for the addresses that share it. */
+#define IPFT_TRACKED_BUCKETS 16384
+BPF_ARRAY(ipft_tracked_filter, u32, IPFT_TRACKED_BUCKETS);
 
 #define IPFT_READ(dst, ptr) bpf_probe_read_kernel(&(dst), sizeof(dst), (ptr))
 #define IPFT_SKB_FIELD(dst, skb, field) \
@@ -170,16 +179,79 @@ static __always_inline int ipft_skb_read(struct sk_buff *skb, struct ipft_skb *o
 #define IPFT_L3_READ 48
 
 /* Words that differ between packets of one flow and stay the same along one packet's path (NAT and TTL do not
- * touch them): TCP's sequence number, UDP's length, ICMP's echo id and sequence. Packets freed where no probe
- * sees it (a UDP datagram read by recvmsg, TCP segments merged in the receive queue) leave their skb address
- * and often their data buffer to the next packet; the fingerprint tells the two apart. */
+ * touch them): TCP's sequence number, UDP's length, ICMP's echo sequence (NAT rewrites the echo id), and with
+ * IPv4 the IP id (ipft_parse_ipv4), with IPv6 UDP the first payload bytes (ipft_payload_word). Packets freed where
+ * no probe sees it (a UDP datagram read by recvmsg, TCP segments merged in the receive queue) leave their skb
+ * address and often their data buffer to the next packet; the fingerprint tells the two apart. */
 static __always_inline u32 ipft_l4_word(u8 l4proto, const u8 *l4)
 {
-    if (l4proto == 6 || l4proto == 1 || l4proto == 58)
+    if (l4proto == 6)
         return ((u32)l4[4] << 24) | ((u32)l4[5] << 16) | ((u32)l4[6] << 8) | l4[7];
+    if (l4proto == 1 || l4proto == 58) /* the echo sequence: NAT rewrites the echo id */
+        return ((u32)l4[6] << 8) | l4[7];
     if (l4proto == 17 || l4proto == 136)
         return ((u32)l4[4] << 8) | l4[5];
     return 0;
+}
+
+/* IPv6 has no IP id: UDP datagrams of one flow with the same length differ in their payload. Its first 32 bytes
+ * after the UDP header, folded (protocol headers often start with bytes that stay the same across a flow: a QUIC
+ * connection id, a fixed magic). Read only for packets that match a flow or are tracked, not for other traffic. */
+static __always_inline u32 ipft_payload_word(const struct ipft_tuple *t, unsigned char *l3)
+{
+    u32 words[8] = {};
+    if (!t->l4_plain || (t->l4proto != 17 && t->l4proto != 136) || !l3)
+        return 0;
+    if (bpf_probe_read_kernel(words, sizeof(words), l3 + 48) < 0)
+        return 0;
+    u32 hash = 2166136261u;
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+        hash = (hash ^ words[i]) * 16777619u;
+    return hash;
+}
+
+/* A hash of the headers a flow matches on (addresses, protocol, ports): tells a rewritten packet (NAT) from one
+ * whose headers are unchanged. */
+static __always_inline u32 ipft_tuple_hash(const struct ipft_tuple *t)
+{
+    u32 hash = ((u32)t->ipversion << 8) | t->l4proto;
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+        hash = (hash ^ t->saddr[i]) * 16777619u ^ t->daddr[i] * 2654435761u;
+    return (hash ^ (((u32)t->sport << 16) | t->dport)) * 16777619u;
+}
+
+static __always_inline u32 *ipft_filter_bucket(u64 key)
+{
+    u32 bucket = (u32)((key >> 8) ^ (key >> 22)) & (IPFT_TRACKED_BUCKETS - 1);
+    return ipft_tracked_filter.lookup(&bucket);
+}
+
+static __always_inline int ipft_maybe_tracked(u64 key)
+{
+    u32 *count = ipft_filter_bucket(key);
+    return !count || *count;
+}
+
+static __always_inline void ipft_start_tracking(u64 *key, struct ipft_track *fresh)
+{
+    if (tracked.update(key, fresh) < 0) {
+        ipft_stat(IPFT_STAT_TRACK_FULL);
+        return;
+    }
+    u32 *count = ipft_filter_bucket(*key);
+    if (count)
+        __sync_fetch_and_add(count, 1);
+}
+
+static __always_inline void ipft_forget(u64 *key)
+{
+    if (tracked.delete(key) < 0)
+        return; /* another CPU forgot it first */
+    u32 *count = ipft_filter_bucket(*key);
+    if (count)
+        __sync_fetch_and_add(count, (u32)-1);
 }
 
 static __always_inline int ipft_has_ports(u8 l4proto)
@@ -258,6 +330,7 @@ static __always_inline int ipft_parse_ipv6(unsigned char *l3, const u8 *raw, int
         if (full) {
             ipft_ports_from(raw + 40, t);
             t->fp = ipft_l4_word(next, raw + 40);
+            t->l4_plain = 1;
         } else {
             ipft_ports(l3 + sizeof(*ip6), t);
         }
@@ -367,26 +440,36 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     unsigned char *l3 = 0;
     int parsed = ipft_parse(&fields, &t, from_data, &l3);
     int flow = parsed ? ipft_match_headers(&t) : -1;
-    /* Headers that parse to none of the flows are never traced here, whatever the tracking map holds (a tracked
-     * address whose headers now match no flow is another packet, below): the common case on a busy node skips
-     * the map lookup. Where a packet ends, the lookup still runs, to forget an entry left by a predecessor that
-     * was freed where no probe saw it. */
-    if (parsed && flow < 0 && role == IPFT_ROLE_STEP)
+    /* Headers that match none of the flows (or do not parse) at an address that is surely not tracked: not ours.
+     * The common case on a busy node: one array read, no hash lookup (ipft_tracked_filter). */
+    if (flow < 0 && !ipft_maybe_tracked(key))
         return 0;
     struct ipft_track *track = tracked.lookup(&key);
-    /* A tracked address whose headers no longer match its flow, or whose data buffer or fingerprint changed, is
-     * a new packet in a reused skb (its predecessor was freed where no probe saw it): forget the old one. (Only
-     * the header keys are compared: a flow's pcap filter and device/netns decide where a packet is first matched,
-     * not whether it is still the same packet.) */
-    if (track && parsed && (!ipft_flow_headers(track->flow_id, &t) || track->head != (u64)head
-                            || (t.fp && track->fp && t.fp != track->fp))) {
-        tracked.delete(&key);
-        track = 0;
+    if (parsed && (track || flow >= 0))
+        t.fp ^= ipft_payload_word(&t, l3);
+    u32 rewrite = 0;
+    /* A tracked address whose headers changed is the same packet rewritten (NAT) when its data buffer and
+     * fingerprint are the same (fingerprint words are ones NAT does not touch); otherwise, or with headers that no
+     * longer match its flow, a different buffer or fingerprint, it is a new packet in a reused skb (its predecessor
+     * was freed where no probe saw it): forget the old one. (Only the header keys are compared: a flow's pcap
+     * filter and device/netns decide where a packet is first matched, not whether it is still the same packet.) */
+    if (track && parsed) {
+        u32 hash = ipft_tuple_hash(&t);
+        int same_buffer = track->head == (u64)head;
+        int same_fp = t.fp && track->fp && t.fp == track->fp;
+        int other_fp = t.fp && track->fp && t.fp != track->fp;
+        if (hash != track->tuple_hash && same_buffer && same_fp) {
+            rewrite = IPFT_FLAG_REWRITE;
+            track->tuple_hash = hash;
+        } else if (!same_buffer || other_fp || (hash != track->tuple_hash && !ipft_flow_headers(track->flow_id, &t))) {
+            ipft_forget(&key);
+            track = 0;
+        }
     }
     /* Headers that do not parse as IP at an address tracked for an IP packet of another protocol (an ARP
      * request in the skb of a datagram freed unseen): not ours. */
     if (track && !parsed && fields.protocol && track->protocol && fields.protocol != track->protocol) {
-        tracked.delete(&key);
+        ipft_forget(&key);
         return 0;
     }
     u32 left = 0;
@@ -414,6 +497,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
             return 0;
         fresh.head = (u64)head;
         fresh.fp = t.fp;
+        fresh.tuple_hash = ipft_tuple_hash(&t);
         fresh.protocol = fields.protocol;
         fresh.flow_id = flow;
         fresh.sampled = IPFT_SAMPLED();
@@ -421,8 +505,8 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
         sampled = fresh.sampled;
         first = 1;
         ipft_stat(IPFT_STAT_MATCHED);
-        if (role == IPFT_ROLE_STEP && tracked.update(&key, &fresh) < 0)
-            ipft_stat(IPFT_STAT_TRACK_FULL);
+        if (role == IPFT_ROLE_STEP)
+            ipft_start_tracking(&key, &fresh);
     }
 
     u32 slot = flow_id * IPFT_NUM_PROBES + probe_id;
@@ -437,7 +521,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
             *drop_count += 1;
     }
     if (role != IPFT_ROLE_STEP && !first)
-        tracked.delete(&key);
+        ipft_forget(&key);
     if (!sampled) {
         if (first)
             ipft_untraced(flow_id, IPFT_UNTRACED_SAMPLED_OUT);
@@ -474,13 +558,15 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     event->ifindex = ipft_ifindex(skb);
     event->reason = reason;
     event->flow_id = flow_id;
-    event->flags = IPFT_FLAG_SAMPLED | (gap ? IPFT_FLAG_GAP : 0) | left;
+    event->flags = IPFT_FLAG_SAMPLED | (gap ? IPFT_FLAG_GAP : 0) | left | rewrite;
     if (first) {
         event->flags |= IPFT_FLAG_TUPLE;
         if (ipft_lost_ends.lookup(&key)) {
             event->flags |= IPFT_FLAG_PREV_LOST;
             ipft_lost_ends.delete(&key);
         }
+    }
+    if (first || rewrite) { /* the headers: where first matched, and where rewritten */
         event->ipversion = t.ipversion;
         event->l4proto = t.l4proto;
         __builtin_memcpy(event->saddr, t.saddr, 16);

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .netns import NetPair, create_pair, delete_pair
+from .netns import NetChain, NetPair, create_chain, create_pair, delete_chain, delete_pair
 
 PROJECT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -50,6 +50,18 @@ def netpair() -> Iterator[NetPair]:
         yield pair
     finally:
         delete_pair(pair)
+
+
+@pytest.fixture
+def netchain() -> Iterator[NetChain]:
+    """Client, router and server namespaces on two veth links (two subnets); deleted afterwards."""
+    first = next(_indices)
+    next(_indices)  # the chain's second subnet
+    chain = create_chain(first + (os.getpid() % 50) * 4)
+    try:
+        yield chain
+    finally:
+        delete_chain(chain)
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,13 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", *args], check=check, capture_output=True, text=True)
 
 
+def exec_in(ns: str, argv: Sequence[str], timeout: float = 30, check: bool = True,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a command inside namespace `ns`."""
+    return subprocess.run(["ip", "netns", "exec", ns, *argv], check=check, capture_output=True, text=True,
+                          timeout=timeout, input=input)
+
+
 @dataclass
 class NetPair:
     """Namespaces `a` and `b`, joined by veth `veth_a` (in a) <-> `veth_b` (in b)."""
@@ -47,8 +54,7 @@ class NetPair:
     def exec_in(self, ns: str, argv: Sequence[str], timeout: float = 30, check: bool = True,
                 input: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run a command inside namespace `ns`."""
-        return subprocess.run(["ip", "netns", "exec", ns, *argv], check=check, capture_output=True, text=True,
-                              timeout=timeout, input=input)
+        return exec_in(ns, argv, timeout, check, input)
 
     def popen_in(self, ns: str, argv: Sequence[str], **kwargs: object) -> subprocess.Popen[str]:
         """Start a command inside namespace `ns` (the caller ends it by PID)."""
@@ -103,4 +109,79 @@ def _wait_reachable(pair: NetPair, timeout: float = 10) -> None:
 def delete_pair(pair: NetPair) -> None:
     """Remove both namespaces (the veth pair goes with them)."""
     for ns in (pair.ns_a, pair.ns_b):
+        ip("netns", "del", ns, check=False)
+
+
+@dataclass
+class NetChain:
+    """Namespaces client <-> router <-> server on two veth links: 10.199.N.1 (client) / .2 (router) and
+    10.199.N+1.1 (router) / .2 (server); the router forwards and each end routes through it."""
+
+    tag: str
+    index: int
+    ns_client: str
+    ns_router: str
+    ns_server: str
+
+    @property
+    def client4(self) -> str:
+        return f"{SUBNET4}.{self.index}.1"
+
+    @property
+    def router_client_side4(self) -> str:
+        return f"{SUBNET4}.{self.index}.2"
+
+    @property
+    def router_server_side4(self) -> str:
+        return f"{SUBNET4}.{self.index + 1}.1"
+
+    @property
+    def server4(self) -> str:
+        return f"{SUBNET4}.{self.index + 1}.2"
+
+    @property
+    def namespaces(self) -> tuple[str, str, str]:
+        return self.ns_client, self.ns_router, self.ns_server
+
+    def exec_in(self, ns: str, argv: Sequence[str], timeout: float = 30, check: bool = True,
+                input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a command inside namespace `ns`."""
+        return exec_in(ns, argv, timeout, check, input)
+
+
+def create_chain(index: int) -> NetChain:
+    """Create client, router and server namespaces (uses subnets `index` and `index + 1`); deletes what it made if a
+    step fails."""
+    tag = f"ipft{os.getpid() % 100000}c{index}"
+    chain = NetChain(tag, index, f"{tag}c", f"{tag}r", f"{tag}s")
+    try:
+        for ns in chain.namespaces:
+            ip("netns", "add", ns)
+            ip("-n", ns, "link", "set", "lo", "up")
+        links = ((chain.ns_client, f"{tag}c0"[:15], chain.client4, chain.ns_router, f"{tag}r0"[:15],
+                  chain.router_client_side4),
+                 (chain.ns_router, f"{tag}r1"[:15], chain.router_server_side4, chain.ns_server, f"{tag}s0"[:15],
+                  chain.server4))
+        for ns_x, dev_x, addr_x, ns_y, dev_y, addr_y in links:
+            ip("link", "add", dev_x, "netns", ns_x, "type", "veth", "peer", "name", dev_y, "netns", ns_y)
+            for ns, dev, addr in ((ns_x, dev_x, addr_x), (ns_y, dev_y, addr_y)):
+                ip("-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+                ip("-n", ns, "link", "set", dev, "up")
+        chain.exec_in(chain.ns_router, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        ip("-n", chain.ns_client, "route", "add", "default", "via", chain.router_client_side4)
+        ip("-n", chain.ns_server, "route", "add", "default", "via", chain.router_server_side4)
+        deadline = time.monotonic() + 10
+        while chain.exec_in(chain.ns_client, ["ping", "-c", "1", "-W", "1", chain.server4], check=False).returncode:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{chain.ns_client} cannot reach {chain.server4} through {chain.ns_router}")
+            time.sleep(0.1)
+    except BaseException:
+        delete_chain(chain)
+        raise
+    return chain
+
+
+def delete_chain(chain: NetChain) -> None:
+    """Remove the three namespaces (their veth links go with them)."""
+    for ns in chain.namespaces:
         ip("netns", "del", ns, check=False)
