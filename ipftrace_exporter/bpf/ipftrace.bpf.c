@@ -54,6 +54,8 @@ struct ipft_tuple {
     u8 has_ports;
     u8 l4_plain; /* IPv6 without extension headers, its L4 header read in full right after it */
     u32 fp; /* fingerprint of this packet among packets of its flow (0: unknown), see ipft_l4_word() */
+    u16 udp_len; /* with l4_plain: the UDP (or UDP-Lite) length field */
+    u16 pad;
 };
 
 /* Mirrors events.py RECORD. */
@@ -200,14 +202,20 @@ static __always_inline u32 ipft_l4_word(u8 l4proto, const u8 *l4)
 static __always_inline u32 ipft_payload_word(const struct ipft_tuple *t, unsigned char *l3)
 {
     u32 words[8] = {};
-    if (!t->l4_plain || (t->l4proto != 17 && t->l4proto != 136) || !l3)
+    if (!t->l4_plain || (t->l4proto != 17 && t->l4proto != 136) || !l3 || t->udp_len <= 8)
         return 0;
     if (bpf_probe_read_kernel(words, sizeof(words), l3 + 48) < 0)
         return 0;
-    u32 hash = 2166136261u;
+    u32 payload = t->udp_len - 8, hash = 2166136261u;
 #pragma unroll
-    for (int i = 0; i < 8; i++)
-        hash = (hash ^ words[i]) * 16777619u;
+    for (int i = 0; i < 8; i++) { /* only the datagram's bytes: what lies past its end may change on the way */
+        u32 word = words[i];
+        if (payload <= 4 * i)
+            word = 0;
+        else if (payload < 4 * i + 4)
+            word &= (1u << (8 * (payload - 4 * i))) - 1; /* little-endian: the first bytes are the low ones */
+        hash = (hash ^ word) * 16777619u;
+    }
     return hash;
 }
 
@@ -222,15 +230,18 @@ static __always_inline u32 ipft_tuple_hash(const struct ipft_tuple *t)
     return (hash ^ (((u32)t->sport << 16) | t->dport)) * 16777619u;
 }
 
-static __always_inline u32 *ipft_filter_bucket(u64 key)
+/* The filter's bucket of a tracked packet: by its data buffer (`skb->head`), which a tracked packet keeps (a
+ * different buffer at a tracked address is another packet), and which is a plain number on every backend (the
+ * typed skb pointer of fentry and tp_btf programs allows no shifts). */
+static __always_inline u32 *ipft_filter_bucket(u64 head)
 {
-    u32 bucket = (u32)((key >> 8) ^ (key >> 22)) & (IPFT_TRACKED_BUCKETS - 1);
+    u32 bucket = (u32)((head >> 6) ^ (head >> 20)) & (IPFT_TRACKED_BUCKETS - 1);
     return ipft_tracked_filter.lookup(&bucket);
 }
 
-static __always_inline int ipft_maybe_tracked(u64 key)
+static __always_inline int ipft_maybe_tracked(u64 head)
 {
-    u32 *count = ipft_filter_bucket(key);
+    u32 *count = ipft_filter_bucket(head);
     return !count || *count;
 }
 
@@ -240,16 +251,16 @@ static __always_inline void ipft_start_tracking(u64 *key, struct ipft_track *fre
         ipft_stat(IPFT_STAT_TRACK_FULL);
         return;
     }
-    u32 *count = ipft_filter_bucket(*key);
+    u32 *count = ipft_filter_bucket(fresh->head);
     if (count)
         __sync_fetch_and_add(count, 1);
 }
 
-static __always_inline void ipft_forget(u64 *key)
+static __always_inline void ipft_forget(u64 *key, u64 head)
 {
     if (tracked.delete(key) < 0)
         return; /* another CPU forgot it first */
-    u32 *count = ipft_filter_bucket(*key);
+    u32 *count = ipft_filter_bucket(head);
     if (count)
         __sync_fetch_and_add(count, (u32)-1);
 }
@@ -331,6 +342,7 @@ static __always_inline int ipft_parse_ipv6(unsigned char *l3, const u8 *raw, int
             ipft_ports_from(raw + 40, t);
             t->fp = ipft_l4_word(next, raw + 40);
             t->l4_plain = 1;
+            t->udp_len = ((u16)raw[44] << 8) | raw[45];
         } else {
             ipft_ports(l3 + sizeof(*ip6), t);
         }
@@ -442,7 +454,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     int flow = parsed ? ipft_match_headers(&t) : -1;
     /* Headers that match none of the flows (or do not parse) at an address that is surely not tracked: not ours.
      * The common case on a busy node: one array read, no hash lookup (ipft_tracked_filter). */
-    if (flow < 0 && !ipft_maybe_tracked(key))
+    if (flow < 0 && !ipft_maybe_tracked((u64)head))
         return 0;
     struct ipft_track *track = tracked.lookup(&key);
     if (parsed && (track || flow >= 0))
@@ -462,14 +474,14 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
             rewrite = IPFT_FLAG_REWRITE;
             track->tuple_hash = hash;
         } else if (!same_buffer || other_fp || (hash != track->tuple_hash && !ipft_flow_headers(track->flow_id, &t))) {
-            ipft_forget(&key);
+            ipft_forget(&key, track->head);
             track = 0;
         }
     }
     /* Headers that do not parse as IP at an address tracked for an IP packet of another protocol (an ARP
      * request in the skb of a datagram freed unseen): not ours. */
     if (track && !parsed && fields.protocol && track->protocol && fields.protocol != track->protocol) {
-        ipft_forget(&key);
+        ipft_forget(&key, track->head);
         return 0;
     }
     u32 left = 0;
@@ -520,8 +532,8 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
         if (drop_count)
             *drop_count += 1;
     }
-    if (role != IPFT_ROLE_STEP && !first)
-        ipft_forget(&key);
+    if (role != IPFT_ROLE_STEP && !first && track)
+        ipft_forget(&key, track->head);
     if (!sampled) {
         if (first)
             ipft_untraced(flow_id, IPFT_UNTRACED_SAMPLED_OUT);

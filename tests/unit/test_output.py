@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from ipftrace_exporter.events import FLAG_REWRITE, FLAG_TUPLE
 from ipftrace_exporter.output import PathFormatter, TextStyle, use_colour
 from ipftrace_exporter.paths import PathAssembler, PathLimits
 
@@ -119,3 +120,27 @@ def test_json_adds_icmp_type_and_code_and_keeps_ports_null() -> None:
     assert record["sport"] is None and record["dport"] is None
     udp = one_path([event(1, RECEIVE, first=True, proto=17, sport=5, dport=9), event(2, CONSUME)])
     assert json.loads(PathFormatter(PROBES, ["default"]).json(udp))["icmp"] is None
+
+
+def rewritten_path():  # type: ignore[no-untyped-def]
+    """A UDP datagram DNAT-ed (and masqueraded) between its receive and its drop."""
+    rewrite = event(2, IP_RCV, first=True, proto=17, src="10.0.1.1", dst="10.0.2.2", sport=61000, dport=7001,
+                    flags=FLAG_REWRITE)
+    rewrite = rewrite._replace(flags=rewrite.flags & ~FLAG_TUPLE)  # the kernel: new headers, not a first event
+    return one_path([event(1, RECEIVE, first=True, proto=17, sport=40000, dport=7000), rewrite,
+                     event(3, DROP, reason=3)])
+
+
+def test_text_says_where_the_headers_were_rewritten_and_to_what() -> None:
+    lines = PathFormatter(PROBES, ["default"]).text(rewritten_path()).splitlines()
+    assert lines[0] == "UDP\t10.0.0.1:40000\t->\t10.0.0.2:7000"  # the flow as first matched
+    assert lines[3:5] == ["              2  ip_rcv",
+                          "                 headers rewritten (NAT): now UDP 10.0.1.1:61000 -> 10.0.2.2:7001"]
+    assert lines[-1] == "DROPPED at __udp4_lib_rcv: NO_SOCKET (skb:kfree_skb)"
+
+
+def test_json_gives_the_rewritten_headers_on_their_event() -> None:
+    record = json.loads(PathFormatter(PROBES, ["default"]).json(rewritten_path()))
+    assert (record["daddr"], record["dport"]) == ("10.0.0.2", 7000)
+    assert [event.get("rewrite") for event in record["events"]] == [
+        None, {"protocol": "UDP", "saddr": "10.0.1.1", "sport": 61000, "daddr": "10.0.2.2", "dport": 7001}, None]

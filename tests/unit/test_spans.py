@@ -10,7 +10,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from ipftrace_exporter import __version__
-from ipftrace_exporter.events import FLAG_TUPLE, MODULE_DATA_SIZE, Event
+from ipftrace_exporter.events import FLAG_REWRITE, FLAG_TUPLE, MODULE_DATA_SIZE, Event
 from ipftrace_exporter.paths import OUTCOME_DELIVERED, OUTCOME_DROPPED, OUTCOME_TIMEOUT, Drop, SkbPath
 from ipftrace_exporter.probes import Probe, ProbeKind, ProbeRole, ProbeTable
 from ipftrace_exporter.spans import (
@@ -436,3 +436,18 @@ def test_one_encoder_keeps_flows_apart() -> None:
     roots = [s for s in spans if not s.parent_span_id]
     assert [root.name for root in roots] == ["TCP web", "UDP web", "TCP web", "TCP web", "TCP dns"]
     assert [attributes(root.attributes)["destination.port"] for root in roots] == [2, 2, 2, 3, 2]
+
+
+def test_a_rewrite_marks_its_span_with_relation_nat_and_the_new_headers() -> None:
+    rewrite = event(1_250, 1, l4proto=17, saddr="10.0.1.1", daddr="10.0.2.2", sport=61000, dport=7001,
+                    tuple_=False)._replace(flags=FLAG_REWRITE)
+    path = SkbPath(SKB, flow_id=1, events=[event(1_000, 0, l4proto=17, sport=40000, dport=7000), rewrite,
+                                           event(2_000, 4, tuple_=False)], outcome=OUTCOME_DELIVERED, end_ts=2_000)
+    root, children = split(spans_of(encoder().encode([path])))
+    assert attributes(root.attributes)["destination.port"] == 7000  # the packet as first matched
+    marked = attributes(children[1].attributes)
+    assert {key: value for key, value in marked.items() if "rewrite" in key or "relation" in key} == {
+        "ipftrace.relation": "nat", "ipftrace.rewrite.source.address": "10.0.1.1",
+        "ipftrace.rewrite.source.port": 61000, "ipftrace.rewrite.destination.address": "10.0.2.2",
+        "ipftrace.rewrite.destination.port": 7001}
+    assert not any("relation" in attributes(child.attributes) for child in (children[0], children[2]))
