@@ -393,7 +393,7 @@ def trace(request: TraceRequest, output: str, count: int | None, timeout: float 
             for path in tracer.poll(wait_ms):
                 out.write(formatter.format(path, "json" if output == "json" else "text"))
                 printed += 1
-                truncated += path.outcome == OUTCOME_TRUNCATED
+                truncated += path.packet_outcome == OUTCOME_TRUNCATED
                 if count is not None and printed >= count:
                     break
             out.flush()

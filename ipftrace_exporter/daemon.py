@@ -169,7 +169,7 @@ class Daemon:
         names = self.config.flow_names
         for path in paths:
             name = names[path.flow_id] if 0 <= path.flow_id < len(names) else str(path.flow_id)
-            self.metrics.paths.count(name, path.outcome)
+            self.metrics.paths.count(name, path.packet_outcome)
         if self.sink is not None:
             self.sink.submit(paths)
 

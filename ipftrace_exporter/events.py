@@ -11,10 +11,10 @@ from typing import NamedTuple
 
 from .ringbuf import FRAME_HEADER_SIZE, frame_size
 
-# struct ipft_event (little endian, natural alignment, 152 bytes):
+# struct ipft_event (little endian, natural alignment, 160 bytes):
 #   u64 ts, skb, location; u32 probe_id, cpu, len, ifindex, reason; u16 flow_id; u8 ipversion, l4proto;
-#   u8 saddr[16], daddr[16]; u16 sport, dport (host order); u32 flags; u8 data[64]
-RECORD = struct.Struct("<QQQIIIIIHBB16s16sHHI64s")
+#   u8 saddr[16], daddr[16]; u16 sport, dport (host order); u32 flags; u8 data[64]; u64 parent
+RECORD = struct.Struct("<QQQIIIIIHBB16s16sHHI64sQ")
 RECORD_SIZE = RECORD.size
 MODULE_DATA_SIZE = 64
 # A record as it sits in the BPF ring buffer: the ring's 8-byte header (length, page offset), then the record.
@@ -28,6 +28,7 @@ FLAG_GAP = 1 << 2  # an earlier event of this skb was lost (ring buffer full)
 FLAG_PREV_LOST = 1 << 3  # first event: the previous packet traced at this skb address lost its end event
 FLAG_LEFT = 1 << 4  # an egress probe where the device has a parent (hardware): the packet left the host
 FLAG_REWRITE = 1 << 5  # the headers were rewritten (NAT) before this probe: the event carries the new ones
+FLAG_CLONE = 1 << 6  # first event of an skb sharing its data buffer with a traced packet: `parent` is that skb
 
 
 class Event(NamedTuple):
@@ -50,6 +51,7 @@ class Event(NamedTuple):
     dport: int
     flags: int
     data: bytes  # module data, MODULE_DATA_SIZE bytes
+    parent: int = 0  # with FLAG_CLONE: the skb address of the packet this skb is a clone of
 
     @property
     def has_tuple(self) -> bool:
@@ -63,7 +65,7 @@ class Event(NamedTuple):
 
 
 # Event from an unpacked record, all in C (Event._make adds a Python-level call and a length check per event; the
-# struct always yields exactly the 17 fields).
+# struct always yields exactly the 18 fields).
 _MAKE_EVENT = functools.partial(tuple.__new__, Event)
 
 

@@ -57,6 +57,12 @@ def icmp_text(flow: FlowTuple) -> str:
     return f"{name} (type {kind} code {code})" if name else f"type {kind} code {code}"
 
 
+def _drop_json(path: SkbPath) -> dict[str, str] | None:
+    """Where and why an skb was dropped, in JSON."""
+    drop = path.drop
+    return None if drop is None else {"reason": drop.reason, "function": drop.function, "probe": drop.probe}
+
+
 def _headers_json(flow: FlowTuple) -> dict[str, object]:
     """A rewritten packet's new headers in JSON."""
     return {"protocol": flow.protocol, "saddr": flow.saddr, "sport": flow.sport or None,
@@ -88,13 +94,27 @@ class PathFormatter:
 
     def text(self, path: SkbPath) -> str:
         """The seed's shape: a flow line (with ICMP type and code), a `Time Stamp  Function` table (plus the
-        style's columns), and how the path ended."""
+        style's columns), and how the path ended; then each clone of the packet as an indented table of its own,
+        and how the packet ended when its clones changed that (a dropped reply whose raw-socket clone was read)."""
         style = self.style
         described = path.describe()
         head = f"{described.protocol or '?'}\t{described.source or '?'}\t->\t{described.destination or '?'}"
         icmp = icmp_text(described)
         if icmp:
             head += f"\t{icmp}"
+        lines = [f"{BOLD}{head}{RESET}" if style.colour else head, *self._table(path)]
+        for child in path.children:
+            lines.append(f"  {child.relation} {child.skb:#x} (shares the packet's data buffer):")
+            lines.extend(f"  {line}" for line in self._table(child))
+        if path.children and path.packet_outcome != path.outcome:
+            lines.append(f"(packet {path.packet_outcome}: through a clone)")
+        if path.relation and path.parent_path is None:
+            lines.append(f"({path.relation} of skb {path.parent_skb:#x}, whose path was already printed)")
+        return "\n".join(lines) + "\n"
+
+    def _table(self, path: SkbPath) -> list[str]:
+        """The table rows of one skb's path and the line saying how it ended."""
+        style = self.style
         names = [self._probe_name(event) for event in path.events]
         width = max([len("Function"), *map(len, names)])
         verbose = style.verbose
@@ -111,8 +131,7 @@ class PathFormatter:
                 cells.append(data)
             return "  ".join(cells).rstrip()
 
-        lines = [f"{BOLD}{head}{RESET}" if style.colour else head,
-                 row("Time Stamp", "Δ µs", "Function", "Len", "Device", "Custom Data")]
+        lines = [row("Time Stamp", "Δ µs", "Function", "Len", "Device", "Custom Data")]
         previous: int | None = None
         for event, name in zip(path.events, names):
             delta = "" if previous is None else f"+{(event.timestamp_ns - previous) / 1000:.3f}"
@@ -131,11 +150,37 @@ class PathFormatter:
             lines.append(f"({path.outcome})")
         if path.continued:
             lines.append("(continues an earlier path of this packet that timed out)")
-        return "\n".join(lines) + "\n"
+        return lines
 
     def json(self, path: SkbPath) -> str:
-        """One JSON object (one line) describing the path."""
+        """One JSON object (one line) describing the packet: `outcome` is the packet's (over its clones too),
+        `skb_outcome` this skb's own; its clones are in `children`, each with its own skb, outcome and events."""
         described = path.describe()
+        record = {
+            "flow": self.flow_name(path),
+            "skb": hex(path.skb),
+            "outcome": path.packet_outcome,
+            "skb_outcome": path.outcome,
+            "continued": path.continued,
+            "protocol": described.protocol,
+            "ipversion": described.ipversion,
+            "saddr": described.saddr,
+            "sport": described.sport or None,
+            "daddr": described.daddr,
+            "dport": described.dport or None,
+            "icmp": None if described.icmp is None else {
+                "type": described.icmp[0], "code": described.icmp[1],
+                "name": icmp_type_name(described.l4proto, described.icmp[0])},
+            "drop": _drop_json(path),
+            "events": self._events_json(path),
+            "children": [{"relation": child.relation, "skb": hex(child.skb), "outcome": child.outcome,
+                          "drop": _drop_json(child), "events": self._events_json(child)} for child in path.children],
+        }
+        if path.relation:
+            record.update(relation=path.relation, parent=hex(path.parent_skb))
+        return json.dumps(record, separators=(",", ":"))
+
+    def _events_json(self, path: SkbPath) -> list[dict[str, object]]:
         events = []
         for event, name in zip(path.events, (self._probe_name(e) for e in path.events)):
             item: dict[str, object] = {
@@ -152,25 +197,7 @@ class PathFormatter:
             if self.data_fields is not None:
                 item["modules"] = self.data_fields(event)
             events.append(item)
-        record = {
-            "flow": self.flow_name(path),
-            "skb": hex(path.skb),
-            "outcome": path.outcome,
-            "continued": path.continued,
-            "protocol": described.protocol,
-            "ipversion": described.ipversion,
-            "saddr": described.saddr,
-            "sport": described.sport or None,
-            "daddr": described.daddr,
-            "dport": described.dport or None,
-            "icmp": None if described.icmp is None else {
-                "type": described.icmp[0], "code": described.icmp[1],
-                "name": icmp_type_name(described.l4proto, described.icmp[0])},
-            "drop": None if path.drop is None else {
-                "reason": path.drop.reason, "function": path.drop.function, "probe": path.drop.probe},
-            "events": events,
-        }
-        return json.dumps(record, separators=(",", ":"))
+        return events
 
     def format(self, path: SkbPath, kind: str) -> str:
         """`text` (ends with a blank line between paths) or `json` (one line)."""

@@ -22,7 +22,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .events import FLAG_GAP, FLAG_LEFT, FLAG_PREV_LOST, FLAG_REWRITE, FLAG_TUPLE, Event, format_address
+from .events import (
+    FLAG_CLONE,
+    FLAG_GAP,
+    FLAG_LEFT,
+    FLAG_PREV_LOST,
+    FLAG_REWRITE,
+    FLAG_TUPLE,
+    Event,
+    format_address,
+)
 from .probes import ProbeRole, ProbeTable
 from .protocols import ICMP_PROTOCOLS, PORT_PROTOCOLS, protocol_name
 
@@ -32,6 +41,7 @@ OUTCOME_TIMEOUT = "timeout"
 OUTCOME_TRUNCATED = "truncated"
 OUTCOME_LEFT = "left"  # left the host through a hardware device
 OUTCOMES = (OUTCOME_DELIVERED, OUTCOME_DROPPED, OUTCOME_LEFT, OUTCOME_TIMEOUT, OUTCOME_TRUNCATED)
+RELATION_CLONE = "clone"  # an skb sharing the packet's data buffer (skb_clone)
 
 
 class DropNames(Protocol):
@@ -86,6 +96,27 @@ class SkbPath:
     # in a new path: that one inherits the headers of the first part and says so.
     header: Event | None = None
     continued: bool = False
+    # A clone (an skb sharing this packet's data buffer) is a child path of the packet's path: it joins `children`
+    # when it ends, and the packet's path waits for its open children before it is released.
+    relation: str = ""  # RELATION_CLONE for a clone, else ""
+    parent_skb: int = 0  # a clone's parent skb address
+    children: list[SkbPath] = field(default_factory=list)
+    parent_path: SkbPath | None = field(default=None, repr=False)
+    open_children: int = 0
+    released: bool = False
+
+    @property
+    def packet_outcome(self) -> str:
+        """How the packet ended, over this path and its clones: delivered if any skb of it was (a raw socket's clone
+        of a ping reply counts), else left if any left the host, dropped only if every one was dropped; otherwise how
+        the first path that was not dropped ended (timeout, truncated)."""
+        if not self.children:
+            return self.outcome
+        outcomes = [self.outcome, *(child.packet_outcome for child in self.children)]
+        for outcome in (OUTCOME_DELIVERED, OUTCOME_LEFT):
+            if outcome in outcomes:
+                return outcome
+        return next((outcome for outcome in outcomes if outcome != OUTCOME_DROPPED), OUTCOME_DROPPED)
 
     @property
     def tuple_event(self) -> Event | None:
@@ -222,7 +253,9 @@ class PathAssembler:
             flags = event.flags
             if path is None:
                 path = self._open_path(skb, event.flow_id, done)
-                if not flags & FLAG_TUPLE and self._timed_out:
+                if flags & FLAG_CLONE:
+                    self._adopt(path, event.parent)
+                elif not flags & FLAG_TUPLE and self._timed_out:
                     self._continue(path)
             elif flags & FLAG_TUPLE and (path.events[0].flags & FLAG_TUPLE or path.tuple_event is not None
                                          or event.timestamp_ns > path.events[0].timestamp_ns):
@@ -233,6 +266,8 @@ class PathAssembler:
                 self._held -= len(path.events)
                 done.append(self._finish(path, OUTCOME_TRUNCATED if flags & FLAG_PREV_LOST else OUTCOME_TIMEOUT))
                 path = self._open_path(skb, event.flow_id, done)
+                if flags & FLAG_CLONE:
+                    self._adopt(path, event.parent)
             else:
                 touch(skb)
             path_events = path.events
@@ -249,7 +284,37 @@ class PathAssembler:
                 done.append(self._finish(path, OUTCOME_TRUNCATED))
             if self._held > max_held:
                 self._shed(max_held, done)
-        return done
+        return self._release(done)
+
+    def _adopt(self, child: SkbPath, parent_skb: int) -> None:
+        """A clone's path: a child of its parent's path while that is still held (open or settling)."""
+        child.relation, child.parent_skb = RELATION_CLONE, parent_skb
+        parent = self._open.get(parent_skb)
+        if parent is None:
+            settled = self._settling.get(parent_skb)
+            parent = settled[0] if settled is not None else None
+        if parent is not None and not parent.released:
+            child.parent_path = parent
+            parent.open_children += 1
+
+    @staticmethod
+    def _release(done: list[SkbPath]) -> list[SkbPath]:
+        """The finished paths to hand out: a clone whose parent is still held joins its children instead (and
+        one whose parent was already handed out goes on its own, naming its parent)."""
+        if not done:
+            return done
+        out: list[SkbPath] = []
+        for path in done:
+            parent = path.parent_path
+            if parent is not None and not parent.released:
+                parent.children.append(path)
+                parent.open_children -= 1
+                path.released = True
+                continue
+            out.append(path)
+        for path in out:
+            path.released = True
+        return out
 
     def _shed(self, max_held: int, done: list[SkbPath]) -> None:
         """Evict the least recently touched open paths (as truncated) until at most `max_held` events are held."""
@@ -311,13 +376,10 @@ class PathAssembler:
         return self._sorted(path)
 
     def expire(self, now_ns: int | None = None) -> list[SkbPath]:
-        """Paths that are complete by now: ended paths past their settle time, open paths idle too long."""
+        """Paths that are complete by now: ended paths past their settle time (and whose clones have ended), open
+        paths idle too long."""
         now = self.clock() if now_ns is None else now_ns
         done: list[SkbPath] = []
-        if self._settling:
-            ready = [skb for skb, (_, deadline) in self._settling.items() if deadline <= now]
-            for skb in ready:
-                done.append(self._sorted(self._settling.pop(skb)[0]))
         idle_before = now - self.limits.idle_timeout_ns
         while self._open:
             skb, path = next(iter(self._open.items()))
@@ -331,13 +393,21 @@ class PathAssembler:
                 self._timed_out[skb] = header
                 if len(self._timed_out) > self.limits.max_inflight:
                     self._timed_out.popitem(last=False)
-        return done
+        released = self._release(done)
+        settling = self._settling
+        if settling:
+            due = [skb for skb, (_, deadline) in settling.items() if deadline <= now]
+            clones = [skb for skb in due if settling[skb][0].parent_path is not None]  # they join their packets first
+            released.extend(self._release([self._sorted(settling.pop(skb)[0]) for skb in clones]))
+            ready = [skb for skb in due if skb in settling and not settling[skb][0].open_children]
+            released.extend(self._release([self._sorted(settling.pop(skb)[0]) for skb in ready]))
+        return released
 
     def flush(self) -> list[SkbPath]:
         """Every path still held, ended or not (on shutdown)."""
-        done = [self._sorted(path) for path, _ in self._settling.values()]
+        done = [self._finish(path, OUTCOME_TIMEOUT) for path in self._open.values()]  # clones first: they join
+        done.extend(self._sorted(path) for path, _ in self._settling.values())
         self._settling.clear()
-        done.extend(self._finish(path, OUTCOME_TIMEOUT) for path in self._open.values())
         self._open.clear()
         self._held = 0
-        return done
+        return self._release(done)

@@ -85,6 +85,7 @@ class ProgramOptions:
     max_drop_keys: int = 16384
     func_ip: str = "helper"  # how a shared function entry point learns its function: "helper" or "regs"
     cpus: int = 0  # CPUs that may write records (0: this machine's count); sets the reader's wake-up interval
+    cloned_bit: int | None = None  # bit offset of sk_buff's `cloned` bitfield (BTF); None: clones are not told apart
 
     def __post_init__(self) -> None:
         if self.func_ip not in FUNC_IP_MODES:
@@ -98,6 +99,8 @@ class ProgramOptions:
             raise ValueError("map sizes must be positive")
         if self.cpus < 0:
             raise ValueError(f"cpus must be 0 (this machine) or positive, got {self.cpus}")
+        if self.cloned_bit is not None and not 0 <= self.cloned_bit < 8 * 4096:
+            raise ValueError(f"cloned_bit must be a bit offset within sk_buff, got {self.cloned_bit}")
 
     @property
     def wakeup_every(self) -> int:
@@ -242,6 +245,7 @@ def render(
         f"#define IPFT_MAX_DROP_KEYS {int(options.max_drop_keys)}",
         f"#define IPFT_WAKEUP_EVERY {int(options.wakeup_every)}",
         f"#define IPFT_SAMPLED() {sample_expression(options.sample_ratio)}",
+        f"#define IPFT_CLONED_BIT {-1 if options.cloned_bit is None else int(options.cloned_bit)}",
         "#define IPFT_MODULE_MATCH(skb, t) ipft_module_match(skb, t)",
         "#define IPFT_MODULE_DATA(skb, t, data) ipft_module_data(skb, t, data)",
     ])

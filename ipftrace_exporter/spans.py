@@ -397,8 +397,10 @@ class SpanEncoder:
 
     @staticmethod
     def span_count(paths: Iterable[SkbPath]) -> int:
-        """Spans `encode` makes of these paths: a root plus one per event (none for an empty path)."""
-        return sum(len(path.events) + 1 for path in paths if path.events)
+        """Spans `encode` makes of these paths: a root plus one per event (none for an empty path), and per clone one
+        plus one per event."""
+        return sum(len(path.events) + 1 + sum(len(child.events) + 1 for child in path.children if child.events)
+                   for path in paths if path.events)
 
     def encode(self, paths: Sequence[SkbPath]) -> ExportTraceServiceRequest:
         """Paths -> one request (one ResourceSpans, one ScopeSpans, all spans)."""
@@ -422,20 +424,60 @@ class SpanEncoder:
         tail = tails[key] = self._cpu[cpu] + self._len[length] + self._ifindex[ifindex]
         return tail
 
+    def _random_ids(self, size: int) -> bytes:
+        """`size` random bytes for trace and span ids, none of its 8-byte ids zero (a zero id is invalid: redraw;
+        eight zero bytes across two ids also match, which only costs a redraw)."""
+        raw = self._rng.getrandbits(8 * size).to_bytes(size, "little")
+        while _ZERO_ID in raw:
+            raw = self._rng.getrandbits(8 * size).to_bytes(size, "little")
+        return raw
+
     def _encode_path(self, path: SkbPath, out: list[bytes]) -> None:
-        """Append the path's spans to `out`, each as its field tag, length and pieces (joined once, by the caller)."""
+        """Append the packet's spans to `out`, each as its field tag, length and pieces (joined once, by the
+        caller): the root, one span per event, and per clone a span (`ipftrace.relation`) holding its events."""
+        raw = self._random_ids(24 + 8 * len(path.events))
+        trace_id, root_id = raw[:16], raw[16:24]
+        dropped = path.packet_outcome == OUTCOME_DROPPED
+        drop_pieces = self._drop_pieces(path, dropped) if path.outcome == OUTCOME_DROPPED else b""
+        self._encode_events(path, trace_id, root_id, raw[24:], drop_pieces, out)
+        for child in path.children:
+            self._encode_child(child, trace_id, root_id, out, dropped)
+        out.append(_length_delimited(_SPANS, self._root(path, trace_id, root_id, self.clock.offset_ns,
+                                                        drop_pieces if dropped else b"")))
+
+    def _encode_child(self, child: SkbPath, trace_id: bytes, root_id: bytes, out: list[bytes],
+                      packet_dropped: bool) -> None:
+        """A clone's path: one span under the packet's root (named after the relation), its events under it."""
+        if not child.events:
+            return
+        raw = self._random_ids(8 + 8 * len(child.events))
+        span_id = raw[:8]
+        drop_pieces = self._drop_pieces(child, packet_dropped) if child.outcome == OUTCOME_DROPPED else b""
+        self._encode_events(child, trace_id, span_id, raw[8:], drop_pieces, out)
+        offset = self.clock.offset_ns
+        events = child.events
+        attribute = self._attribute
+        pieces = [
+            _TRACE_ID, trace_id, _SPAN_ID, span_id, _PARENT_ID, root_id,
+            self._headerless_root(child.relation),
+            _TIMES.pack(_START_TAG, events[0].timestamp_ns + offset, _END_TAG, events[-1].timestamp_ns + offset),
+            attribute("ipftrace.relation", child.relation),
+            attribute("ipftrace.outcome", child.outcome),
+            _string_attribute(_SKB_KEY, f"{child.skb:#x}") if self.skb_address else b"",
+        ]
+        if child.gap:
+            pieces.append(attribute("ipftrace.gap", True))
+        out.append(_length_delimited(_SPANS, b"".join(pieces)))
+
+    def _encode_events(self, path: SkbPath, trace_id: bytes, parent_id: bytes, span_ids: bytes, drop_pieces: bytes,
+                       out: list[bytes]) -> None:
+        """One span per event of `path`, children of `parent_id`; `drop_pieces` go on the dropping event's span."""
         events = path.events
         count = len(events)
-        raw = self._rng.getrandbits(8 * (24 + 8 * count)).to_bytes(24 + 8 * count, "little")
-        # A zero id is invalid: redraw (eight zero bytes across two ids also match, which only costs a redraw).
-        while _ZERO_ID in raw:
-            raw = self._rng.getrandbits(8 * (24 + 8 * count)).to_bytes(24 + 8 * count, "little")
-        trace_id, root_id = raw[:16], raw[16:24]
         offset = self.clock.offset_ns
-        head = _TRACE_ID + trace_id + _PARENT_ID + root_id + _SPAN_ID  # every child: same trace, parent = root
+        head = _TRACE_ID + trace_id + _PARENT_ID + parent_id + _SPAN_ID  # every span: same trace, same parent
         fixed = len(head) + 8 + _TIMES.size  # head, the span id, the two times
-        dropped = path.outcome == OUTCOME_DROPPED
-        drop_pieces = self._drop_pieces(path) if dropped else b""
+        dropped = bool(drop_pieces)
 
         templates = self._templates
         template_lens = self._template_lens
@@ -480,10 +522,8 @@ class SpanEncoder:
                 extra += self._rewrite_pieces(event)
             size += len(extra)
             extend((spans_tag, varints[size] if size < _VARINT_CACHE else _varint(size), head,
-                    raw[24 + 8 * index : 32 + 8 * index], template, pack(_START_TAG, start, _END_TAG, end), tail,
+                    span_ids[8 * index : 8 * index + 8], template, pack(_START_TAG, start, _END_TAG, end), tail,
                     extra))
-
-        out.append(_length_delimited(spans_tag, self._root(path, trace_id, root_id, offset, drop_pieces)))
 
     def _rewrite_pieces(self, event: Event) -> bytes:
         """`ipftrace.relation` = nat and the new headers, on the span of the event where they were seen rewritten."""
@@ -496,14 +536,15 @@ class SpanEncoder:
                        attribute("ipftrace.rewrite.destination.port", flow.dport)]
         return b"".join(pieces)
 
-    def _drop_pieces(self, path: SkbPath) -> bytes:
-        """Status ERROR and the drop attributes (on the root and on the dropping event's span)."""
+    def _drop_pieces(self, path: SkbPath, error: bool = True) -> bytes:
+        """The drop attributes (on the root and on the dropping event's span), after status ERROR when `error`
+        (the packet was dropped; a dropped skb of a packet whose clone was delivered keeps the attributes only)."""
         drop = path.drop
         reason = drop.reason if drop else "unknown"
         function = drop.function if drop else "unknown"
         status = Span(status=Status(code=Status.STATUS_CODE_ERROR, message=f"{reason} at {function}"))
         return (
-            status.SerializeToString()
+            (status.SerializeToString() if error else b"")
             + self._attribute("ipftrace.drop.reason", reason)
             + self._attribute("ipftrace.drop.function", function)
         )
@@ -523,7 +564,7 @@ class SpanEncoder:
             times,
             _string_attribute(_SKB_KEY, f"{path.skb:#x}") if self.skb_address else b"",  # unique: not cached
             attribute("ipftrace.flow", self.flow_name(path.flow_id)),
-            attribute("ipftrace.outcome", path.outcome),
+            attribute("ipftrace.outcome", path.packet_outcome),
             drop_pieces,
         ]
         if path.gap:

@@ -425,7 +425,8 @@ class Tracer:
 
     def program_for(self, plan: ProbePlan) -> Program:
         """The program text of a plan, with this kernel's way for function probes to find their probe."""
-        options = replace(self.request.options, func_ip=self.view.func_ip_mode)
+        options = replace(self.request.options, func_ip=self.view.func_ip_mode,
+                          cloned_bit=self.view.btf.struct_member_bit("sk_buff", "cloned"))
         return render(plan.sources, self.request.flows, options, self.request.modules)
 
     def collector_for(self, plan: ProbePlan, headers: HeaderTree, addresses: bool = True) -> Collector:
@@ -476,7 +477,8 @@ class Tracer:
             add(source, ProbeKind.KFUNC)
         for source in tracepoints:
             add(source)
-        options = replace(self.request.options, func_ip=self.view.func_ip_mode)
+        options = replace(self.request.options, func_ip=self.view.func_ip_mode,
+                          cloned_bit=self.view.btf.struct_member_bit("sk_buff", "cloned"))
         program = render(sources, self.request.flows, options, self.request.modules)
         with Collector(program, headers or self.headers()) as collector:
             report = collector.verify(try_tracepoints=True)

@@ -29,6 +29,9 @@
 #define IPFT_FLAG_PREV_LOST 8 /* first event: the previous traced packet at this address lost its end event */
 #define IPFT_FLAG_LEFT 16 /* an egress probe on a device with a parent (hardware): the packet left the host */
 #define IPFT_FLAG_REWRITE 32 /* the packet's headers were rewritten (NAT) before this probe: the event has the new ones */
+#define IPFT_FLAG_CLONE 64 /* first event of an skb that shares its data buffer with a traced packet (`parent`) */
+
+#define IPFT_CLONE_WINDOW_NS 1000000000ULL
 
 #define IPFT_STAT_EVENTS 0
 #define IPFT_STAT_LOST 1
@@ -77,6 +80,19 @@ struct ipft_event {
     u16 dport;
     u32 flags;
     u8 data[64];
+    u64 parent; /* with IPFT_FLAG_CLONE: the skb this one shares its data buffer with (the packet it belongs to) */
+};
+
+/* The packet that was first matched in a data buffer: a later skb first seen with the same buffer and fingerprint
+ * within IPFT_CLONE_WINDOW_NS is a clone of it (skb_clone shares the buffer: a raw socket's copy of a ping reply,
+ * a packet socket's, a multicast or bridge flood's), part of the same packet. */
+struct ipft_buffer_owner {
+    u64 skb;
+    u64 ts;
+    u32 fp;
+    u16 flow_id;
+    u8 sampled;
+    u8 pad;
 };
 
 struct ipft_track {
@@ -114,6 +130,7 @@ BPF_ARRAY(ipft_armed, u32, 1);
  * evicts leaves its bucket high: that only costs the lookup for the addresses that share it. */
 #define IPFT_TRACKED_BUCKETS 16384
 BPF_ARRAY(ipft_tracked_filter, u32, IPFT_TRACKED_BUCKETS);
+BPF_TABLE("lru_hash", u64, struct ipft_buffer_owner, ipft_buffers, IPFT_MAX_INFLIGHT);
 
 #define IPFT_READ(dst, ptr) bpf_probe_read_kernel(&(dst), sizeof(dst), (ptr))
 #define IPFT_SKB_FIELD(dst, skb, field) \
@@ -423,6 +440,20 @@ static __always_inline u32 ipft_ifindex(struct sk_buff *skb)
 /* Whether a transmit on the skb's device takes the packet out of the host: true for a device with a parent
  * (a PCI, virtio or USB NIC), false for virtual devices (veth, loopback, bridge, tunnels), whose transmit hands
  * the same skb back to the stack (veth: the peer's receive path), so its path goes on. */
+/* skb->cloned: set by skb_clone() on both skbs that then share one data buffer (a new skb in a recycled buffer
+ * has it clear). Its bit offset comes from BTF (IPFT_CLONED_BIT, -1 when unknown: no skb is taken for a clone). */
+static __always_inline int ipft_is_clone(struct sk_buff *skb)
+{
+#if IPFT_CLONED_BIT >= 0
+    u8 byte = 0;
+    if (bpf_probe_read_kernel(&byte, 1, (char *)skb + IPFT_CLONED_BIT / 8) < 0)
+        return 0;
+    return (byte >> (IPFT_CLONED_BIT % 8)) & 1;
+#else
+    return 0;
+#endif
+}
+
 static __always_inline int ipft_leaves_host(struct sk_buff *skb)
 {
     struct net_device *dev = 0;
@@ -445,6 +476,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     int first = 0;
     u32 flow_id = 0;
     u8 sampled = 0, gap = 0;
+    u64 parent = 0, now = 0;
     struct ipft_skb fields = {};
     if (ipft_skb_read(skb, &fields) < 0)
         return 0;
@@ -512,11 +544,25 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
         fresh.tuple_hash = ipft_tuple_hash(&t);
         fresh.protocol = fields.protocol;
         fresh.flow_id = flow;
-        fresh.sampled = IPFT_SAMPLED();
+        u64 buffer = (u64)head;
+        struct ipft_buffer_owner *owner = ipft_buffers.lookup(&buffer);
+        now = bpf_ktime_get_ns();
+        if (owner && owner->skb != key && owner->flow_id == flow && owner->fp == t.fp
+            && now - owner->ts < IPFT_CLONE_WINDOW_NS && ipft_is_clone(skb)) {
+            parent = owner->skb; /* a clone: the same packet, sampled as it was, not matched again */
+            fresh.sampled = owner->sampled;
+        } else {
+            fresh.sampled = IPFT_SAMPLED();
+            ipft_stat(IPFT_STAT_MATCHED);
+            if (role == IPFT_ROLE_STEP) {
+                struct ipft_buffer_owner mine = {.skb = key, .ts = now, .fp = t.fp, .flow_id = flow,
+                                                 .sampled = fresh.sampled};
+                ipft_buffers.update(&buffer, &mine);
+            }
+        }
         flow_id = fresh.flow_id;
         sampled = fresh.sampled;
         first = 1;
-        ipft_stat(IPFT_STAT_MATCHED);
         if (role == IPFT_ROLE_STEP)
             ipft_start_tracking(&key, &fresh);
     }
@@ -535,7 +581,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     if (role != IPFT_ROLE_STEP && !first && track)
         ipft_forget(&key, track->head);
     if (!sampled) {
-        if (first)
+        if (first && !parent)
             ipft_untraced(flow_id, IPFT_UNTRACED_SAMPLED_OUT);
         return 0;
     }
@@ -543,7 +589,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     struct ipft_event *event = events.ringbuf_reserve(sizeof(struct ipft_event));
     if (!event) {
         ipft_stat(IPFT_STAT_LOST);
-        if (first)
+        if (first && !parent)
             ipft_untraced(flow_id, IPFT_UNTRACED_RING_FULL);
         if (role == IPFT_ROLE_STEP) {
             struct ipft_track *current = tracked.lookup(&key);
@@ -559,7 +605,8 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
         }
         return 0;
     }
-    event->ts = bpf_ktime_get_ns();
+    event->ts = now ? now : bpf_ktime_get_ns();
+    event->parent = parent;
     event->skb = key;
     event->location = location;
     event->probe_id = probe_id;
@@ -572,7 +619,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     event->flow_id = flow_id;
     event->flags = IPFT_FLAG_SAMPLED | (gap ? IPFT_FLAG_GAP : 0) | left | rewrite;
     if (first) {
-        event->flags |= IPFT_FLAG_TUPLE;
+        event->flags |= IPFT_FLAG_TUPLE | (parent ? IPFT_FLAG_CLONE : 0);
         if (ipft_lost_ends.lookup(&key)) {
             event->flags |= IPFT_FLAG_PREV_LOST;
             ipft_lost_ends.delete(&key);

@@ -559,6 +559,15 @@ class Btf:
                 return bits // 8
         return None
 
+    def struct_member_bit(self, struct_name: str, member: str) -> int | None:
+        """Bit offset of `member` (a bitfield's first bit, counted from the struct's first byte's lowest bit on
+        little-endian machines) in `struct struct_name`; None when unknown."""
+        for type_id in self.find(struct_name, KIND_STRUCT, KIND_UNION):
+            bits = self._member_bits(type_id, member)
+            if bits is not None:
+                return bits
+        return None
+
     def struct_size(self, struct_name: str) -> int | None:
         """sizeof(struct struct_name), or None when BTF lacks it."""
         for type_id in self.find(struct_name, KIND_STRUCT, KIND_UNION):

@@ -7,8 +7,12 @@ from __future__ import annotations
 import json
 import re
 import time
+from pathlib import Path
+
+from tests.support.otlp_receiver import GrpcOtlpReceiver, attributes
 
 from .netns import NetChain, NetPair
+from .test_exporter import free_port, sample, scrape, wait_for
 
 FRONT_PORT, SERVER_PORT, CLIENT_PORT = 7000, 7001, 40123
 DATAGRAMS = 20
@@ -115,3 +119,60 @@ def test_ipv6_datagrams_that_reuse_an_skb_are_one_path_each(start_tool, netpair:
     assert int(summary[2].replace(",", "")) == 200, err
     assert len(paths) == 200, odd[:20]
     assert all(path["events"][0]["function"] == "net:net_dev_queue" for path in paths)
+
+
+def test_a_ping_reply_read_through_a_raw_socket_clone_is_one_delivered_packet(start_tool, netpair: NetPair) -> None:  # type: ignore[no-untyped-def]
+    netpair.ping_b(count=1)  # neighbours resolved
+    tool = start_tool("ipftrace", "-b", "tracepoint", "-o", "json", "-l4", "ICMP", "-d4", netpair.addr_a4)
+    done = netpair.exec_in(netpair.ns_a, ["ping", "-4", "-c", "5", "-i", "0.2", netpair.addr_b4])
+    assert " 0% packet loss" in done.stdout
+    time.sleep(0.5)
+    code, out, err = tool.stop()
+    assert code == 130, err
+    summary = re.search(r"INFO: ([\d,]+) paths? printed; the kernel matched ([\d,]+) packets", err)
+    assert summary and summary[1] == summary[2] == "5", err  # a clone is part of its packet, not another match
+    replies = [json.loads(line) for line in out.splitlines()]
+    for reply in replies:
+        assert reply["icmp"]["name"] == "echo-reply"
+        # ping's raw socket got a clone (read by recvmsg); the original went on to ping_rcv, which had no socket
+        assert reply["skb_outcome"] == "dropped" and reply["drop"]["reason"] == "NO_SOCKET", reply
+        assert reply["outcome"] == "delivered", reply
+        assert len(reply["children"]) == 1, reply
+        clone = reply["children"][0]
+        assert clone["relation"] == "clone" and clone["outcome"] == "delivered" and clone["skb"] != reply["skb"]
+        assert [event["function"] for event in clone["events"]] == ["skb:skb_copy_datagram_iovec", "skb:consume_skb"]
+        assert clone["events"][0]["timestamp_ns"] > reply["events"][0]["timestamp_ns"]
+
+
+def test_the_daemon_sends_a_delivered_ping_reply_as_one_trace_with_its_clone(start_tool, netpair: NetPair,  # type: ignore[no-untyped-def]
+                                                                             tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"backend: tracepoint\nflows:\n  - {{name: replies, l4proto: ICMP, daddr: {netpair.addr_a4}}}\n")
+    port = free_port()
+    netpair.ping_b(count=1)
+    with GrpcOtlpReceiver() as receiver:
+        daemon = start_tool("ipftrace-exporter", "--config", str(config), "--metrics-address", f"127.0.0.1:{port}",
+                            env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint})
+        netpair.ping_b(count=3)
+        assert wait_for(lambda: sample(scrape(port), "ipftrace_paths_total", flow="replies", outcome="delivered") >= 3)
+        metrics = scrape(port)
+        code, _, err = daemon.stop(sig=15)
+        assert code == 0, err
+        spans = receiver.spans()
+    assert sample(metrics, "ipftrace_paths_total", flow="replies", outcome="delivered") == 3
+    assert sample(metrics, "ipftrace_paths_total", flow="replies", outcome="dropped") == 0
+    assert sample(metrics, "ipftrace_skb_drops_total", flow="replies", function="ping_rcv", reason="NO_SOCKET") == 3
+    roots = [span for span in spans if not span.parent_span_id]
+    assert len(roots) == 3
+    for root in roots:
+        attrs = attributes(root.attributes)
+        assert attrs["ipftrace.outcome"] == "delivered" and root.status.code != 2  # not an ERROR trace
+        under_root = [span for span in spans if span.trace_id == root.trace_id and span.parent_span_id == root.span_id]
+        clones = [span for span in under_root if span.name == "clone"]
+        assert len(clones) == 1 and attributes(clones[0].attributes)["ipftrace.relation"] == "clone"
+        clone_events = sorted((span for span in spans if span.parent_span_id == clones[0].span_id),
+                              key=lambda span: span.start_time_unix_nano)
+        assert [span.name for span in clone_events] == ["skb:skb_copy_datagram_iovec", "skb:consume_skb"]
+        dropping = [span for span in under_root if span.name == "skb:kfree_skb"]
+        assert attributes(dropping[0].attributes)["ipftrace.drop.reason"] == "NO_SOCKET"
+        assert dropping[0].status.code != 2

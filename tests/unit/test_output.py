@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from ipftrace_exporter.events import FLAG_REWRITE, FLAG_TUPLE
+from ipftrace_exporter.events import FLAG_CLONE, FLAG_REWRITE, FLAG_TUPLE
 from ipftrace_exporter.output import PathFormatter, TextStyle, use_colour
 from ipftrace_exporter.paths import PathAssembler, PathLimits
 
@@ -144,3 +144,34 @@ def test_json_gives_the_rewritten_headers_on_their_event() -> None:
     assert (record["daddr"], record["dport"]) == ("10.0.0.2", 7000)
     assert [event.get("rewrite") for event in record["events"]] == [
         None, {"protocol": "UDP", "saddr": "10.0.1.1", "sport": 61000, "daddr": "10.0.2.2", "dport": 7001}, None]
+
+
+def reply_with_clone():  # type: ignore[no-untyped-def]
+    """A ping reply dropped at ping_rcv whose raw-socket clone was read."""
+    clone = event(3, RECEIVE, skb=0xFFFF888000002000, first=True, flags=FLAG_CLONE)._replace(
+        parent=0xFFFF888000001000)
+    paths = PathAssembler(PROBES, PathLimits(settle_ns=0), Names(), clock=lambda: 10**12)
+    done = paths.add_many([event(1, RECEIVE, first=True, sport=0), event(2, DROP, reason=3), clone,
+                           event(4, CONSUME, skb=0xFFFF888000002000)])
+    (packet,) = done + paths.expire()
+    return packet
+
+
+def test_text_shows_a_clone_under_its_packet_and_how_the_packet_ended() -> None:
+    lines = PathFormatter(PROBES, ["default"]).text(reply_with_clone()).splitlines()
+    assert lines[4:] == [
+        "DROPPED at __udp4_lib_rcv: NO_SOCKET (skb:kfree_skb)",
+        "  clone 0xffff888000002000 (shares the packet's data buffer):",
+        "       Time Stamp  Function",
+        "                3  net:netif_receive_skb",
+        "                4  skb:consume_skb",
+        "(packet delivered: through a clone)",
+    ]
+
+
+def test_json_gives_the_packet_outcome_and_each_clone() -> None:
+    record = json.loads(PathFormatter(PROBES, ["default"]).json(reply_with_clone()))
+    assert (record["outcome"], record["skb_outcome"], record["drop"]["reason"]) == ("delivered", "dropped", "NO_SOCKET")
+    (clone,) = record["children"]
+    assert clone["relation"] == "clone" and clone["skb"] == "0xffff888000002000" and clone["outcome"] == "delivered"
+    assert [e["function"] for e in clone["events"]] == ["net:netif_receive_skb", "skb:consume_skb"]

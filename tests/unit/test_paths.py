@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from ipftrace_exporter.events import FLAG_GAP, FLAG_LEFT
+from ipftrace_exporter.events import FLAG_CLONE, FLAG_GAP, FLAG_LEFT
 from ipftrace_exporter.paths import PathAssembler, PathLimits
 
 from .helpers import CONSUME, DROP, EGRESS, IP_RCV, PROBES, RECEIVE, event
@@ -163,3 +163,73 @@ def test_a_path_that_went_idle_continues_with_its_headers() -> None:
     assert rest.continued and rest.outcome == "delivered"
     assert rest.describe().dport == 8080
     assert not first.continued
+
+
+# ---- clones: an skb sharing a traced packet's data buffer is a child path of that packet ----
+
+def clone_event(ts: int, probe: int, parent: int = SKB_A, skb: int = SKB_B):  # type: ignore[no-untyped-def]
+    """The first event of a clone, as the kernel sends it (headers, FLAG_CLONE, the parent's address)."""
+    return event(ts, probe, skb=skb, first=True, flags=FLAG_CLONE)._replace(parent=parent)
+
+
+def test_a_clone_of_a_dropped_reply_joins_it_and_the_packet_is_delivered() -> None:
+    clock = Clock()
+    paths = assembler(clock)
+    done = paths.add_many([event(1, RECEIVE, first=True), event(2, DROP, reason=3),  # the original: no ping socket
+                           clone_event(3, RECEIVE), event(4, CONSUME, skb=SKB_B)])  # the raw socket's clone, read
+    clock.now = 100
+    (packet,) = done + paths.expire()
+    assert packet.skb == SKB_A and packet.outcome == "dropped" and packet.packet_outcome == "delivered"
+    (clone,) = packet.children
+    assert (clone.skb, clone.relation, clone.outcome) == (SKB_B, "clone", "delivered")
+
+
+def test_an_ended_packet_waits_for_its_open_clone() -> None:
+    clock = Clock()
+    paths = assembler(clock)
+    paths.add_many([event(1, RECEIVE, first=True), clone_event(2, RECEIVE), event(3, DROP, reason=3)])
+    clock.now = 50  # past the settle time, but the clone is still open
+    assert paths.expire() == []
+    paths.add(event(60, CONSUME, skb=SKB_B))
+    clock.now = 100
+    (packet,) = paths.expire()
+    assert [child.skb for child in packet.children] == [SKB_B] and packet.packet_outcome == "delivered"
+
+
+def test_a_clone_that_never_ends_times_out_and_then_releases_its_packet() -> None:
+    clock = Clock()
+    paths = assembler(clock)
+    paths.add_many([event(1, RECEIVE, first=True), clone_event(2, RECEIVE), event(3, DROP, reason=3)])
+    clock.now = 2000  # the clone went idle past the timeout
+    (packet,) = paths.expire()
+    assert packet.children[0].outcome == "timeout" and packet.packet_outcome == "timeout"
+
+
+def test_a_clone_whose_packet_was_already_released_stands_alone_and_names_it() -> None:
+    clock = Clock()
+    paths = assembler(clock)
+    paths.add_many([event(1, RECEIVE, first=True), event(2, CONSUME)])
+    clock.now = 100
+    (packet,) = paths.expire()
+    done = paths.add_many([clone_event(150, RECEIVE), event(151, CONSUME, skb=SKB_B)])
+    clock.now = 200
+    (alone,) = done + paths.expire()
+    assert (alone.relation, alone.parent_skb, alone.parent_path) == ("clone", SKB_A, None)
+    assert not packet.children
+
+
+def test_a_packet_is_dropped_only_when_every_skb_of_it_was() -> None:
+    clock = Clock()
+    paths = assembler(clock)
+    paths.add_many([event(1, RECEIVE, first=True), clone_event(2, RECEIVE), event(3, DROP, reason=3),
+                    event(4, DROP, skb=SKB_B, reason=3)])
+    clock.now = 100
+    (packet,) = paths.expire()
+    assert packet.packet_outcome == "dropped"
+
+
+def test_flush_hands_out_open_clones_inside_their_packet() -> None:
+    paths = assembler(Clock())
+    paths.add_many([event(1, RECEIVE, first=True), clone_event(2, RECEIVE)])
+    (packet,) = paths.flush()
+    assert packet.skb == SKB_A and [child.skb for child in packet.children] == [SKB_B]

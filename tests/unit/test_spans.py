@@ -451,3 +451,26 @@ def test_a_rewrite_marks_its_span_with_relation_nat_and_the_new_headers() -> Non
         "ipftrace.rewrite.source.port": 61000, "ipftrace.rewrite.destination.address": "10.0.2.2",
         "ipftrace.rewrite.destination.port": 7001}
     assert not any("relation" in attributes(child.attributes) for child in (children[0], children[2]))
+
+
+def test_a_packet_delivered_through_a_clone_is_one_trace_without_error() -> None:
+    original = SkbPath(SKB, flow_id=1, events=[event(1_000, 0), event(1_500, 3, tuple_=False)],
+                       outcome=OUTCOME_DROPPED, drop=Drop("NO_SOCKET", "ping_rcv", "skb:kfree_skb"), end_ts=1_500)
+    clone = SkbPath(SKB + 0x100, flow_id=1, events=[event(1_600, 0), event(1_700, 4, tuple_=False)],
+                    outcome=OUTCOME_DELIVERED, end_ts=1_700, relation="clone", parent_skb=SKB)
+    original.children.append(clone)
+    spans = spans_of(encoder().encode([original]))
+    assert len(spans) == SpanEncoder.span_count([original]) == 6  # root, 2 events, the clone, its 2 events
+    assert len({span.trace_id for span in spans}) == 1
+    root = next(span for span in spans if not span.parent_span_id)
+    assert attributes(root.attributes)["ipftrace.outcome"] == "delivered"
+    assert root.status.code != Status.STATUS_CODE_ERROR
+    (clone_span,) = [span for span in spans if span.name == "clone"]
+    assert clone_span.parent_span_id == root.span_id
+    assert attributes(clone_span.attributes) == {"ipftrace.relation": "clone", "ipftrace.outcome": "delivered"}
+    under_clone = [span for span in spans if span.parent_span_id == clone_span.span_id]
+    assert [span.start_time_unix_nano - OFFSET for span in under_clone] == [1_600, 1_700]
+    dropping = next(span for span in spans if span.parent_span_id == root.span_id and span.name != "clone"
+                    and span.start_time_unix_nano - OFFSET == 1_500)
+    assert attributes(dropping.attributes)["ipftrace.drop.reason"] == "NO_SOCKET"
+    assert dropping.status.code != Status.STATUS_CODE_ERROR  # the skb was dropped, the packet was not
