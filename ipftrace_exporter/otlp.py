@@ -484,7 +484,7 @@ class OtlpSink:
                 rejected = 0
                 append = self._queue.append
                 for path in paths:
-                    spans = len(path.events) + 1 if path.events else 0
+                    spans = SpanEncoder.span_count((path,))
                     if spans == 0:
                         continue
                     if spans <= room:

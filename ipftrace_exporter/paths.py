@@ -106,6 +106,11 @@ class SkbPath:
     released: bool = False
 
     @property
+    def skb_paths(self) -> list[SkbPath]:
+        """This path and its clones' paths."""
+        return [self, *self.children]
+
+    @property
     def packet_outcome(self) -> str:
         """How the packet ended, over this path and its clones: delivered if any skb of it was (a raw socket's clone
         of a ping reply counts), else left if any left the host, dropped only if every one was dropped; otherwise how
