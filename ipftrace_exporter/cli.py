@@ -189,7 +189,7 @@ It sees each packet from its IP header: link-layer words (ether, vlan, arp) do n
 @click.option("-d6", "--daddr6", help="Specify IPv6 destination address or CIDR")
 @click.option("-sp", "--sport", help="Specify source port number")
 @click.option("-dp", "--dport", help="Specify destination port number")
-@click.option("--ifname", metavar="NAME", help="Only packets first seen on this device (skb->dev)")
+@click.option("--ifname", metavar="NAME", help="Only packets first seen on this device")
 @click.option("--netns", metavar="PATH|INODE|PID",
               help="Only packets first seen on a device of this network namespace")
 @click.option("-m", "--module", "modules", multiple=True, help="Specify custom match module name (repeatable)")

@@ -34,7 +34,7 @@ class FlowSpec:
     sport: int | None = None
     dport: int | None = None
     pcap: PcapFilter | None = None  # a pcap-filter expression, ANDed with the fields above
-    ifname: str | None = None  # the device (skb->dev) where the packet is first matched
+    ifname: str | None = None  # the device where the packet is first matched (the event's device)
     netns: int | None = None  # that device's network namespace, by inode number
 
     def __post_init__(self) -> None:
@@ -292,15 +292,14 @@ def _name_words(name: str) -> tuple[int, int]:
 
 
 def where_function(flows: Sequence[FlowSpec]) -> str:
-    """C function `ipft_match_where(flow, skb)`: 1 if the packet's device (skb->dev) has the flow's ifname and
-    is in its netns, run where a packet is first matched (so it is followed to other devices and namespaces)."""
+    """C function `ipft_match_where(flow, dev)`: 1 if the event's device (the tracepoint's device argument, else
+    skb->dev) has the flow's ifname and is in its netns, run where a packet is first matched (so it is followed to
+    other devices and namespaces)."""
     names = any(flow.ifname is not None for flow in flows)
     netns = any(flow.netns is not None for flow in flows)
-    lines = ["static __always_inline int ipft_match_where(int flow, struct sk_buff *skb)", "{"]
+    lines = ["static __always_inline int ipft_match_where(int flow, struct net_device *dev)", "{"]
     if not (names or netns):
-        return "\n".join([*lines, "    (void)flow; (void)skb;", "    return 1;", "}"])
-    lines += ["    struct net_device *dev = 0;",
-              "    bpf_probe_read_kernel(&dev, sizeof(dev), (char *)skb + __builtin_offsetof(struct sk_buff, dev));"]
+        return "\n".join([*lines, "    (void)flow; (void)dev;", "    return 1;", "}"])
     if names:
         lines += ["    u64 name[2] = {};",
                   "    if (dev)",
@@ -329,8 +328,9 @@ def filter_function(flows: Sequence[FlowSpec]) -> str:
     """The C flow filter, three functions (numbers only; `ipft_match_where` from where_function comes first):
     `ipft_match_headers(t)`, the first flow whose header keys match, or -1 (every probe: the cheap early exit for
     other flows); `ipft_flow_headers(flow, t)`, whether a tracked packet's headers still match its flow (a reused
-    skb otherwise); and `ipft_match_first(t, skb, data, l3)`, the first flow whose header keys, pcap filter (run
-    on the packet from its IP header `l3`; `data` is skb->data) and device/netns all match, or -1, run once per
+    skb otherwise); and `ipft_match_first(t, skb, dev, data, l3)`, the first flow whose header keys, pcap filter
+    (run on the packet from its IP header `l3`; `data` is skb->data) and device/netns (`dev`: the event's device)
+    all match, or -1, run once per
     packet where it is first matched, so a packet is followed wherever its headers still match its flow."""
     check_flows(flows)
     filtered = [index for index, flow in enumerate(flows) if flow.pcap is not None]
@@ -346,13 +346,15 @@ def filter_function(flows: Sequence[FlowSpec]) -> str:
               for index, condition in enumerate(conditions)]
     lines += ["    return 0;", "}",
               "static __always_inline int ipft_match_first(const struct ipft_tuple *t, struct sk_buff *skb,",
-              "                                           const unsigned char *data, const unsigned char *l3)", "{"]
+              "                                           struct net_device *dev, const unsigned char *data,",
+              "                                           const unsigned char *l3)", "{",
+              "    (void)dev;"]
     if filtered:
         lines += ["    u32 len = 0, caplen = 0;", "    ipft_pcap_lengths(skb, data, l3, &len, &caplen);"]
     else:
         lines += ["    (void)data; (void)l3;"]
     for index, (flow, condition) in enumerate(zip(flows, conditions)):
         pcap = f" && ipft_pcap_{index}(l3, len, caplen)" if flow.pcap is not None else ""
-        lines.append(f"    if ({condition}{pcap} && ipft_match_where({index}, skb)) return {index}; /* flow {index} */")
+        lines.append(f"    if ({condition}{pcap} && ipft_match_where({index}, dev)) return {index}; /* flow {index} */")
     lines += ["    return -1;", "}"]
     return "\n".join(lines)

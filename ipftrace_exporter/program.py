@@ -40,7 +40,7 @@ _INSN = 8
 
 @dataclass(frozen=True, slots=True)
 class ProbeSource:
-    """A probe plus what the C entry point needs: where the skb, free location and drop reason are."""
+    """A probe plus what the C entry point needs: where the skb, free location, drop reason and device are."""
 
     probe: Probe
     target: str  # raw tracepoint event name, or kernel function name
@@ -48,6 +48,7 @@ class ProbeSource:
     location_arg: int | None = None
     reason_arg: int | None = None
     from_data: bool = False
+    device_arg: int | None = None  # a tracepoint's `struct net_device *`: the device the event is about
 
     @property
     def entry_name(self) -> str:
@@ -149,8 +150,9 @@ def entry_point(source: ProbeSource) -> str:
         skb = _arg("ctx->args", source.skb_arg, "struct sk_buff *")
         location = _arg("ctx->args", source.location_arg, "u64")
         reason = _arg("ctx->args", source.reason_arg, "u32")
+        device = _arg("ctx->args", source.device_arg, "struct net_device *")
         return (f"int {source.entry_name}(struct bpf_raw_tracepoint_args *ctx)\n"
-                f"{{\n    return ipft_handle(ctx, {skb}, {tail}, {location}, {reason});\n}}\n")
+                f"{{\n    return ipft_handle(ctx, {skb}, {tail}, {location}, {reason}, {device});\n}}\n")
     if probe.kind is ProbeKind.KPROBE:
         if not 0 <= source.skb_arg < MAX_KPROBE_ARG:
             raise ValueError(f"{source.target}: kprobes reach arguments 1-{MAX_KPROBE_ARG}, skb is {source.skb_arg + 1}")
@@ -198,7 +200,7 @@ static __always_inline int ipft_function(void *ctx, struct sk_buff *skb, u64 ip)
     }}
     u32 probe_id = func->probe_id;
     int role = func->role;
-    return ipft_handle(ctx, skb, probe_id, 0, role, 0, 0);
+    return ipft_handle(ctx, skb, probe_id, 0, role, 0, 0, 0);
 }}
 """
 

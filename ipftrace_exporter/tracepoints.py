@@ -58,6 +58,7 @@ class TracepointArgs:
     skb: int
     location: int | None = None
     reason: int | None = None
+    device: int | None = None  # a `struct net_device *` (net_dev_xmit: skb->dev may already be the veth peer)
 
 
 def tracefs_root() -> str | None:
@@ -76,10 +77,10 @@ def tracepoint_exists(info: TracepointInfo, root: str | None) -> bool:
 
 
 def locate_args(params: Sequence[tuple[str, str]]) -> TracepointArgs | None:
-    """Find skb, location and reason among TP_PROTO parameters; None when no struct sk_buff * is there. Without
+    """Find skb, location, reason and device among TP_PROTO parameters; None when no struct sk_buff * is there. Without
     parameter names (BTF of older kernels, e.g. Debian's 5.10, has no `__bpf_trace_<event>` to take them from:
     `argN`), the location is the first `void *` after the skb and the reason an `enum skb_drop_reason`."""
-    skb = location = reason = None
+    skb = location = reason = device = None
     for index, (name, type_text) in enumerate(params):
         compact = type_text.replace("const ", "").replace(" ", "")
         unnamed = name.startswith("arg") and name[3:].isdigit()
@@ -89,9 +90,11 @@ def locate_args(params: Sequence[tuple[str, str]]) -> TracepointArgs | None:
             location = index
         elif name == "reason" or (unnamed and reason is None and compact == "enumskb_drop_reason"):
             reason = index
+        elif device is None and compact == "structnet_device*":
+            device = index
     if skb is None:
         return None
-    return TracepointArgs(skb, location, reason)
+    return TracepointArgs(skb, location, reason, device)
 
 
 def available_tracepoints(

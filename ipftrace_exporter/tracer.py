@@ -257,7 +257,8 @@ def _tracepoint_sources(
     for info, args in available_tracepoints(view.btf, wanted):
         role = ProbeRole.EGRESS if info.event in egress_events and info.role is ProbeRole.STEP else info.role
         probe = Probe(first_id + len(sources), info.name, ProbeKind.TRACEPOINT, args.skb + 1, role)
-        sources.append(ProbeSource(probe, info.event, args.skb, args.location, args.reason, info.from_data))
+        sources.append(ProbeSource(probe, info.event, args.skb, args.location, args.reason, info.from_data,
+                                   args.device))
     return sources
 
 

@@ -4,8 +4,8 @@
  *   IPFT_NUM_PROBES, IPFT_NUM_FLOWS, IPFT_MAX_INFLIGHT, IPFT_RINGBUF_PAGES, IPFT_MAX_DROP_KEYS,
  *   IPFT_SAMPLED() (the per-packet sampling decision: 1, 0, or a prandom comparison),
  *   the flow filter (numbers only, flows.py): ipft_match_headers(t) (first flow whose header keys match),
- *   ipft_flow_headers(flow, t) (a tracked packet's headers still match its flow), ipft_match_first(t, skb, data,
- *   l3) (first flow whose keys, pcap filter and device/netns match, at first match), and the module hooks
+ *   ipft_flow_headers(flow, t) (a tracked packet's headers still match its flow), ipft_match_first(t, skb, dev,
+ *   data, l3) (first flow whose keys, pcap filter and device/netns match, at first match), and the module hooks
  *   IPFT_MODULE_MATCH(skb, t) (0 rejects) and IPFT_MODULE_DATA(skb, t, data) (fills 64 bytes);
  * and appends one small entry point per probe that calls ipft_handle().
  *
@@ -427,11 +427,18 @@ static __always_inline int ipft_parse(const struct ipft_skb *s, struct ipft_tupl
     return 0;
 }
 
-static __always_inline u32 ipft_ifindex(struct sk_buff *skb)
+/* The event's device: the tracepoint's own `struct net_device *` argument where it has one (at net_dev_xmit a veth
+ * has already moved skb->dev to its peer), else skb->dev. */
+static __always_inline struct net_device *ipft_device(struct sk_buff *skb, struct net_device *dev)
 {
-    struct net_device *dev = 0;
+    if (!dev)
+        IPFT_SKB_FIELD(dev, skb, dev);
+    return dev;
+}
+
+static __always_inline u32 ipft_ifindex(struct net_device *dev)
+{
     int ifindex = 0;
-    IPFT_SKB_FIELD(dev, skb, dev);
     if (dev)
         bpf_probe_read_kernel(&ifindex, sizeof(ifindex), (char *)dev + __builtin_offsetof(struct net_device, ifindex));
     return ifindex;
@@ -454,11 +461,9 @@ static __always_inline int ipft_is_clone(struct sk_buff *skb)
 #endif
 }
 
-static __always_inline int ipft_leaves_host(struct sk_buff *skb)
+static __always_inline int ipft_leaves_host(struct net_device *dev)
 {
-    struct net_device *dev = 0;
     void *parent = 0;
-    IPFT_SKB_FIELD(dev, skb, dev);
     if (!dev)
         return 1;
     bpf_probe_read_kernel(&parent, sizeof(parent), (char *)dev + __builtin_offsetof(struct net_device, dev.parent));
@@ -466,7 +471,7 @@ static __always_inline int ipft_leaves_host(struct sk_buff *skb)
 }
 
 static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe_id, int from_data, int role,
-                                       u64 location, u32 reason)
+                                       u64 location, u32 reason, struct net_device *dev)
 {
     if (!skb)
         return 0;
@@ -518,7 +523,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     }
     u32 left = 0;
     if (role == IPFT_ROLE_EGRESS) {
-        if (ipft_leaves_host(skb))
+        if (ipft_leaves_host(ipft_device(skb, dev)))
             left = IPFT_FLAG_LEFT;
         else
             role = IPFT_ROLE_STEP; /* a virtual device: the packet goes on */
@@ -534,7 +539,8 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
         u32 *armed = ipft_armed.lookup(&armed_index);
         if (!armed || !*armed)
             return 0; /* no packet starts before every probe is attached */
-        flow = ipft_match_first(&t, skb, fields.data, l3); /* + pcap filter, --ifname / --netns: once per packet */
+        /* + pcap filter, --ifname / --netns (of the event's device): once per packet */
+        flow = ipft_match_first(&t, skb, ipft_device(skb, dev), fields.data, l3);
         if (flow < 0)
             return 0;
         if (!IPFT_MODULE_MATCH(skb, &t))
@@ -614,7 +620,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     u32 len = 0;
     IPFT_SKB_FIELD(len, skb, len);
     event->len = len;
-    event->ifindex = ipft_ifindex(skb);
+    event->ifindex = ipft_ifindex(ipft_device(skb, dev));
     event->reason = reason;
     event->flow_id = flow_id;
     event->flags = IPFT_FLAG_SAMPLED | (gap ? IPFT_FLAG_GAP : 0) | left | rewrite;

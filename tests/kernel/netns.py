@@ -143,6 +143,15 @@ class NetChain:
     def namespaces(self) -> tuple[str, str, str]:
         return self.ns_client, self.ns_router, self.ns_server
 
+    @property
+    def router_server_dev(self) -> str:
+        """The router's device towards the server."""
+        return f"{self.tag}r1"[:15]
+
+    @property
+    def server_dev(self) -> str:
+        return f"{self.tag}s0"[:15]
+
     def exec_in(self, ns: str, argv: Sequence[str], timeout: float = 30, check: bool = True,
                 input: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run a command inside namespace `ns`."""
@@ -160,8 +169,8 @@ def create_chain(index: int) -> NetChain:
             ip("-n", ns, "link", "set", "lo", "up")
         links = ((chain.ns_client, f"{tag}c0"[:15], chain.client4, chain.ns_router, f"{tag}r0"[:15],
                   chain.router_client_side4),
-                 (chain.ns_router, f"{tag}r1"[:15], chain.router_server_side4, chain.ns_server, f"{tag}s0"[:15],
-                  chain.server4))
+                 (chain.ns_router, chain.router_server_dev, chain.router_server_side4, chain.ns_server,
+                  chain.server_dev, chain.server4))
         for ns_x, dev_x, addr_x, ns_y, dev_y, addr_y in links:
             ip("link", "add", dev_x, "netns", ns_x, "type", "veth", "peer", "name", dev_y, "netns", ns_y)
             for ns, dev, addr in ((ns_x, dev_x, addr_x), (ns_y, dev_y, addr_y)):

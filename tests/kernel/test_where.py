@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from .netns import NetPair
+from .netns import NetChain, NetPair
 
 TRACEPOINT = ["-b", "tracepoint"]
 
@@ -62,3 +62,23 @@ def test_a_device_name_in_another_namespace_does_not_match(netpair: NetPair, sta
     code, out, err = tool.finish()
     assert code == 0, err
     assert json_paths(out) == []
+
+
+def test_a_transmit_event_names_the_device_it_transmits_on_not_the_veth_peer(netchain: NetChain,  # type: ignore[no-untyped-def]
+                                                                             start_tool) -> None:
+    router_out = ifindex(netchain.ns_router, netchain.router_server_dev)
+    server_in = ifindex(netchain.ns_server, netchain.server_dev)
+    assert router_out != server_in  # (the router's second device; the server's first)
+    tool = start_tool("ipftrace", *TRACEPOINT, "-l4", "ICMP", "-d4", netchain.server4, "-o", "json", "--count", "1")
+    netchain.exec_in(netchain.ns_client, ["ping", "-c", "1", "-W", "2", netchain.server4])
+    code, out, err = tool.finish()
+    assert code == 0, err
+    (path,) = json_paths(out)
+    events = [(event["function"], event["ifindex"]) for event in path["events"]]
+    receives = [index for index, (function, _) in enumerate(events) if function == "net:netif_receive_skb"]
+    assert len(receives) == 2, events  # the router's, then the server's
+    # between them the router forwards; net_dev_xmit fires after veth_xmit moved skb->dev to the server's end,
+    # so the event's device is the tracepoint's own argument
+    assert events[receives[0] + 1:receives[1]] == [
+        ("net:net_dev_queue", router_out), ("net:net_dev_start_xmit", router_out), ("net:netif_rx", server_in),
+        ("net:net_dev_xmit", router_out)], events

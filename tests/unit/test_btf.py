@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import struct
-import time
 
 import pytest
 
@@ -358,12 +357,18 @@ def vmlinux() -> Btf:
 
 
 @needs_vmlinux
-def test_vmlinux_load_and_skb_functions_are_fast() -> None:
-    start = time.perf_counter()
-    functions = Btf.load(VMLINUX).skb_functions()
-    elapsed = time.perf_counter() - start
+def test_vmlinux_load_finds_hundreds_of_skb_functions() -> None:
+    functions = Btf.load(VMLINUX).skb_functions()  # its speed is measured in bench/btf_load.py, not asserted
     assert len(functions) > 500
-    assert elapsed < 2.0, f"Btf.load + skb_functions took {elapsed:.2f} s"
+
+
+@needs_vmlinux
+def test_the_cloned_bitfield_sits_at_the_kernels_cloned_offset_marker(vmlinux: Btf) -> None:
+    # skb->cloned is the first bit after the zero-length `__cloned_offset` marker the kernel keeps for its JITs
+    marker = vmlinux.struct_member_offset("sk_buff", "__cloned_offset")
+    bit = vmlinux.struct_member_bit("sk_buff", "cloned")
+    assert marker is not None and bit == 8 * marker
+    assert vmlinux.struct_member_bit("sk_buff", "no_such_member") is None
 
 
 @needs_vmlinux

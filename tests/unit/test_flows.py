@@ -122,6 +122,6 @@ def test_pcap_filters_and_devices_run_only_where_a_packet_is_first_matched() -> 
     tracked = text[text.index("int ipft_flow_headers"):text.index("int ipft_match_first")]
     first = text[text.index("int ipft_match_first"):]
     assert "ipft_pcap_" not in headers and "ipft_pcap_" not in tracked and "ipft_match_where" not in headers
-    assert "ipft_pcap_0(l3, len, caplen) && ipft_match_where(0, skb)) return 0;" in first
-    assert "ipft_match_where(1, skb)) return 1;" in first  # the second flow still takes what the filter rejects
+    assert "ipft_pcap_0(l3, len, caplen) && ipft_match_where(0, dev)) return 0;" in first
+    assert "ipft_match_where(1, dev)) return 1;" in first  # the second flow still takes what the filter rejects
     assert "if (flow == 1) return t->ipversion != 0 && t->l4proto == 6; /* flow 1 */" in tracked

@@ -143,3 +143,18 @@ def test_the_c_side_knows_the_same_icmp_protocols_as_python() -> None:
 
     (body,) = _re.findall(r"#define IPFT_IS_ICMP\(l4proto\) \((.*)\)", bpf_source())
     assert {int(n) for n in _re.findall(r"\(l4proto\) == (\d+)", body)} == ICMP_PROTOCOLS
+
+
+def test_a_tracepoint_entry_passes_its_device_argument_and_others_pass_none() -> None:
+    xmit = ProbeSource(Probe(0, "net:net_dev_xmit", ProbeKind.TRACEPOINT, 1), "net_dev_xmit", 0, device_arg=2)
+    text = render(with_free_tracepoint([xmit]), FLOWS).text
+    assert "ipft_handle(ctx, (struct sk_buff *)ctx->args[0], 0, 0, 0, 0, 0, (struct net_device *)ctx->args[2]);" in text
+    assert "ipft_handle(ctx, (struct sk_buff *)ctx->args[0], 1, 0, 2, (u64)ctx->args[1], (u32)ctx->args[2], 0);" in text
+
+
+def test_the_cloned_bit_from_btf_is_written_into_the_program() -> None:
+    sources = with_free_tracepoint([])
+    assert "#define IPFT_CLONED_BIT 1026" in render(sources, FLOWS, ProgramOptions(cloned_bit=1026)).text
+    assert "#define IPFT_CLONED_BIT -1" in render(sources, FLOWS).text
+    with pytest.raises(ValueError, match="cloned_bit"):
+        ProgramOptions(cloned_bit=-3)

@@ -176,7 +176,7 @@ _TERM = re.compile(
     r"|t->has_ports && t->[sd]port == \d+"
 )
 _LINES = (  # most specific first: ipft_match_first, ipft_flow_headers, ipft_match_headers
-    re.compile(r"    if \((?P<terms>.+?)(?: && ipft_pcap_\d+\(l3, len, caplen\))? && ipft_match_where\(\d+, skb\)\) "
+    re.compile(r"    if \((?P<terms>.+?)(?: && ipft_pcap_\d+\(l3, len, caplen\))? && ipft_match_where\(\d+, dev\)\) "
                r"return \d+; /\* flow \d+ \*/"),
     re.compile(r"    if \(flow == \d+\) return (?P<terms>.+?); /\* flow \d+ \*/"),
     re.compile(r"    if \((?P<terms>.+?)\) return \d+; /\* flow \d+ \*/"),
@@ -184,8 +184,9 @@ _LINES = (  # most specific first: ipft_match_first, ipft_flow_headers, ipft_mat
 _FIXED_LINES = ("static __always_inline int ipft_match_headers(const struct ipft_tuple *t)",
                 "static __always_inline int ipft_flow_headers(u32 flow, const struct ipft_tuple *t)",
                 "static __always_inline int ipft_match_first(const struct ipft_tuple *t, struct sk_buff *skb,",
-                "                                           const unsigned char *data, const unsigned char *l3)",
-                "{", "    (void)data; (void)l3;", "    u32 len = 0, caplen = 0;",
+                "                                           struct net_device *dev, const unsigned char *data,",
+                "                                           const unsigned char *l3)",
+                "{", "    (void)dev;", "    (void)data; (void)l3;", "    u32 len = 0, caplen = 0;",
                 "    ipft_pcap_lengths(skb, data, l3, &len, &caplen);", "    return -1;", "    return 0;", "}")
 # The translated pcap filter: fixed words of the translator around numbers, never the expression's text.
 _PCAP_WORDS = {"static", "__always_inline", "int", "const", "unsigned", "char", "pkt", "u32", "len", "caplen", "A",

@@ -24,3 +24,11 @@ def test_a_named_void_pointer_that_is_not_the_location_is_left_alone() -> None:
 
 def test_no_skb_no_arguments() -> None:
     assert locate_args([("arg1", "void *")]) is None
+
+
+def test_a_device_argument_is_found_by_type() -> None:
+    # net_dev_xmit(skb, rc, dev, skb_len): the event's device, which skb->dev no longer is on a veth
+    params = [("skb", "struct sk_buff *"), ("rc", "int"), ("dev", "struct net_device *"), ("skb_len", "unsigned int")]
+    assert locate_args(params) == TracepointArgs(0, None, None, 2)
+    assert locate_args([("arg1", "struct sk_buff *"), ("arg2", "const struct net_device *")]) == \
+        TracepointArgs(0, None, None, 1)
