@@ -29,6 +29,7 @@ FLAG_PREV_LOST = 1 << 3  # first event: the previous packet traced at this skb a
 FLAG_LEFT = 1 << 4  # an egress probe where the device has a parent (hardware): the packet left the host
 FLAG_REWRITE = 1 << 5  # the headers were rewritten (NAT) before this probe: the event carries the new ones
 FLAG_CLONE = 1 << 6  # first event of an skb sharing its data buffer with a traced packet: `parent` is that skb
+LOST_SHIFT = 16  # flags >> LOST_SHIFT: how many of this skb's events were lost before this one (at most 255)
 
 
 class Event(NamedTuple):

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import TextIO
 
 from .events import Event
-from .paths import OUTCOME_DELIVERED, OUTCOME_DROPPED, OUTCOME_LEFT, FlowTuple, SkbPath
+from .paths import OUTCOME_DELIVERED, OUTCOME_DROPPED, OUTCOME_LEFT, OUTCOME_TRUNCATED, FlowTuple, SkbPath
 from .probes import ProbeTable
 from .protocols import icmp_type_name
 
@@ -146,6 +146,8 @@ class PathFormatter:
             lines.append(f"{RED}{drop}{RESET}" if style.colour else drop)
         elif path.outcome == OUTCOME_LEFT:
             lines.append("(left the host)")
+        elif path.outcome == OUTCOME_TRUNCATED and path.lost_events:
+            lines.append(f"(truncated: {path.lost_events} event{'s' if path.lost_events != 1 else ''} of this skb lost)")
         elif path.outcome != OUTCOME_DELIVERED:
             lines.append(f"({path.outcome})")
         if path.continued:
@@ -161,6 +163,7 @@ class PathFormatter:
             "skb": hex(path.skb),
             "outcome": path.packet_outcome,
             "skb_outcome": path.outcome,
+            "lost_events": path.lost_events,
             "continued": path.continued,
             "protocol": described.protocol,
             "ipversion": described.ipversion,

@@ -29,6 +29,7 @@ from .events import (
     FLAG_PREV_LOST,
     FLAG_REWRITE,
     FLAG_TUPLE,
+    LOST_SHIFT,
     Event,
     format_address,
 )
@@ -92,6 +93,7 @@ class SkbPath:
     drop: Drop | None = None
     end_ts: int = 0  # timestamp of the ending event (free/egress), 0 while open or when it never ended
     gap: bool = False  # the kernel lost some of this skb's events (ring buffer full): the path is incomplete
+    lost_events: int = 0  # how many (the kernel counts up to 255; a lost end counts one)
     # A path that went idle while the kernel kept tracking its skb (e.g. data waiting in a socket queue) continues
     # in a new path: that one inherits the headers of the first part and says so.
     header: Event | None = None
@@ -269,6 +271,9 @@ class PathAssembler:
                 # first event was lost).
                 del open_paths[skb]
                 self._held -= len(path.events)
+                if flags & FLAG_PREV_LOST:  # its end was lost
+                    path.gap = True
+                    path.lost_events += 1
                 done.append(self._finish(path, OUTCOME_TRUNCATED if flags & FLAG_PREV_LOST else OUTCOME_TIMEOUT))
                 path = self._open_path(skb, event.flow_id, done)
                 if flags & FLAG_CLONE:
@@ -280,6 +285,8 @@ class PathAssembler:
             self._held += 1
             if flags & FLAG_GAP:
                 path.gap = True
+                lost = flags >> LOST_SHIFT
+                path.lost_events = max(path.lost_events, lost)
             role = roles[probe_id]
             if role is not step and (role is not egress or flags & FLAG_LEFT):
                 self._end(path, event, role, done)
@@ -298,6 +305,8 @@ class PathAssembler:
         if parent is None:
             settled = self._settling.get(parent_skb)
             parent = settled[0] if settled is not None else None
+        while parent is not None and parent.parent_path is not None:  # a clone of a clone: the packet's own path
+            parent = parent.parent_path
         if parent is not None and not parent.released:
             child.parent_path = parent
             parent.open_children += 1

@@ -569,4 +569,6 @@ class SpanEncoder:
         ]
         if path.gap:
             pieces.append(attribute("ipftrace.gap", True))
+            if path.lost_events:
+                pieces.append(attribute("ipftrace.lost_events", path.lost_events))
         return b"".join(pieces)

@@ -30,6 +30,8 @@
 #define IPFT_FLAG_LEFT 16 /* an egress probe on a device with a parent (hardware): the packet left the host */
 #define IPFT_FLAG_REWRITE 32 /* the packet's headers were rewritten (NAT) before this probe: the event has the new ones */
 #define IPFT_FLAG_CLONE 64 /* first event of an skb that shares its data buffer with a traced packet (`parent`) */
+/* flags >> IPFT_LOST_SHIFT: how many of this skb's events were lost before this one (ring buffer full; at most 255) */
+#define IPFT_LOST_SHIFT 16
 
 #define IPFT_CLONE_WINDOW_NS 1000000000ULL
 
@@ -99,7 +101,7 @@ struct ipft_track {
     u64 head; /* skb->head when first matched: a different buffer at the same address is another packet */
     u32 flow_id;
     u8 sampled;
-    u8 gap;
+    u8 lost; /* events of this skb lost so far (ring buffer full), at most 255 */
     u16 protocol; /* skb->protocol when first matched (host order, 0 if unset) */
     u32 fp; /* the packet's fingerprint when first matched: another one at the same address is another packet */
     u32 tuple_hash; /* a hash of its current headers: a change with the same buffer and fingerprint is a rewrite */
@@ -531,7 +533,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     if (track) {
         flow_id = track->flow_id;
         sampled = track->sampled;
-        gap = track->gap;
+        gap = track->lost;
     } else {
         if (flow < 0)
             return 0;
@@ -602,8 +604,8 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
             if (current) {
                 if (first)
                     current->sampled = 0; /* its first event (the headers) is lost: send none of this packet */
-                else
-                    current->gap = 1; /* the next event says the path has a hole */
+                else if (current->lost < 255)
+                    current->lost += 1; /* the next event says the path has a hole, and how many */
             }
         } else if (!first) {
             u8 one = 1;
@@ -623,7 +625,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     event->ifindex = ipft_ifindex(ipft_device(skb, dev));
     event->reason = reason;
     event->flow_id = flow_id;
-    event->flags = IPFT_FLAG_SAMPLED | (gap ? IPFT_FLAG_GAP : 0) | left | rewrite;
+    event->flags = IPFT_FLAG_SAMPLED | (gap ? IPFT_FLAG_GAP : 0) | left | rewrite | ((u32)gap << IPFT_LOST_SHIFT);
     if (first) {
         event->flags |= IPFT_FLAG_TUPLE | (parent ? IPFT_FLAG_CLONE : 0);
         if (ipft_lost_ends.lookup(&key)) {

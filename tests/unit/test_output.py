@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from ipftrace_exporter.events import FLAG_CLONE, FLAG_REWRITE, FLAG_TUPLE
+from ipftrace_exporter.events import FLAG_CLONE, FLAG_GAP, FLAG_REWRITE, FLAG_TUPLE, LOST_SHIFT
 from ipftrace_exporter.output import PathFormatter, TextStyle, use_colour
 from ipftrace_exporter.paths import PathAssembler, PathLimits
 
@@ -175,3 +175,9 @@ def test_json_gives_the_packet_outcome_and_each_clone() -> None:
     (clone,) = record["children"]
     assert clone["relation"] == "clone" and clone["skb"] == "0xffff888000002000" and clone["outcome"] == "delivered"
     assert [e["function"] for e in clone["events"]] == ["net:netif_receive_skb", "skb:consume_skb"]
+
+
+def test_text_says_how_many_events_a_truncated_path_lost() -> None:
+    path = one_path([event(1, RECEIVE, first=True), event(2, CONSUME, flags=FLAG_GAP | 2 << LOST_SHIFT)])
+    assert PathFormatter(PROBES, ["default"]).text(path).splitlines()[-1] == "(truncated: 2 events of this skb lost)"
+    assert json.loads(PathFormatter(PROBES, ["default"]).json(path))["lost_events"] == 2

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from ipftrace_exporter.events import FLAG_CLONE, FLAG_GAP, FLAG_LEFT
+from ipftrace_exporter.events import FLAG_CLONE, FLAG_GAP, FLAG_LEFT, FLAG_PREV_LOST, LOST_SHIFT
 from ipftrace_exporter.paths import PathAssembler, PathLimits
 
 from .helpers import CONSUME, DROP, EGRESS, IP_RCV, PROBES, RECEIVE, event
@@ -233,3 +233,33 @@ def test_flush_hands_out_open_clones_inside_their_packet() -> None:
     paths.add_many([event(1, RECEIVE, first=True), clone_event(2, RECEIVE)])
     (packet,) = paths.flush()
     assert packet.skb == SKB_A and [child.skb for child in packet.children] == [SKB_B]
+
+
+def test_a_clone_of_a_clone_belongs_to_the_packet() -> None:
+    clock = Clock()
+    paths = assembler(clock)
+    skb_c = 0xFFFF888000003000
+    paths.add_many([event(1, RECEIVE, first=True), clone_event(2, RECEIVE),
+                    clone_event(3, RECEIVE, parent=SKB_B, skb=skb_c), event(4, CONSUME, skb=skb_c),
+                    event(5, CONSUME, skb=SKB_B), event(6, DROP, reason=3)])
+    clock.now = 100
+    (packet,) = paths.expire()
+    assert sorted(child.skb for child in packet.children) == [SKB_B, skb_c]
+    assert sum(len(skb.events) for skb in packet.skb_paths) == 6
+
+
+def test_a_truncated_path_says_how_many_of_its_events_were_lost() -> None:
+    clock = Clock()
+    paths = assembler(clock)
+    lost = lambda n: FLAG_GAP | n << LOST_SHIFT  # what the kernel sends after n lost events
+    paths.add_many([event(1, RECEIVE, first=True), event(2, IP_RCV, flags=lost(1)), event(3, CONSUME, flags=lost(3))])
+    clock.now = 100
+    (path,) = paths.expire()
+    assert (path.outcome, path.lost_events) == ("truncated", 3)
+
+
+def test_a_lost_end_counts_one_lost_event() -> None:
+    paths = assembler(Clock())
+    done = paths.add_many([event(1, RECEIVE, first=True), event(5, RECEIVE, first=True, flags=FLAG_PREV_LOST)])
+    (old,) = done
+    assert (old.outcome, old.lost_events) == ("truncated", 1)

@@ -41,6 +41,8 @@ def test_the_record_struct_and_events_record_agree() -> None:
 def test_flags_agree() -> None:
     flags = defines(bpf_source(), "IPFT_FLAG_")
     assert flags == {f"IPFT_{name}": getattr(events, name) for name in dir(events) if name.startswith("FLAG_")}
+    assert defines(bpf_source(), "IPFT_LOST_") == {"IPFT_LOST_SHIFT": events.LOST_SHIFT}
+    assert max(flags.values()) < 1 << events.LOST_SHIFT  # the lost count sits above every flag
 
 
 def test_roles_agree() -> None:

@@ -252,9 +252,10 @@ def test_module_attributes_are_added_to_child_spans_with_their_types() -> None:
 
 def test_a_path_with_lost_events_is_marked() -> None:
     path = icmp_path()
-    path.gap = True
+    path.gap, path.lost_events = True, 3
     root, _ = split(spans_of(encoder().encode([path])))
     assert attributes(root.attributes)["ipftrace.gap"] is True
+    assert attributes(root.attributes)["ipftrace.lost_events"] == 3
     assert "ipftrace.gap" not in attributes(split(spans_of(encoder().encode([icmp_path()])))[0].attributes)
 
 
