@@ -204,6 +204,25 @@ def test_ping_over_veth_is_one_path_from_sender_to_receiver(manifest_run: Traffi
     assert all(p["outcome"] in ("delivered", "dropped") for p in whole)
 
 
+def _replies_delivered_through_clones(run: Traffic) -> None:
+    pair = run.pair
+    replies = [p for p in paths_of(run, "ICMP", pair.addr_b4, pair.addr_a4) if (p["icmp"] or {}).get("name") == "echo-reply"]
+    assert len(replies) >= PINGS, [names(p) for p in run.paths if p["protocol"] == "ICMP"][:5]
+    # ping's raw socket gets a clone of each reply (read by recvmsg); the original goes on to ping_rcv, which has
+    # no ping socket: one packet, delivered, whose clone is its child path
+    delivered = [p for p in replies if p["outcome"] == "delivered" and p["children"]]
+    assert len(delivered) >= PINGS, [(p["outcome"], names(p), [names(c) for c in p["children"]]) for p in replies][:3]
+    assert all(child["relation"] == "clone" and child["skb"] != p["skb"] for p in delivered for child in p["children"])
+
+
+def test_a_ping_reply_is_delivered_through_its_raw_socket_clone(manifest_run: Traffic) -> None:
+    _replies_delivered_through_clones(manifest_run)
+
+
+def test_a_ping_reply_is_delivered_through_its_raw_socket_clone_on_tracepoints(tracepoint_run: Traffic) -> None:
+    _replies_delivered_through_clones(tracepoint_run)
+
+
 def test_ping6_over_veth_reaches_icmpv6_rcv(manifest_run: Traffic) -> None:
     pair = manifest_run.pair
     requests = [p for p in paths_of(manifest_run, "ICMPV6", pair.addr_a6, pair.addr_b6)
