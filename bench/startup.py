@@ -28,8 +28,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from ipftrace_exporter import manifest as manifests
 from ipftrace_exporter.collector import Collector, kfunc_refusal
 from ipftrace_exporter.flows import FlowSpec
+from ipftrace_exporter.kernel.view import KernelView, kprobes_unavailable
+from ipftrace_exporter.plan import plan_probes
 from ipftrace_exporter.program import ProgramOptions
-from ipftrace_exporter.tracer import KernelView, Tracer, TraceRequest, kprobes_unavailable, plan_probes
+from ipftrace_exporter.tracer import Tracer, TraceRequest
 
 FLOWS = (FlowSpec(name="bench", ipversion=4, l4proto=1),)
 SECTION = "## Start-up"

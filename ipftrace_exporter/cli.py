@@ -3,7 +3,6 @@ Argument parsing and wiring only; errors become one line on stderr and an exit c
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
@@ -28,12 +27,15 @@ from .flows import (
     parse_port,
 )
 from .fsutil import write_file_atomic
+from .kernel.view import KernelView
 from .lossreport import KernelCounts, LossReport
 from .output import PathFormatter, TextStyle, device_text, use_colour
 from .paths import OUTCOME_TRUNCATED
+from .plan import BACKENDS, function_specs
 from .program import ProgramOptions
 from .progress import ProgressLine, run_interruptibly
-from .tracer import ATTACHABLE, BACKENDS, KernelView, Tracer, TraceRequest
+from .survey import survey_lines, take_survey
+from .tracer import Tracer, TraceRequest
 
 EXIT_OK, EXIT_USAGE, EXIT_ATTACH, EXIT_INTERRUPTED = 0, 2, 3, 130
 log = logging.getLogger("ipftrace_exporter")
@@ -233,8 +235,6 @@ def ipftrace_cli(ipversion: str, l4proto: str, saddr4: str | None, daddr4: str |
         require_privileges()
     view = KernelView()
     if manifest_file is not None and not list_only:
-        from .tracer import function_specs
-
         function_specs(view, manifest_file)  # one warning per function this kernel lacks, before the compile
     # -v names each row's device: the netdev module reads it in the kernel (an ifindex alone is ambiguous across
     # namespaces); added for that column only, unless asked for with -m.
@@ -270,7 +270,6 @@ def list_probes(request: TraceRequest, output: str, view: KernelView | None = No
     """Print what would be traced on this kernel: per function its skb position and, per backend, whether it can
     attach here (checked by compiling and loading through the verifier). `-o yaml`: a manifest for this kernel."""
     from . import manifest as manifests
-    from .tracer import function_specs
 
     view = view or KernelView()
     if output == "yaml":
@@ -280,57 +279,13 @@ def list_probes(request: TraceRequest, output: str, view: KernelView | None = No
         return EXIT_OK
     tracer = Tracer(request, view)
     stop = install_stop_handlers()
-    survey = run_interruptibly(lambda: tracer.survey(with_functions=request.backend != "tracepoint"),
+    survey = run_interruptibly(lambda: take_survey(tracer, with_functions=request.backend != "tracepoint"),
                                lambda: stop.stopped,
                                lambda elapsed: f"ipftrace: compiling every probe and loading it through the "
                                                f"verifier... {elapsed:.1f} s", ProgressLine())
-    rows = _survey_rows(survey, request.backend != "tracepoint")
-    counts = {backend: (sum(1 for row in rows if row[backend] == ATTACHABLE),
-                        sum(1 for row in rows if row[backend] != "-")) for backend in BACKEND_KINDS}
-    shown = rows if show_all else [row for row in rows if ATTACHABLE in (row[b] for b in BACKEND_KINDS)]
-    if output == "json":
-        click.echo(json.dumps({
-            "backend": request.backend, "chosen": survey.chosen, "refused": survey.reasons, "notes": survey.notes,
-            "traceable": {backend: {"traceable": n, "total": total} for backend, (n, total) in counts.items()},
-            "probes": shown, "missing": survey.missing}, separators=(",", ":")))
-        return EXIT_OK
-    passed = "; ".join(f"{name} refused: {why}" for name, why in survey.reasons.items())
-    if request.backend in survey.reasons:
-        click.echo(f"# backend {request.backend} cannot attach here: {survey.reasons[request.backend]}")
-    else:
-        click.echo(f"# backend {request.backend} -> {survey.chosen}{' (' + passed + ')' if passed else ''}")
-    click.echo("# traceable here: " + ", ".join(f"{backend} {n} of {total}" for backend, (n, total) in counts.items()
-                                                if total))
-    for backend, note in survey.notes.items():
-        click.echo(f"# {backend}: {note}")
-    if len(shown) < len(rows):
-        click.echo(f"# {len(rows) - len(shown)} probes no backend can attach here are not listed (--all lists them)")
-    width = max([40, *(len(str(row["name"])) for row in shown)])
-    click.echo(f"{'Name':<{width}} {'skb_pos':>7}  {'kfunc':<10} {'kprobe':<10} {'tracepoint':<10} Role")
-    for row in shown:
-        click.echo(f"{row['name']:<{width}} {row['skb_pos']:>7}  {row['kfunc']:<10} {row['kprobe']:<10} "
-                   f"{row['tracepoint']:<10} {row['role']}")
-    for name in survey.missing:
-        click.echo(f"{name:<{width}} {'-':>7}  missing (not in this kernel)")
+    for line in survey_lines(survey, request.backend, output, show_all):
+        click.echo(line)
     return EXIT_OK
-
-
-BACKEND_KINDS = ("kfunc", "kprobe", "tracepoint")
-
-
-def _survey_rows(survey: Any, with_functions: bool) -> list[dict[str, Any]]:
-    """One row per probe of a survey: name, skb position, role and each backend's state here ('-': n/a)."""
-    states = survey.states
-    rows: list[dict[str, Any]] = []
-    functions = survey.functions if with_functions else []
-    for source in [*functions, *survey.tracepoints]:
-        name = source.probe.name
-        tracepoint = source.probe.kind.value == "tracepoint"
-        rows.append({"name": name, "skb_pos": source.skb_arg + 1, "role": source.probe.role.value,
-                     "kfunc": "-" if tracepoint else states["kfunc"].get(name, "-"),
-                     "kprobe": "-" if tracepoint else states["kprobe"].get(name, "-"),
-                     "tracepoint": states["tracepoint"].get(name, "-") if tracepoint else "-"})
-    return rows
 
 
 def _kernel_release() -> str:

@@ -14,13 +14,14 @@ from .config import Config
 from .errors import KernelError
 from .fsutil import write_file_atomic
 from .httpserver import Heartbeat, HttpServer
+from .kernel.view import KernelView
 from .metrics import ExporterMetrics, KernelCounters
 from .modules import LoadedModule, ModuleContext, event_attributes, load_modules
 from .otlp import DROP_REASONS, OtlpSettings, OtlpSink
 from .paths import SkbPath
 from .program import ProgramOptions
 from .spans import SpanEncoder, WallClock, resource_attributes
-from .tracer import KernelView, Tracer, TraceRequest
+from .tracer import Tracer, TraceRequest
 from .webconfig import WebConfig
 
 log = logging.getLogger(__name__)

@@ -23,9 +23,11 @@ from ipftrace_exporter import manifest as manifests
 from ipftrace_exporter.collector import LOADED, REFUSED, REJECTED, Collector, kfunc_refusal
 from ipftrace_exporter.errors import KernelError
 from ipftrace_exporter.flows import FlowSpec
+from ipftrace_exporter.kernel.view import KernelView, kprobes_unavailable
+from ipftrace_exporter.plan import plan_probes
 from ipftrace_exporter.probes import ProbeKind
 from ipftrace_exporter.program import ModuleCode, ProgramOptions, render
-from ipftrace_exporter.tracer import KernelView, Tracer, TraceRequest, kprobes_unavailable, plan_probes
+from ipftrace_exporter.tracer import Tracer, TraceRequest
 
 pytestmark = pytest.mark.kernel
 

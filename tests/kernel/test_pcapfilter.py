@@ -83,8 +83,9 @@ def test_every_translated_expression_passes_the_kernel_verifier(cache_dir: str) 
     loads through this kernel's verifier."""
     from ipftrace_exporter.collector import LOADED
     from ipftrace_exporter.flows import FlowSpec
+    from ipftrace_exporter.kernel.view import KernelView
     from ipftrace_exporter.pcapfilter import compile_filter
-    from ipftrace_exporter.tracer import KernelView, Tracer, TraceRequest
+    from ipftrace_exporter.tracer import Tracer, TraceRequest
 
     from ..unit.test_pcapfilter import EXPRESSIONS
 

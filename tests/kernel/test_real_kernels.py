@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from ipftrace_exporter.tracer import KernelView, function_backend_unavailable
+from ipftrace_exporter.kernel.view import KernelView
+from ipftrace_exporter.plan import function_backend_unavailable
 from tests.support.otlp_receiver import GrpcOtlpReceiver, attributes
 
 from .conftest import BIN, Running

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from ipftrace_exporter.collector import AttachReport
-from ipftrace_exporter.probes import Probe, ProbeKind, ProbeRole
-from ipftrace_exporter.program import ProbeSource
-from ipftrace_exporter.tracer import (
+from ipftrace_exporter.kernel.view import KernelView
+from ipftrace_exporter.plan import (
     AUTO_KFUNC_MAX_FUNCTIONS,
-    KernelView,
     ProbePlan,
     attach_summary,
     auto_passes_over_kfunc,
 )
+from ipftrace_exporter.probes import Probe, ProbeKind, ProbeRole
+from ipftrace_exporter.program import ProbeSource
 
 
 class FakeView:
