@@ -59,9 +59,7 @@ def take_survey(tracer: Tracer, headers: HeaderTree | None = None, with_function
         add(source, ProbeKind.KFUNC)
     for source in tracepoints:
         add(source)
-    options = replace(tracer.request.options, func_ip=tracer.view.func_ip_mode,
-                      cloned_bit=tracer.view.btf.struct_member_bit("sk_buff", "cloned"))
-    program = render(sources, tracer.request.flows, options, tracer.request.modules)
+    program = render(sources, tracer.request.flows, tracer.program_options(), tracer.request.modules)
     with Collector(program, headers or tracer.headers()) as collector:
         report = collector.verify(try_tracepoints=True)
     kprobes_missing = kprobes_unavailable()

@@ -74,11 +74,15 @@ class Tracer:
         """Backends to try, in order."""
         return AUTO_ORDER if self.request.backend == "auto" else (self.request.backend,)
 
+    def program_options(self, func_ip: str | None = None) -> ProgramOptions:
+        """The request's program options with this kernel's facts: how function probes find their probe (or
+        `func_ip`), and where sk_buff's `cloned` bit sits."""
+        return replace(self.request.options, func_ip=func_ip or self.view.func_ip_mode,
+                       cloned_bit=self.view.btf.struct_member_bit("sk_buff", "cloned"))
+
     def program_for(self, plan: ProbePlan) -> Program:
         """The program text of a plan, with this kernel's way for function probes to find their probe."""
-        options = replace(self.request.options, func_ip=self.view.func_ip_mode,
-                          cloned_bit=self.view.btf.struct_member_bit("sk_buff", "cloned"))
-        return render(plan.sources, self.request.flows, options, self.request.modules)
+        return render(plan.sources, self.request.flows, self.program_options(), self.request.modules)
 
     def collector_for(self, plan: ProbePlan, headers: HeaderTree, addresses: bool = True) -> Collector:
         """A collector for a plan: function probes get their kallsyms addresses, kfunc probes their BTF ids."""
@@ -101,8 +105,7 @@ class Tracer:
         load each through the verifier as a tp_btf program on a tracepoint with its sk_buff at the same argument
         (same BTF-typed argument array as fentry). Raises KernelError if it does not compile."""
         plan = plan_probes(self.view, "kfunc", self.request.manifest)
-        options = replace(self.request.options, func_ip="verify")
-        program = render(plan.sources, self.request.flows, options, self.request.modules)
+        program = render(plan.sources, self.request.flows, self.program_options("verify"), self.request.modules)
         with Collector(program, headers or self.headers()) as collector:
             return plan, collector.verify_tp_btf(self.view.tp_btf_stand_ins())
 
