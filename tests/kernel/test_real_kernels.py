@@ -85,9 +85,11 @@ def drive_traffic(pair: NetPair) -> int:
     pair.ping_b(count=1, v6=True)
     time.sleep(1)
     counted_from = time.monotonic_ns()
-    pair.ping_b(count=PINGS)
-    pair.ping_b(count=PINGS, v6=True)
-    pair.exec_in(pair.ns_a, ["ping", "-4", "-c", str(PINGS), "-i", "0.2", "-W", "2", "127.0.0.1"])
+    # One spare ping of each kind: the cells require PINGS of them. Under TCG a counted request was missing now and
+    # then (a 6.1 discovery run in this session's final check; the notes on the issue "Packet identity" have it).
+    pair.ping_b(count=PINGS + 1)
+    pair.ping_b(count=PINGS + 1, v6=True)
+    pair.exec_in(pair.ns_a, ["ping", "-4", "-c", str(PINGS + 1), "-i", "0.2", "-W", "2", "127.0.0.1"])
     pair.python_in(pair.ns_a, "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
                    f"[s.sendto(b'x', ('{pair.addr_b4}', {UDP_CLOSED_PORT})) for _ in range(3)]\n")
     server = pair.popen_in(pair.ns_b, ["python3", "-c", (
