@@ -27,7 +27,6 @@ from .events import (
     FLAG_GAP,
     FLAG_LEFT,
     FLAG_PREV_LOST,
-    FLAG_REWRITE,
     FLAG_TUPLE,
     LOST_SHIFT,
     Event,
@@ -139,11 +138,6 @@ class SkbPath:
         if event is None:
             return FlowTuple("", 0, "", 0, "", 0, 0)
         return FlowTuple.of(event)
-
-    @property
-    def rewrites(self) -> list[tuple[int, FlowTuple]]:
-        """(event index, new headers) where the packet's headers were rewritten (NAT), in order."""
-        return [(index, FlowTuple.of(event)) for index, event in enumerate(self.events) if event.flags & FLAG_REWRITE]
 
 
 @dataclass(frozen=True, slots=True)

@@ -399,8 +399,7 @@ class SpanEncoder:
     def span_count(paths: Iterable[SkbPath]) -> int:
         """Spans `encode` makes of these paths: a root plus one per event (none for an empty path), and per clone one
         plus one per event."""
-        return sum(len(path.events) + 1 + sum(len(child.events) + 1 for child in path.children if child.events)
-                   for path in paths if path.events)
+        return sum(len(skb.events) + 1 for path in paths if path.events for skb in path.skb_paths if skb.events)
 
     def encode(self, paths: Sequence[SkbPath]) -> ExportTraceServiceRequest:
         """Paths -> one request (one ResourceSpans, one ScopeSpans, all spans)."""
