@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
+import fcntl
 import os
 import shutil
 import subprocess
@@ -18,7 +18,38 @@ from .netns import NetChain, NetPair, create_chain, create_pair, delete_chain, d
 
 PROJECT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-_indices = itertools.count(1)
+SUBNET_LOCKS = Path("/run/ipftrace-tests")  # one lock file per claimed 10.199.N subnet, shared by concurrent suites
+
+
+class SubnetClaim:
+    """`count` consecutive 10.199.N subnets held (flock) for this test, so suites running at once never share one."""
+
+    def __init__(self, count: int) -> None:
+        SUBNET_LOCKS.mkdir(mode=0o700, exist_ok=True)
+        for first in range(1, 255 - count):
+            held = [self._try(first + offset) for offset in range(count)]
+            if all(fd is not None for fd in held):
+                self.first, self._fds = first, held
+                return
+            for fd in held:
+                if fd is not None:
+                    os.close(fd)
+        raise RuntimeError(f"no {count} free test subnets in 10.199.1-254 (locks in {SUBNET_LOCKS})")
+
+    @staticmethod
+    def _try(index: int) -> int | None:
+        fd = os.open(SUBNET_LOCKS / f"{index}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
+    def release(self) -> None:
+        """Let other tests have the subnets again (the lock goes with the descriptor)."""
+        for fd in self._fds:
+            os.close(fd)
 
 
 def _why_no_bpf() -> str | None:
@@ -45,23 +76,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture
 def netpair() -> Iterator[NetPair]:
     """Two namespaces joined by veth, with 10.199.N.1/2 and fd00:199::N:1/2; deleted afterwards."""
-    pair = create_pair(next(_indices) + (os.getpid() % 50) * 4)
+    claim = SubnetClaim(1)
     try:
-        yield pair
+        pair = create_pair(claim.first)
+        try:
+            yield pair
+        finally:
+            delete_pair(pair)
     finally:
-        delete_pair(pair)
+        claim.release()
 
 
 @pytest.fixture
 def netchain() -> Iterator[NetChain]:
     """Client, router and server namespaces on two veth links (two subnets); deleted afterwards."""
-    first = next(_indices)
-    next(_indices)  # the chain's second subnet
-    chain = create_chain(first + (os.getpid() % 50) * 4)
+    claim = SubnetClaim(2)  # the chain's two links
     try:
-        yield chain
+        chain = create_chain(claim.first)
+        try:
+            yield chain
+        finally:
+            delete_chain(chain)
     finally:
-        delete_chain(chain)
+        claim.release()
 
 
 @pytest.fixture(scope="session")
