@@ -337,7 +337,7 @@ def trace(request: TraceRequest, output: str, count: int | None, timeout: float 
         write_ready_file(ready_file)
         deadline = None if timeout is None else time.monotonic() + timeout
         out = sys.stdout
-        truncated = 0
+        truncated = others = 0
         while (count is None or printed < count) and not stop.stopped:
             wait_ms = 100
             if deadline is not None:
@@ -349,13 +349,14 @@ def trace(request: TraceRequest, output: str, count: int | None, timeout: float 
                 out.write(formatter.format(path, "json" if output == "json" else "text"))
                 printed += 1
                 truncated += path.packet_outcome == OUTCOME_TRUNCATED
+                others += not path.starts_packet
                 if count is not None and printed >= count:
                     break
             out.flush()
             warning = losses.check()
             if warning:
                 log.warning(warning)
-        log.info(losses.summary(printed, truncated))
+        log.info(losses.summary(printed, truncated, others))
     finally:
         tracer.close()
         remove_ready_file(ready_file)

@@ -818,6 +818,15 @@ class BpfCounters:
                 out.append((key.flow_id, key.location, key.reason, total))
         return out
 
+    def matched(self) -> Iterable[tuple[int, int]]:
+        """(flow_id, count) of packets matched, for every non-zero slot."""
+        out = []
+        for key, values in self._bpf[b"matched"].items():
+            total = sum(values)
+            if total:
+                out.append((key.value, total))
+        return out
+
     def untraced(self) -> Iterable[tuple[int, str, int]]:
         """(flow_id, reason, count) of matching packets that were not traced, for every non-zero slot."""
         out = []

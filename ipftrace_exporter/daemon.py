@@ -169,6 +169,8 @@ class Daemon:
             return
         names = self.config.flow_names
         for path in paths:
+            if not path.starts_packet:  # a continuation or a lone clone: its packet was counted already
+                continue
             name = names[path.flow_id] if 0 <= path.flow_id < len(names) else str(path.flow_id)
             self.metrics.paths.count(name, path.packet_outcome)
         if self.sink is not None:

@@ -29,6 +29,7 @@ FLAG_PREV_LOST = 1 << 3  # first event: the previous packet traced at this skb a
 FLAG_LEFT = 1 << 4  # an egress probe where the device has a parent (hardware): the packet left the host
 FLAG_REWRITE = 1 << 5  # the headers were rewritten (NAT) before this probe: the event carries the new ones
 FLAG_CLONE = 1 << 6  # first event of an skb sharing its data buffer with a traced packet: `parent` is that skb
+FLAG_ADOPT = 1 << 7  # first event of a packet whose clone (`parent`) ended before the packet was seen (neighbour probe)
 LOST_SHIFT = 16  # flags >> LOST_SHIFT: how many of this skb's events were lost before this one (at most 255)
 
 
@@ -52,7 +53,9 @@ class Event(NamedTuple):
     dport: int
     flags: int
     data: bytes  # module data, MODULE_DATA_SIZE bytes
-    parent: int = 0  # with FLAG_CLONE: the skb address of the packet this skb is a clone of
+    # with FLAG_CLONE: the skb address of the packet this skb is a clone of (0: a packet not seen yet); with
+    # FLAG_ADOPT: the skb address of this packet's clone that ended before the packet was seen
+    parent: int = 0
 
     @property
     def has_tuple(self) -> bool:

@@ -75,15 +75,21 @@ class LossReport:
                 f"(ring buffer full); {packets:,} matching packets were not traced, and paths that lost an event "
                 "end truncated")
 
-    def summary(self, printed: int, truncated: int) -> str:
-        """One line for the end of a run: paths printed, packets matched, what was not traced, events lost."""
+    def summary(self, printed: int, truncated: int, not_packets: int = 0) -> str:
+        """One line for the end of a run: paths printed, packets matched, what was not traced, events lost.
+        `not_packets` of the paths printed were not packets of their own (continuations of a path that timed out,
+        clones whose packet was printed before or never seen)."""
         end = self._read()
         matched = end.matched - self._start.matched
         lost = end.lost_events - self._start.lost_events
         untraced = {reason: count - self._start.untraced.get(reason, 0) for reason, count in end.untraced.items()}
         printed_words = f"{printed:,} path{'s' if printed != 1 else ''} printed"
-        if truncated:
-            printed_words += f" ({truncated:,} truncated)"
+        notes = [f"{truncated:,} truncated"] if truncated else []
+        if not_packets:
+            own = "its" if not_packets == 1 else "their"
+            notes.append(f"{not_packets:,} not a packet of {own} own: continuations, clones")
+        if notes:
+            printed_words += f" ({'; '.join(notes)})"
         kernel = [f"the kernel matched {matched:,} packet{'s' if matched != 1 else ''}", *_untraced_words(untraced)]
         kernel.append(f"lost {lost:,} events" if lost else "lost no events")
         return f"{printed_words}; {', '.join(kernel)}"

@@ -44,6 +44,10 @@ class CounterReader(Protocol):
         """(flow_id, free location address, drop reason number, count)."""
         ...
 
+    def matched(self) -> Iterable[tuple[int, int]]:
+        """(flow_id, count) of packets that matched a flow (each packet once, where first matched)."""
+        ...
+
     def untraced(self) -> Iterable[tuple[int, str, int]]:
         """(flow_id, reason, count) of matching packets not traced (sampled out, or their first record lost)."""
         ...
@@ -181,11 +185,13 @@ class IpftraceCollector:
     def collect(self) -> Iterator[Metric]:
         """Every metric family with this scrape's samples; never raises because of a reader."""
         kernel = self._kernel
-        (hits, drops, untraced, events, lost, paths, exported, dropped, probes, build, errors) = self._families()
-        ok = {"hits": True, "drops": True, "untraced": True, "totals": True}
+        (hits, drops, matched, untraced, events, lost, paths, exported, dropped, probes, build,
+         errors) = self._families()
+        ok = {"hits": True, "drops": True, "matched": True, "untraced": True, "totals": True}
         if kernel is not None:
             ok["hits"] = self._read("hits", lambda: self._hits(kernel, hits))
             ok["drops"] = self._read("drops", lambda: self._drops(kernel, drops))
+            ok["matched"] = self._read("matched", lambda: self._matched(kernel, matched))
             ok["untraced"] = self._read("untraced", lambda: self._untraced(kernel, untraced))
             ok["totals"] = self._read("totals", lambda: self._totals(kernel, events, lost))
         else:  # not attached (yet): nothing was counted
@@ -201,7 +207,7 @@ class IpftraceCollector:
         for source, n in self.scrape_errors.items():
             errors.add_metric([source], n)
         # a family whose read failed is left out: no sample rather than a wrong one
-        for source, families in (("hits", (hits,)), ("drops", (drops,)), ("untraced", (untraced,)),
+        for source, families in (("hits", (hits,)), ("drops", (drops,)), ("matched", (matched,)), ("untraced", (untraced,)),
                                  ("totals", (events, lost))):
             if ok[source]:
                 yield from families
@@ -214,6 +220,7 @@ class IpftraceCollector:
 
     @staticmethod
     def _families() -> tuple[
+        CounterMetricFamily,
         CounterMetricFamily,
         CounterMetricFamily,
         CounterMetricFamily,
@@ -237,6 +244,13 @@ class IpftraceCollector:
                 "Matching packets dropped, by the kernel function that freed "
                 "them and the drop reason, counted in the kernel.",
                 labels=["flow", "function", "reason"],
+            ),
+            CounterMetricFamily(
+                "ipftrace_packets_matched",
+                "Packets that matched a flow, counted in the kernel once each where first matched (clones and "
+                "rewritten headers are the same packet); they are traced (ipftrace_paths_total) or untraced "
+                "(ipftrace_packets_untraced_total).",
+                labels=["flow"],
             ),
             CounterMetricFamily(
                 "ipftrace_packets_untraced",
@@ -316,6 +330,14 @@ class IpftraceCollector:
             sums[key] = sums.get(key, 0) + count
         for labels, n in sorted(sums.items()):
             family.add_metric(list(labels), n)
+
+    def _matched(self, kernel: KernelCounters, family: CounterMetricFamily) -> None:
+        sums = dict.fromkeys(self.flow_names, 0)  # zero series too
+        for flow_id, count in list(kernel.reader.matched()):
+            flow = self._flow(flow_id)
+            sums[flow] = sums.get(flow, 0) + count
+        for flow, n in sorted(sums.items()):
+            family.add_metric([flow], n)
 
     def _untraced(self, kernel: KernelCounters, family: CounterMetricFamily) -> None:
         sums = {(flow, reason): 0 for flow in self.flow_names for reason in UNTRACED_REASONS}  # zero series too

@@ -104,12 +104,16 @@ class PathFormatter:
             head += f"\t{icmp}"
         lines = [f"{BOLD}{head}{RESET}" if style.colour else head, *self._table(path)]
         for child in path.children:
-            lines.append(f"  {child.relation} {child.skb:#x} (shares the packet's data buffer):")
+            early = "; ended before the packet was first seen: a neighbour probe's copy" if child.before_packet else ""
+            lines.append(f"  {child.relation} {child.skb:#x} (shares the packet's data buffer{early}):")
             lines.extend(f"  {line}" for line in self._table(child))
         if path.children and path.packet_outcome != path.outcome:
             lines.append(f"(packet {path.packet_outcome}: through a clone)")
         if path.relation and path.parent_path is None:
-            lines.append(f"({path.relation} of skb {path.parent_skb:#x}, whose path was already printed)")
+            lines.append(f"({path.relation} of skb {path.parent_skb:#x}, whose path was already printed)"
+                         if path.parent_skb else
+                         f"({path.relation} of a packet not seen: e.g. a neighbour probe's copy of a packet that "
+                         "waited for ARP/ND)")
         return "\n".join(lines) + "\n"
 
     def _table(self, path: SkbPath) -> list[str]:
@@ -148,6 +152,8 @@ class PathFormatter:
             lines.append("(left the host)")
         elif path.outcome == OUTCOME_TRUNCATED and path.lost_events:
             lines.append(f"(truncated: {path.lost_events} event{'s' if path.lost_events != 1 else ''} of this skb lost)")
+        elif path.freed_unseen:
+            lines.append("(delivered: freed where no probe sees it; the kernel reused its skb for another packet)")
         elif path.outcome != OUTCOME_DELIVERED:
             lines.append(f"({path.outcome})")
         if path.continued:
@@ -164,6 +170,7 @@ class PathFormatter:
             "outcome": path.packet_outcome,
             "skb_outcome": path.outcome,
             "lost_events": path.lost_events,
+            "freed_unseen": path.freed_unseen,
             "continued": path.continued,
             "protocol": described.protocol,
             "ipversion": described.ipversion,
@@ -177,10 +184,11 @@ class PathFormatter:
             "drop": _drop_json(path),
             "events": self._events_json(path),
             "children": [{"relation": child.relation, "skb": hex(child.skb), "outcome": child.outcome,
-                          "drop": _drop_json(child), "events": self._events_json(child)} for child in path.children],
+                          "before_packet": child.before_packet, "drop": _drop_json(child),
+                          "events": self._events_json(child)} for child in path.children],
         }
         if path.relation:
-            record.update(relation=path.relation, parent=hex(path.parent_skb))
+            record.update(relation=path.relation, parent=hex(path.parent_skb) if path.parent_skb else None)
         return json.dumps(record, separators=(",", ":"))
 
     def _events_json(self, path: SkbPath) -> list[dict[str, object]]:

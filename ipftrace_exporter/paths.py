@@ -11,7 +11,12 @@ counted.
 Events lost in the kernel (ring buffer full) never merge packets and mark what they damage: a packet whose first
 event is lost is not sent at all; a lost step flags the packet's next event (FLAG_GAP: the path ends truncated);
 a lost end flags the first event of the next packet traced at the address (FLAG_PREV_LOST: the old path, still
-open, ends truncated rather than timeout).
+open, ends truncated rather than timeout). An open path whose address the kernel reuses for a new packet was freed
+where no probe sees it (UDP's and TCP's receive paths free read data so on some kernels): not by a drop, which
+every kernel reports (skb:kfree_skb), so it ended delivered (`freed_unseen`).
+
+A clone that ends before its packet is first seen (the copy a neighbour probe sends while the packet waits for
+ARP/ND) waits up to the kernel's clone window for the packet, which adopts it (FLAG_ADOPT) as a child.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .events import (
+    FLAG_ADOPT,
     FLAG_CLONE,
     FLAG_GAP,
     FLAG_LEFT,
@@ -42,6 +48,8 @@ OUTCOME_TRUNCATED = "truncated"
 OUTCOME_LEFT = "left"  # left the host through a hardware device
 OUTCOMES = (OUTCOME_DELIVERED, OUTCOME_DROPPED, OUTCOME_LEFT, OUTCOME_TIMEOUT, OUTCOME_TRUNCATED)
 RELATION_CLONE = "clone"  # an skb sharing the packet's data buffer (skb_clone)
+# How long a clone that ended before its packet was seen waits for it: the kernel's IPFT_CLONE_WINDOW_NS.
+ORPHAN_WAIT_NS = 1_000_000_000
 
 
 class DropNames(Protocol):
@@ -105,6 +113,14 @@ class SkbPath:
     parent_path: SkbPath | None = field(default=None, repr=False)
     open_children: int = 0
     released: bool = False
+    freed_unseen: bool = False  # ended when the kernel reused its address: freed where no probe sees it, not dropped
+    before_packet: bool = False  # a clone that ended before its packet was first seen (a neighbour probe's copy)
+
+    @property
+    def starts_packet(self) -> bool:
+        """True for a packet's own path: the kernel counted it matched once. Not a clone handed out alone (its
+        packet's path was gone or never seen) nor a continuation of a path that timed out."""
+        return not self.relation and not self.continued
 
     @property
     def skb_paths(self) -> list[SkbPath]:
@@ -256,6 +272,8 @@ class PathAssembler:
                 path = self._open_path(skb, event.flow_id, done)
                 if flags & FLAG_CLONE:
                     self._adopt(path, event.parent)
+                elif flags & FLAG_ADOPT:
+                    self._adopt_orphan(path, event.parent)
                 elif not flags & FLAG_TUPLE and self._timed_out:
                     self._continue(path)
             elif flags & FLAG_TUPLE and (path.events[0].flags & FLAG_TUPLE or path.tuple_event is not None
@@ -268,10 +286,14 @@ class PathAssembler:
                 if flags & FLAG_PREV_LOST:  # its end was lost
                     path.gap = True
                     path.lost_events += 1
-                done.append(self._finish(path, OUTCOME_TRUNCATED if flags & FLAG_PREV_LOST else OUTCOME_TIMEOUT))
+                else:
+                    path.freed_unseen = True
+                done.append(self._finish(path, OUTCOME_TRUNCATED if flags & FLAG_PREV_LOST else OUTCOME_DELIVERED))
                 path = self._open_path(skb, event.flow_id, done)
                 if flags & FLAG_CLONE:
                     self._adopt(path, event.parent)
+                elif flags & FLAG_ADOPT:
+                    self._adopt_orphan(path, event.parent)
             else:
                 touch(skb)
             path_events = path.events
@@ -293,8 +315,11 @@ class PathAssembler:
         return self._release(done)
 
     def _adopt(self, child: SkbPath, parent_skb: int) -> None:
-        """A clone's path: a child of its parent's path while that is still held (open or settling)."""
+        """A clone's path: a child of its parent's path while that is still held (open or settling). A clone of a
+        packet not seen yet (parent 0) waits for it (_adopt_orphan)."""
         child.relation, child.parent_skb = RELATION_CLONE, parent_skb
+        if not parent_skb:
+            return
         parent = self._open.get(parent_skb)
         if parent is None:
             settled = self._settling.get(parent_skb)
@@ -304,6 +329,19 @@ class PathAssembler:
         if parent is not None and not parent.released:
             child.parent_path = parent
             parent.open_children += 1
+
+    def _adopt_orphan(self, packet: SkbPath, clone_skb: int) -> None:
+        """A packet first seen after its clone ended (a neighbour probe's copy): that clone, still waiting in
+        settling, becomes its child and is released to it at the next expire."""
+        settled = self._settling.get(clone_skb)
+        if settled is None:
+            return
+        clone = settled[0]
+        if clone.released or clone.parent_skb or clone.relation != RELATION_CLONE:
+            return
+        clone.parent_skb, clone.parent_path, clone.before_packet = packet.skb, packet, True
+        packet.open_children += 1
+        self._settling[clone_skb] = (clone, 0)
 
     @staticmethod
     def _release(done: list[SkbPath]) -> list[SkbPath]:
@@ -367,7 +405,8 @@ class PathAssembler:
         previous = self._settling.pop(skb, None)
         if previous is not None:
             done.append(self._sorted(previous[0]))
-        self._settling[skb] = (path, self.clock() + self.limits.settle_ns)
+        wait = ORPHAN_WAIT_NS if path.relation and not path.parent_skb else self.limits.settle_ns
+        self._settling[skb] = (path, self.clock() + wait)
 
     def _drop(self, event: Event, probe_name: str) -> Drop:
         if self.names is None:

@@ -466,6 +466,8 @@ class SpanEncoder:
         ]
         if child.gap:
             pieces.append(attribute("ipftrace.gap", True))
+        if child.before_packet:
+            pieces.append(attribute("ipftrace.before_packet", True))
         out.append(_length_delimited(_SPANS, b"".join(pieces)))
 
     def _encode_events(self, path: SkbPath, trace_id: bytes, parent_id: bytes, span_ids: bytes, drop_pieces: bytes,
@@ -570,4 +572,6 @@ class SpanEncoder:
             pieces.append(attribute("ipftrace.gap", True))
             if path.lost_events:
                 pieces.append(attribute("ipftrace.lost_events", path.lost_events))
+        if path.freed_unseen:
+            pieces.append(attribute("ipftrace.freed_unseen", True))
         return b"".join(pieces)

@@ -29,7 +29,9 @@
 #define IPFT_FLAG_PREV_LOST 8 /* first event: the previous traced packet at this address lost its end event */
 #define IPFT_FLAG_LEFT 16 /* an egress probe on a device with a parent (hardware): the packet left the host */
 #define IPFT_FLAG_REWRITE 32 /* the packet's headers were rewritten (NAT) before this probe: the event has the new ones */
-#define IPFT_FLAG_CLONE 64 /* first event of an skb that shares its data buffer with a traced packet (`parent`) */
+#define IPFT_FLAG_CLONE 64 /* first event of an skb that shares its data buffer with a traced packet (`parent`; 0:
+                            * a packet not seen yet, as a neighbour probe's copy of a packet waiting for ARP/ND) */
+#define IPFT_FLAG_ADOPT 128 /* first event of a packet whose clone (`parent`) ended before the packet was seen */
 /* flags >> IPFT_LOST_SHIFT: how many of this skb's events were lost before this one (ring buffer full; at most 255) */
 #define IPFT_LOST_SHIFT 16
 
@@ -94,7 +96,7 @@ struct ipft_buffer_owner {
     u32 fp;
     u16 flow_id;
     u8 sampled;
-    u8 pad;
+    u8 orphan; /* `skb` is a clone that ended before its packet was seen: the packet adopts it when it is */
 };
 
 struct ipft_track {
@@ -122,6 +124,7 @@ BPF_PERCPU_ARRAY(hits, u64, IPFT_NUM_FLOWS * IPFT_NUM_PROBES);
 BPF_PERCPU_HASH(drops, struct ipft_drop_key, u64, IPFT_MAX_DROP_KEYS);
 BPF_PERCPU_ARRAY(stats, u64, 4);
 BPF_PERCPU_ARRAY(untraced, u64, IPFT_NUM_FLOWS * IPFT_UNTRACED_REASONS);
+BPF_PERCPU_ARRAY(matched, u64, IPFT_NUM_FLOWS); /* packets matched, by flow (ipftrace_packets_matched_total) */
 /* Set by user space once every probe is attached: until then no packet starts being traced, so a packet in flight
  * while the probes attach one by one (seconds for hundreds of kprobes) is not traced through some of them only. */
 BPF_ARRAY(ipft_armed, u32, 1);
@@ -143,6 +146,14 @@ static __always_inline void ipft_stat(u32 index)
     u64 *value = stats.lookup(&index);
     if (value)
         *value += 1;
+}
+
+static __always_inline void ipft_matched(u32 flow_id)
+{
+    u64 *value = matched.lookup(&flow_id);
+    if (value)
+        *value += 1;
+    ipft_stat(IPFT_STAT_MATCHED);
 }
 
 static __always_inline void ipft_untraced(u32 flow_id, u32 reason)
@@ -484,6 +495,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     u32 flow_id = 0;
     u8 sampled = 0, gap = 0;
     u64 parent = 0, now = 0;
+    u32 relation = 0; /* IPFT_FLAG_CLONE or IPFT_FLAG_ADOPT on a first event */
     struct ipft_skb fields = {};
     if (ipft_skb_read(skb, &fields) < 0)
         return 0;
@@ -555,13 +567,33 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
         u64 buffer = (u64)head;
         struct ipft_buffer_owner *owner = ipft_buffers.lookup(&buffer);
         now = bpf_ktime_get_ns();
-        if (owner && owner->skb != key && owner->flow_id == flow && owner->fp == t.fp
-            && now - owner->ts < IPFT_CLONE_WINDOW_NS && ipft_is_clone(skb)) {
-            parent = owner->skb; /* a clone: the same packet, sampled as it was, not matched again */
+        int same_packet = owner && owner->skb != key && owner->flow_id == flow && owner->fp == t.fp
+                          && now - owner->ts < IPFT_CLONE_WINDOW_NS;
+        if (same_packet && owner->orphan && role == IPFT_ROLE_STEP) {
+            /* the packet of a clone that ended before it was seen (a neighbour probe's copy: the packet waited in
+             * the neighbour's queue for ARP/ND): matched now, sampled as its clone was, and it adopts the clone */
+            parent = owner->skb;
+            relation = IPFT_FLAG_ADOPT;
             fresh.sampled = owner->sampled;
+            ipft_matched(flow);
+            struct ipft_buffer_owner mine = {.skb = key, .ts = now, .fp = t.fp, .flow_id = flow,
+                                             .sampled = fresh.sampled};
+            ipft_buffers.update(&buffer, &mine);
+        } else if (same_packet && ipft_is_clone(skb)) {
+            parent = owner->skb; /* a clone: the same packet, sampled as it was, not matched again */
+            relation = IPFT_FLAG_CLONE;
+            fresh.sampled = owner->sampled;
+        } else if (role != IPFT_ROLE_STEP && ipft_is_clone(skb)) {
+            /* a clone ending before its packet was seen: not a packet of its own (not matched); its packet adopts
+             * it when first seen (see above) */
+            relation = IPFT_FLAG_CLONE;
+            fresh.sampled = IPFT_SAMPLED();
+            struct ipft_buffer_owner orphan = {.skb = key, .ts = now, .fp = t.fp, .flow_id = flow,
+                                               .sampled = fresh.sampled, .orphan = 1};
+            ipft_buffers.update(&buffer, &orphan);
         } else {
             fresh.sampled = IPFT_SAMPLED();
-            ipft_stat(IPFT_STAT_MATCHED);
+            ipft_matched(flow);
             if (role == IPFT_ROLE_STEP) {
                 struct ipft_buffer_owner mine = {.skb = key, .ts = now, .fp = t.fp, .flow_id = flow,
                                                  .sampled = fresh.sampled};
@@ -589,7 +621,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     if (role != IPFT_ROLE_STEP && !first && track)
         ipft_forget(&key, track->head);
     if (!sampled) {
-        if (first && !parent)
+        if (first && relation != IPFT_FLAG_CLONE)
             ipft_untraced(flow_id, IPFT_UNTRACED_SAMPLED_OUT);
         return 0;
     }
@@ -597,7 +629,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     struct ipft_event *event = events.ringbuf_reserve(sizeof(struct ipft_event));
     if (!event) {
         ipft_stat(IPFT_STAT_LOST);
-        if (first && !parent)
+        if (first && relation != IPFT_FLAG_CLONE)
             ipft_untraced(flow_id, IPFT_UNTRACED_RING_FULL);
         if (role == IPFT_ROLE_STEP) {
             struct ipft_track *current = tracked.lookup(&key);
@@ -627,7 +659,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     event->flow_id = flow_id;
     event->flags = IPFT_FLAG_SAMPLED | (gap ? IPFT_FLAG_GAP : 0) | left | rewrite | ((u32)gap << IPFT_LOST_SHIFT);
     if (first) {
-        event->flags |= IPFT_FLAG_TUPLE | (parent ? IPFT_FLAG_CLONE : 0);
+        event->flags |= IPFT_FLAG_TUPLE | relation;
         if (ipft_lost_ends.lookup(&key)) {
             event->flags |= IPFT_FLAG_PREV_LOST;
             ipft_lost_ends.delete(&key);

@@ -21,6 +21,9 @@ class OneHitReader:
     def drops(self):
         raise OSError("drops map unreadable")
 
+    def matched(self):
+        return []
+
     def untraced(self):
         return []
 

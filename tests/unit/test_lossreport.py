@@ -80,3 +80,10 @@ def test_the_summary_of_a_clean_run_says_nothing_was_lost() -> None:
 def test_the_interval_must_be_positive() -> None:
     with pytest.raises(ValueError, match="interval_s must be positive"):
         LossReport(counts, interval_s=0)
+
+
+def test_the_summary_says_how_many_paths_printed_were_not_packets_of_their_own() -> None:
+    readings = Readings(counts(), counts(matched=4))
+    assert LossReport(readings.read, readings.clock).summary(printed=6, truncated=1, not_packets=2) == (
+        "6 paths printed (1 truncated; 2 not a packet of their own: continuations, clones); the kernel matched "
+        "4 packets, lost no events")

@@ -48,12 +48,16 @@ class DictReader:
         self.drop_counts: dict[tuple[int, int, int], int] = {}
         self.total_counts: dict[str, int] = {"events": 0, "lost": 0}
         self.untraced_counts: dict[tuple[int, str], int] = {}
+        self.matched_counts: dict[int, int] = {}
 
     def hits(self) -> Iterator[tuple[int, int, int]]:
         return ((flow, probe, n) for (flow, probe), n in self.hit_counts.items())
 
     def drops(self) -> Iterator[tuple[int, int, int, int]]:
         return ((flow, loc, reason, n) for (flow, loc, reason), n in self.drop_counts.items())
+
+    def matched(self) -> Iterator[tuple[int, int]]:
+        return iter(self.matched_counts.items())
 
     def untraced(self) -> Iterator[tuple[int, str, int]]:
         return ((flow, reason, n) for (flow, reason), n in self.untraced_counts.items())
@@ -135,7 +139,8 @@ def test_exports_exactly_the_contract_names_plus_scrape_errors(metrics):
     }
     assert CONTRACT <= names
     ours = {name for name in names if not name.startswith("process_")}
-    assert ours - CONTRACT == {"ipftrace_scrape_errors_total"}
+    # beyond DESIGN.md's contract (read-only here): scrape errors, and packets matched (what paths_total adds up to)
+    assert ours - CONTRACT == {"ipftrace_scrape_errors_total", "ipftrace_packets_matched_total"}
     assert {"ipftrace_function_hits", "ipftrace_skb_drops"} <= families  # counters named without _total
 
 
@@ -368,4 +373,13 @@ def test_untraced_packets_are_counted_per_flow_and_reason(metrics, reader):
         frozenset({("flow", "icmp"), ("reason", "ring_full")}): 2,
         frozenset({("flow", "web"), ("reason", "ring_full")}): 1,
         frozenset({("flow", "web"), ("reason", "sampled_out")}): 0,  # every flow and reason has a series
+    }
+
+
+def test_matched_packets_are_counted_per_flow_with_a_series_for_every_flow(metrics, reader):
+    reader.matched_counts.update({0: 12})
+    _, samples = scrape(metrics)
+    assert series(samples, "ipftrace_packets_matched_total") == {
+        frozenset({("flow", "icmp")}): 12,
+        frozenset({("flow", "web")}): 0,
     }

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from ipftrace_exporter.events import FLAG_CLONE, FLAG_GAP, FLAG_REWRITE, FLAG_TUPLE, LOST_SHIFT
+from ipftrace_exporter.events import FLAG_ADOPT, FLAG_CLONE, FLAG_GAP, FLAG_REWRITE, FLAG_TUPLE, LOST_SHIFT
 from ipftrace_exporter.output import PathFormatter, TextStyle, use_colour
 from ipftrace_exporter.paths import PathAssembler, PathLimits
 
@@ -181,3 +181,37 @@ def test_text_says_how_many_events_a_truncated_path_lost() -> None:
     path = one_path([event(1, RECEIVE, first=True), event(2, CONSUME, flags=FLAG_GAP | 2 << LOST_SHIFT)])
     assert PathFormatter(PROBES, ["default"]).text(path).splitlines()[-1] == "(truncated: 2 events of this skb lost)"
     assert json.loads(PathFormatter(PROBES, ["default"]).json(path))["lost_events"] == 2
+
+
+def test_a_path_freed_unseen_says_so_in_text_and_json() -> None:
+    paths = PathAssembler(PROBES, PathLimits(settle_ns=0))
+    paths.add(event(1, RECEIVE, first=True))
+    (old,) = paths.add(event(2, RECEIVE, first=True, dst="10.0.0.7"))
+    formatter = PathFormatter(PROBES, ["default"])
+    assert "(delivered: freed where no probe sees it; the kernel reused its skb for another packet)" in formatter.text(old)
+    record = json.loads(formatter.json(old))
+    assert record["outcome"] == "delivered" and record["freed_unseen"] is True
+
+
+def test_a_neighbour_probe_copy_is_labelled_under_the_packet_that_adopted_it() -> None:
+    paths = PathAssembler(PROBES, PathLimits(settle_ns=0))
+    copy = event(1, CONSUME, skb=0xFFFF888000002000, first=True, flags=FLAG_CLONE)
+    adopting = event(5, RECEIVE, first=True, flags=FLAG_ADOPT)._replace(parent=0xFFFF888000002000)
+    done = paths.add_many([copy, adopting, event(6, CONSUME)])
+    (packet,) = done + paths.expire(now_ns=10**12)
+    formatter = PathFormatter(PROBES, ["default"])
+    assert ("  clone 0xffff888000002000 (shares the packet's data buffer; ended before the packet was first seen: "
+            "a neighbour probe's copy):") in formatter.text(packet).splitlines()
+    (child,) = json.loads(formatter.json(packet))["children"]
+    assert child["before_packet"] is True
+
+
+def test_a_clone_of_a_packet_never_seen_says_so() -> None:
+    paths = PathAssembler(PROBES, PathLimits(settle_ns=0))
+    paths.add(event(1, CONSUME, skb=0xFFFF888000002000, first=True, flags=FLAG_CLONE))
+    (alone,) = paths.expire(now_ns=10**12)
+    formatter = PathFormatter(PROBES, ["default"])
+    assert "(clone of a packet not seen: e.g. a neighbour probe's copy of a packet that waited for ARP/ND)" in (
+        formatter.text(alone))
+    record = json.loads(formatter.json(alone))
+    assert record["relation"] == "clone" and record["parent"] is None

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from ipftrace_exporter.events import FLAG_CLONE, FLAG_GAP, FLAG_LEFT, FLAG_PREV_LOST, LOST_SHIFT
-from ipftrace_exporter.paths import PathAssembler, PathLimits
+from ipftrace_exporter.events import FLAG_ADOPT, FLAG_CLONE, FLAG_GAP, FLAG_LEFT, FLAG_PREV_LOST, LOST_SHIFT
+from ipftrace_exporter.paths import ORPHAN_WAIT_NS, PathAssembler, PathLimits
 
 from .helpers import CONSUME, DROP, EGRESS, IP_RCV, PROBES, RECEIVE, event
 
@@ -56,13 +56,21 @@ def test_a_freed_address_reused_starts_a_new_path() -> None:
     assert second.describe().daddr == "10.0.0.9"
 
 
-def test_a_new_packet_at_an_open_address_ends_the_old_path_as_timeout() -> None:
+def test_a_new_packet_at_an_open_address_ends_the_old_path_delivered_as_freed_unseen() -> None:
+    """The kernel reused the address, so the old skb was freed; not by a drop (skb:kfree_skb would have said)."""
     clock = Clock()
     paths = assembler(clock)
     paths.add(event(1, RECEIVE, first=True))
     done = paths.add(event(2, RECEIVE, first=True, dst="10.0.0.7"))
-    assert [p.outcome for p in done] == ["timeout"]
+    assert [(p.outcome, p.freed_unseen, p.starts_packet) for p in done] == [("delivered", True, True)]
     assert paths.inflight == 1
+
+
+def test_a_new_packet_at_an_address_whose_end_was_lost_ends_the_old_path_truncated() -> None:
+    paths = assembler(Clock())
+    paths.add(event(1, RECEIVE, first=True))
+    (old,) = paths.add(event(2, RECEIVE, first=True, dst="10.0.0.7", flags=FLAG_PREV_LOST))
+    assert (old.outcome, old.freed_unseen, old.lost_events) == ("truncated", False, 1)
 
 
 def test_drop_records_reason_and_function_names() -> None:
@@ -263,3 +271,46 @@ def test_a_lost_end_counts_one_lost_event() -> None:
     done = paths.add_many([event(1, RECEIVE, first=True), event(5, RECEIVE, first=True, flags=FLAG_PREV_LOST)])
     (old,) = done
     assert (old.outcome, old.lost_events) == ("truncated", 1)
+
+
+# ---- a clone that ends before its packet is seen (a neighbour probe's copy): the packet adopts it ----
+
+def orphan_event(ts: int, skb: int = SKB_B):  # type: ignore[no-untyped-def]
+    """The kernel's first event of a clone whose packet it has not seen: FLAG_CLONE, no parent."""
+    return clone_event(ts, CONSUME, parent=0, skb=skb)
+
+
+def test_a_packet_adopts_its_clone_that_ended_before_it_was_seen() -> None:
+    clock = Clock()
+    paths = assembler(clock)
+    paths.add(orphan_event(1))
+    clock.now = 500  # past the settle time: an orphan waits longer, for its packet
+    assert paths.expire() == []
+    adopting = event(600, RECEIVE, first=True, flags=FLAG_ADOPT)._replace(parent=SKB_B)
+    paths.add_many([adopting, event(700, CONSUME)])
+    clock.now = 800
+    (packet,) = paths.expire()
+    assert packet.skb == SKB_A and packet.starts_packet and packet.packet_outcome == "delivered"
+    (clone,) = packet.children
+    assert (clone.skb, clone.relation, clone.before_packet, clone.parent_skb) == (SKB_B, "clone", True, SKB_A)
+
+
+def test_an_orphan_clone_whose_packet_never_comes_stands_alone_and_is_not_a_packet() -> None:
+    clock = Clock()
+    paths = assembler(clock)
+    paths.add(orphan_event(1))
+    clock.now = 1 + ORPHAN_WAIT_NS
+    (alone,) = paths.expire()
+    assert (alone.relation, alone.parent_skb, alone.before_packet, alone.starts_packet) == ("clone", 0, False, False)
+
+
+def test_a_continuation_is_not_a_packet_of_its_own() -> None:
+    clock = Clock()
+    paths = assembler(clock)
+    paths.add(event(10, RECEIVE, first=True))
+    clock.now = 2000
+    (first,) = paths.expire()
+    paths.add(event(2100, CONSUME))
+    clock.now = 3000
+    (rest,) = paths.expire()
+    assert first.starts_packet and rest.continued and not rest.starts_packet
