@@ -18,6 +18,13 @@ from .test_identity import SERVER_PORT, nstat, send_datagrams
 DATAGRAMS = 50
 
 
+def forget_neighbours(netpair: NetPair, family: str) -> None:
+    """Both ends forget each other (an end that still knows the other probes it later, and the other end learns
+    its address back from the probe, so the next packet would not wait for ARP/ND)."""
+    netpair.exec_in(netpair.ns_a, ["ip", family, "neigh", "flush", "dev", netpair.veth_a])
+    netpair.exec_in(netpair.ns_b, ["ip", family, "neigh", "flush", "dev", netpair.veth_b])
+
+
 def udp_server(netpair: NetPair, family: str, address: str):  # type: ignore[no-untyped-def]
     server = netpair.popen_in(netpair.ns_b, ["python3", "-c", (
         f"import socket\ns = socket.socket(socket.{family}, socket.SOCK_DGRAM)\n"
@@ -68,7 +75,7 @@ def test_the_first_ping_to_a_new_neighbour_is_one_packet_with_the_neighbour_prob
         start_tool, netpair: NetPair, v6: bool) -> None:
     """The request waits in the neighbour's queue while ARP/ND resolves it; the probe sends a clone of it, freed
     before the request is first seen: the request adopts it, and the kernel counts one packet, not two."""
-    netpair.exec_in(netpair.ns_a, ["ip", "-6" if v6 else "-4", "neigh", "flush", "dev", netpair.veth_a])
+    forget_neighbours(netpair, "-6" if v6 else "-4")
     address = netpair.addr_b6 if v6 else netpair.addr_b4
     tool = start_tool("ipftrace", "-b", "tracepoint", "-o", "json", "-l4", "ICMPV6" if v6 else "ICMP",
                       "-d6" if v6 else "-d4", address)
@@ -89,7 +96,7 @@ def test_the_first_ping_to_a_new_neighbour_is_one_packet_with_the_neighbour_prob
 
 
 def test_text_output_labels_the_neighbour_probe_copy(start_tool, netpair: NetPair) -> None:  # type: ignore[no-untyped-def]
-    netpair.exec_in(netpair.ns_a, ["ip", "-4", "neigh", "flush", "dev", netpair.veth_a])
+    forget_neighbours(netpair, "-4")
     tool = start_tool("ipftrace", "-b", "tracepoint", "-l4", "ICMP", "-d4", netpair.addr_b4)
     netpair.ping_b(count=1)
     time.sleep(0.5)
@@ -108,7 +115,7 @@ def test_the_daemons_paths_add_up_to_the_packets_the_kernel_matched(start_tool, 
     port = free_port()
     server = udp_server(netpair, "AF_INET", netpair.addr_b4)
     try:
-        netpair.exec_in(netpair.ns_a, ["ip", "-4", "neigh", "flush", "dev", netpair.veth_a])
+        forget_neighbours(netpair, "-4")
         daemon = start_tool("ipftrace-exporter", "--config", str(config), "--metrics-address", f"127.0.0.1:{port}")
         send_datagrams(netpair.exec_in, netpair.ns_a, netpair.addr_b4, SERVER_PORT, DATAGRAMS)
 
