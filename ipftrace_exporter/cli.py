@@ -198,6 +198,8 @@ It sees each packet from its IP header: link-layer words (ether, vlan, arp) do n
 @click.option("--module-dir", "module_dirs", multiple=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory of module files: -m NAME loads NAME.py from it (repeatable; root-owned only)")
 @click.option("-l", "--list", "list_only", is_flag=True, help="List available functions")
+@click.option("--print-program", is_flag=True,
+              help="Print the BPF program (C) these options would load, and exit without loading it")
 @click.option("--all", "show_all", is_flag=True, help="With --list: also the probes no backend can attach here")
 @click.option("-b", "--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
               help="Probe backend")
@@ -216,7 +218,7 @@ It sees each packet from its IP header: link-layer words (ether, vlan, arp) do n
 def ipftrace_cli(ipversion: str, l4proto: str, saddr4: str | None, daddr4: str | None, saddr6: str | None,
                  daddr6: str | None, sport: str | None, dport: str | None, ifname: str | None, netns: str | None,
                  modules: tuple[str, ...], module_dirs: tuple[Path, ...],
-                 list_only: bool, show_all: bool, backend: str, count: int | None, timeout: float | None, output: str,
+                 list_only: bool, print_program: bool, show_all: bool, backend: str, count: int | None, timeout: float | None, output: str,
                  verbose: bool, clock: str, ready_file: Path | None, log_level: str,
                  manifest_file: str | None) -> int:
     """Function tracer for Linux networking code with flow based filtering."""
@@ -227,6 +229,8 @@ def ipftrace_cli(ipversion: str, l4proto: str, saddr4: str | None, daddr4: str |
     check_ready_file(ready_file)
     if output == "yaml" and not list_only:
         raise UsageError("--output yaml writes a manifest and needs --list")
+    if print_program and list_only:
+        raise UsageError("give either --print-program or --list, not both")
     if manifest_file is not None and not _is_file(manifest_file):
         raise UsageError(f"manifest {manifest_file!r}: file not found")
     from .modules import ModuleContext, load_modules
@@ -245,6 +249,8 @@ def ipftrace_cli(ipversion: str, l4proto: str, saddr4: str | None, daddr4: str |
                            options=ProgramOptions(), modules=tuple(m.code for m in loaded))
     if list_only:
         return list_probes(request, output, view, show_all)
+    if print_program:
+        return echo_program(Tracer(request, view))
     style = _text_style(verbose, clock, next((m for m in loaded if m.name == "netdev"), None))
     return trace(request, output, count, timeout, ready_file, loaded, view, style,
                  loaded[:-1] if auto_netdev else None)
@@ -285,6 +291,18 @@ def list_probes(request: TraceRequest, output: str, view: KernelView | None = No
                                                f"verifier... {elapsed:.1f} s", ProgressLine())
     for line in survey_lines(survey, request.backend, output, show_all):
         click.echo(line)
+    return EXIT_OK
+
+
+def echo_program(tracer: Tracer) -> int:
+    """Print the C of the program the tracer would load first (`--print-program`): planned and rendered, neither
+    compiled nor loaded. Which backend and why goes to the log."""
+    plan, program = tracer.first_program()
+    reasons = "; ".join(f"{name}: {why}" for name, why in tracer.fallback_reasons.items())
+    log.info("the program of backend %s (%s requested%s): %d probes, %d entry points, not loaded", plan.backend,
+             tracer.request.backend, f"; not used: {reasons}" if reasons else "", len(plan.sources),
+             len(program.entries()))
+    click.echo(program.text, nl=False)
     return EXIT_OK
 
 
@@ -415,6 +433,8 @@ def ipftrace_main(argv: Sequence[str] | None = None) -> None:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="YAML config (default: the embedded default)")
 @click.option("--check", is_flag=True, help="Validate, compile and print the plan, then exit")
+@click.option("--print-program", is_flag=True,
+              help="Print the BPF program (C) the config would load, and exit without loading it")
 @click.option("--metrics-address", metavar="HOST:PORT", help="Override metrics.address")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Write this file once probes are attached")
@@ -424,11 +444,11 @@ def ipftrace_main(argv: Sequence[str] | None = None) -> None:
               help="Directory of module files: `modules: [NAME]` loads NAME.py from it (repeatable; root-owned only)")
 @click.option("--web.config.file", "web_config_file", type=click.Path(dir_okay=False),
               help="TLS and basic auth for /metrics (Prometheus exporter-toolkit format, as node_exporter)")
-def exporter_cli(config_file: str | None, check: bool, metrics_address: str | None, ready_file: Path | None,
+def exporter_cli(config_file: str | None, check: bool, print_program: bool, metrics_address: str | None, ready_file: Path | None,
                  log_level: str, module_dirs: tuple[Path, ...], web_config_file: str | None) -> int:
     """Trace packets through the kernel; export paths as OTLP traces and per-function counts on /metrics."""
     from .config import apply_overrides, default_config, load_config
-    from .daemon import Daemon
+    from .daemon import Daemon, config_tracer
     from .daemon import check as check_config
 
     setup_logging(log_level, "ipftrace-exporter")
@@ -440,7 +460,11 @@ def exporter_cli(config_file: str | None, check: bool, metrics_address: str | No
 
         web = load_web_config(web_config_file)
     check_ready_file(ready_file)
+    if check and print_program:
+        raise UsageError("give either --check or --print-program, not both")
     require_privileges()
+    if print_program:
+        return echo_program(config_tracer(config, module_dirs=module_dirs))
     if check:
         for line in check_config(config, module_dirs=module_dirs):
             click.echo(line)

@@ -57,14 +57,19 @@ def otlp_settings(config: Config) -> OtlpSettings:
     return OtlpSettings.resolve(otlp.endpoint, otlp.protocol, otlp.timeout_s, otlp.headers)
 
 
+def config_tracer(config: Config, cache_dir: str | None = None, module_dirs: Sequence[Path] = ()) -> Tracer:
+    """The tracer a config describes (its modules loaded), not started."""
+    view = KernelView()
+    modules = load_config_modules(config, view, module_dirs)
+    return Tracer(trace_request(config, modules), view=view, cache_dir=cache_dir)
+
+
 def check(config: Config, cache_dir: str | None = None, module_dirs: Sequence[Path] = ()) -> list[str]:
     """Validate, plan, compile, attach for real and detach: fails (AttachError, KernelError, OSError) where the real
     run would, e.g. a backend the kernel refuses or a metrics address in use. The lines to print."""
     settings = otlp_settings(config)
-    view = KernelView()
-    modules = load_config_modules(config, view, module_dirs)
+    tracer = config_tracer(config, cache_dir, module_dirs)
     check_address(config.metrics.host, config.metrics.port)
-    tracer = Tracer(trace_request(config, modules), view=view, cache_dir=cache_dir)
     try:
         report = tracer.start()
         plan = tracer.plan

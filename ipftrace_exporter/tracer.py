@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from .collector import AttachReport, Collector, VerifyReport, compile_check
@@ -130,19 +131,9 @@ class Tracer:
                 preload.join()
 
     def _start(self, headers: HeaderTree, auto: bool) -> AttachReport:
-        plans: dict[str, ProbePlan] = {}
-
-        def plan_for(backend: str) -> ProbePlan:
-            if backend not in plans:
-                plans[backend] = plan_probes(self.view, backend, self.request.manifest)
-            return plans[backend]
-
+        plan_for = self._planner()
         for backend in self.candidates():
-            known = function_backend_unavailable(backend, self.view)
-            if known is None and auto and backend == "kfunc":
-                known = auto_passes_over_kfunc(self.view, lambda: plan_for("kprobe").function_count)
-                if known is not None:
-                    self.passed_over.add(backend)
+            known = self._not_tried(backend, auto, plan_for)
             if known is not None:
                 self.fallback_reasons[backend] = known
                 if not auto:
@@ -170,6 +161,43 @@ class Tracer:
             return report
         reasons = "; ".join(f"{name}: {why}" for name, why in self.fallback_reasons.items())
         raise AttachError(f"no backend could attach ({reasons})")
+
+    def _planner(self) -> Callable[[str], ProbePlan]:
+        """plan_probes for this request, each backend planned once."""
+        plans: dict[str, ProbePlan] = {}
+
+        def plan_for(backend: str) -> ProbePlan:
+            if backend not in plans:
+                plans[backend] = plan_probes(self.view, backend, self.request.manifest)
+            return plans[backend]
+
+        return plan_for
+
+    def _not_tried(self, backend: str, auto: bool, plan_for: Callable[[str], ProbePlan]) -> str | None:
+        """Why start() does not try `backend`, decided before compiling: the kernel refuses it, or auto passes
+        over kfunc for a large plan (recorded in passed_over). None when it is tried."""
+        known = function_backend_unavailable(backend, self.view)
+        if known is None and auto and backend == "kfunc":
+            known = auto_passes_over_kfunc(self.view, lambda: plan_for("kprobe").function_count)
+            if known is not None:
+                self.passed_over.add(backend)
+        return known
+
+    def first_program(self) -> tuple[ProbePlan, Program]:
+        """The plan and program start() tries first, rendered but neither compiled nor loaded: a requested backend
+        as it is (the kernel is not asked), or auto's first backend the kernel does not refuse (kfunc's check loads
+        a two-instruction trial program) and auto does not pass over (why is in fallback_reasons)."""
+        plan_for = self._planner()
+        backend = self.request.backend
+        if backend == "auto":
+            for candidate in AUTO_ORDER:
+                backend = candidate
+                known = self._not_tried(candidate, True, plan_for)
+                if known is None:
+                    break
+                self.fallback_reasons[candidate] = known
+        plan = plan_for(backend)
+        return plan, self.program_for(plan)
 
     def _log_choice(self, backend: str, plan: ProbePlan, report: AttachReport) -> None:
         """One line: the backend, why earlier ones were passed over, how many functions attached of how many, and

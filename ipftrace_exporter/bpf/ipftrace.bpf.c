@@ -1,18 +1,26 @@
 /* ipftrace-exporter: the in-kernel half.
  *
- * program.py prepends a generated prelude that defines:
- *   IPFT_NUM_PROBES, IPFT_NUM_FLOWS, IPFT_MAX_INFLIGHT, IPFT_RINGBUF_PAGES, IPFT_MAX_DROP_KEYS,
- *   IPFT_SAMPLED() (the per-packet sampling decision: 1, 0, or a prandom comparison),
- *   the flow filter (numbers only, flows.py): ipft_match_headers(t) (first flow whose header keys match),
- *   ipft_flow_headers(flow, t) (a tracked packet's headers still match its flow), ipft_match_first(t, skb, dev,
- *   data, l3) (first flow whose keys, pcap filter and device/netns match, at first match), and the module hooks
- *   IPFT_MODULE_MATCH(skb, t) (0 rejects) and IPFT_MODULE_DATA(skb, t, data) (fills 64 bytes);
- * and appends one small entry point per probe that calls ipft_handle().
+ * program.py renders this file by filling its splice points, the comment lines naming one (each appears once;
+ * program.SPLICE_POINTS lists them in order):
+ *   settings: IPFT_NUM_PROBES, IPFT_NUM_FLOWS, IPFT_MAX_INFLIGHT, IPFT_RINGBUF_PAGES, IPFT_MAX_DROP_KEYS,
+ *     IPFT_WAKEUP_EVERY, IPFT_CLONED_BIT and IPFT_SAMPLED() (the per-packet sampling decision: 1, 0, or a prandom
+ *     comparison); the modules' compile check (modules/check.py) defines IPFT_MODULE_CHECK here instead;
+ *   module_declarations, module_match, module_data: the modules' C (modules/loader.py), in and before the hooks
+ *     ipft_module_match(skb, t) (0 rejects) and ipft_module_data(skb, t, data) (fills 64 bytes);
+ *   flows: the flow filter (numbers only, flows.py): ipft_match_headers(t) (first flow whose header keys match),
+ *     ipft_flow_headers(flow, t) (a tracked packet's headers still match its flow), ipft_match_first(t, skb, dev,
+ *     data, l3) (first flow whose keys, pcap filter and device/netns match, at first match), ipft_match_where();
+ *   functions: with kernel-function probes, IPFT_HAS_FUNCTIONS, IPFT_FUNC_SLOTS and how an entry point learns its
+ *     function's address (IPFT_KPROBE_IP(ctx), IPFT_KFUNC_IP(ctx));
+ *   entries: one small entry point per probe (per skb position for kernel functions) that calls ipft_handle()
+ *     or ipft_function().
  *
  * A packet is tracked from the first probe where its headers match a flow until it is freed: later probes
  * look the skb address up instead of parsing again (headers are not parseable everywhere). Counters are
  * exact and kept in per-CPU maps; only sampled packets' events go through the ring buffer.
  */
+
+/* @ipft:settings */
 
 #ifndef __always_inline
 #define __always_inline inline __attribute__((always_inline))
@@ -115,6 +123,34 @@ struct ipft_drop_key {
     u32 reason;
 };
 
+/* What C reads kernel memory with, here and in modules (modules/base.py documents IPFT_MOD_READ and
+ * IPFT_MOD_MEMBER for them). */
+#define IPFT_MOD_READ(dst, ptr) bpf_probe_read_kernel(&(dst), sizeof(dst), (ptr))
+/* Copy member `member` of the `type` at ptr into dst (offsets from the kernel's own layout). */
+#define IPFT_MOD_MEMBER(dst, ptr, type, member) \
+    bpf_probe_read_kernel(&(dst), sizeof(dst), (char *)(ptr) + __builtin_offsetof(type, member))
+#define IPFT_READ(dst, ptr) IPFT_MOD_READ(dst, ptr)
+#define IPFT_SKB_FIELD(dst, skb, field) IPFT_MOD_MEMBER(dst, skb, struct sk_buff, field)
+
+/* Modules' types and helpers, then the two hooks that call theirs: run when a packet first matches a flow (0
+ * rejects it) and on every event of a traced packet (its 64 bytes of custom data, zeroed). */
+/* @ipft:module_declarations */
+static __always_inline int ipft_module_match(struct sk_buff *skb, const struct ipft_tuple *t)
+{
+/* @ipft:module_match */
+    return 1;
+}
+
+static __always_inline void ipft_module_data(struct sk_buff *skb, const struct ipft_tuple *t, u8 *data)
+{
+/* @ipft:module_data */
+}
+
+/* The modules' compile check stops here: the structs and the modules' hooks, no maps. */
+#ifndef IPFT_MODULE_CHECK
+
+/* @ipft:flows */
+
 BPF_RINGBUF_OUTPUT(events, IPFT_RINGBUF_PAGES);
 BPF_TABLE("lru_hash", u64, struct ipft_track, tracked, IPFT_MAX_INFLIGHT);
 /* skb addresses whose traced packet ended (freed, egress) while the ring buffer was full: the next packet traced
@@ -136,10 +172,6 @@ BPF_ARRAY(ipft_armed, u32, 1);
 #define IPFT_TRACKED_BUCKETS 16384
 BPF_ARRAY(ipft_tracked_filter, u32, IPFT_TRACKED_BUCKETS);
 BPF_TABLE("lru_hash", u64, struct ipft_buffer_owner, ipft_buffers, IPFT_MAX_INFLIGHT);
-
-#define IPFT_READ(dst, ptr) bpf_probe_read_kernel(&(dst), sizeof(dst), (ptr))
-#define IPFT_SKB_FIELD(dst, skb, field) \
-    bpf_probe_read_kernel(&(dst), sizeof(dst), (char *)(skb) + __builtin_offsetof(struct sk_buff, field))
 
 static __always_inline void ipft_stat(u32 index)
 {
@@ -557,7 +589,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
         flow = ipft_match_first(&t, skb, ipft_device(skb, dev), fields.data, l3);
         if (flow < 0)
             return 0;
-        if (!IPFT_MODULE_MATCH(skb, &t))
+        if (!ipft_module_match(skb, &t))
             return 0;
         fresh.head = (u64)head;
         fresh.fp = t.fp;
@@ -681,7 +713,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
         event->dport = 0;
     }
     __builtin_memset(event->data, 0, sizeof(event->data));
-    IPFT_MODULE_DATA(skb, &t, event->data);
+    ipft_module_data(skb, &t, event->data);
     /* Wake the reader every IPFT_WAKEUP_EVERY records of this CPU: it reads at least once per poll interval
      * anyway, and a wake-up per record (the default once the reader has caught up) costs more than the record. */
     u32 sent_index = IPFT_STAT_EVENTS;
@@ -695,3 +727,34 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     events.ringbuf_submit(event, wakeup);
     return 0;
 }
+
+/* Kernel functions (kprobe, kfunc) share one entry point per skb argument position, which finds its probe by the
+ * traced function's address (IPFT_KPROBE_IP / IPFT_KFUNC_IP) in ipft_funcs, filled from kallsyms by the collector. */
+/* @ipft:functions */
+#ifdef IPFT_HAS_FUNCTIONS
+struct ipft_func {
+    u32 probe_id;
+    u32 role;
+};
+BPF_HASH(ipft_funcs, u64, struct ipft_func, IPFT_FUNC_SLOTS);
+
+/* The probe of the traced function at `ip` (its kallsyms address). With x86 IBT a kprobe sits after the
+ * function's 4-byte endbr64, so a miss is retried there. */
+static __always_inline int ipft_function(void *ctx, struct sk_buff *skb, u64 ip)
+{
+    struct ipft_func *func = ipft_funcs.lookup(&ip);
+    if (!func) {
+        u64 before = ip - 4;
+        func = ipft_funcs.lookup(&before);
+        if (!func)
+            return 0;
+    }
+    u32 probe_id = func->probe_id;
+    int role = func->role;
+    return ipft_handle(ctx, skb, probe_id, 0, role, 0, 0, 0);
+}
+#endif /* IPFT_HAS_FUNCTIONS */
+
+#endif /* IPFT_MODULE_CHECK */
+
+/* @ipft:entries */

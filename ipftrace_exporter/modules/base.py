@@ -7,9 +7,12 @@ A module is a `Module` subclass. Its C runs inside two generated functions, with
       the packet. It runs once per packet, when the packet first matches a flow.
   data (`c_data`): `skb`, `t` (parsed headers on the packet's first event, zeros afterwards) and `u8 *data`, this
       module's own `data_size` bytes (already zeroed). It runs on every event of a traced packet.
-C must read kernel memory with bpf_probe_read_kernel (IPFT_MOD_READ / IPFT_MOD_MEMBER below) and put only numbers
-validated in Python into the text. Helper names must start with `ipft_<module name>_`; `ipft_hook_*` is
-reserved for the generated hook functions.
+C must read kernel memory with bpf_probe_read_kernel and put only numbers validated in Python into the text. The
+program's C file defines two helpers for it:
+  IPFT_MOD_READ(dst, ptr): copy sizeof(dst) bytes of kernel memory at ptr into dst;
+  IPFT_MOD_MEMBER(dst, ptr, type, member): copy member `member` of the `type` at ptr into dst (offsets from the
+      kernel's own layout).
+Helper names must start with `ipft_<module name>_`; `ipft_hook_*` is reserved for the generated hook functions.
 """
 
 from __future__ import annotations
@@ -35,19 +38,6 @@ Fields = dict[str, FieldValue]
 
 MODULE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 DATA_SIZE = MODULE_DATA_SIZE  # bytes of custom data per event
-
-# Shared by every module's C; guarded so that several modules (and the compile check) can each carry it.
-C_HELPERS = """\
-#ifndef IPFT_MODULE_HELPERS
-#define IPFT_MODULE_HELPERS
-/* Copy sizeof(dst) bytes of kernel memory at ptr into dst. */
-#define IPFT_MOD_READ(dst, ptr) bpf_probe_read_kernel(&(dst), sizeof(dst), (ptr))
-/* Copy member `member` of the `type` at ptr into dst (offsets from the kernel's own layout). */
-#define IPFT_MOD_MEMBER(dst, ptr, type, member) \\
-    bpf_probe_read_kernel(&(dst), sizeof(dst), (char *)(ptr) + __builtin_offsetof(type, member))
-#endif
-"""
-
 
 class ModuleError(UsageError):
     """A module could not be found, was given a bad option, or its C code does not compile."""

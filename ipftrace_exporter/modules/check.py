@@ -6,41 +6,39 @@ from collections.abc import Sequence
 
 from ..errors import KernelError
 from ..kernel.headers import HeaderTree
-from ..program import ModuleCode, Program, bpf_source
+from ..program import ModuleCode, Program, module_splices, splice
 from .base import ModuleError
 from .loader import LoadedModule
 
 _COMPILER_PREFIX = "the BPF program did not compile: "
 
 
+# The check's one entry point: the modules' hooks as the program calls them (compiled, never loaded).
+CHECK_ENTRY = """\
+int ipft_module_check(struct bpf_raw_tracepoint_args *ctx)
+{
+    struct sk_buff *skb = (struct sk_buff *)ctx->args[0];
+    struct ipft_tuple t = {};
+    u8 data[64] = {};
+    if (!ipft_module_match(skb, &t))
+        return 0;
+    ipft_module_data(skb, &t, data);
+    return data[0];
+}
+"""
+
+
 def check_program(codes: Sequence[ModuleCode]) -> str:
-    """A small C program holding the program's structs, these modules' code and one entry point calling their
-    hooks (no BCC auto-attach prefix: compiled, never loaded)."""
-    body = bpf_source()
-    structs = body[: body.index("BPF_RINGBUF_OUTPUT")]  # the same split as program.render
-    declarations = "\n".join(code.declarations for code in codes if code.declarations)
-    match = "\n".join(code.match_body for code in codes if code.match_body)
-    data = "\n".join(code.data_body for code in codes if code.data_body)
-    return "\n".join([
-        "/* ipftrace-exporter: module compile check */",
-        structs,
-        declarations,
-        "static __always_inline int ipft_check_match(struct sk_buff *skb, const struct ipft_tuple *t)",
-        f"{{\n{match}\n    return 1;\n}}",
-        "static __always_inline void ipft_check_data(struct sk_buff *skb, const struct ipft_tuple *t, u8 *data)",
-        f"{{\n{data}\n}}",
-        "int ipft_module_check(struct bpf_raw_tracepoint_args *ctx)",
-        "{",
-        "    struct sk_buff *skb = (struct sk_buff *)ctx->args[0];",
-        "    struct ipft_tuple t = {};",
-        "    u8 data[64] = {};",
-        "    if (!ipft_check_match(skb, &t))",
-        "        return 0;",
-        "    ipft_check_data(skb, &t, data);",
-        "    return data[0];",
-        "}",
-        "",
-    ])
+    """The program's C file rendered as the program is (program.splice, program.module_splices) with
+    IPFT_MODULE_CHECK defined: its structs, these modules' code in the program's hooks, and one entry point calling
+    the hooks; no maps, flows or probes."""
+    return splice({
+        "settings": "/* ipftrace-exporter: module compile check */\n#define IPFT_MODULE_CHECK 1",
+        **module_splices(codes),
+        "flows": "",
+        "functions": "",
+        "entries": CHECK_ENTRY,
+    })
 
 
 def _compile_error(text: str, headers: HeaderTree) -> str | None:

@@ -22,7 +22,6 @@ from ..events import Event
 from ..fsutil import untrusted_reason
 from ..program import ModuleCode
 from .base import (
-    C_HELPERS,
     DATA_SIZE,
     MODULE_NAME,
     Fields,
@@ -184,7 +183,7 @@ def render_module(module: Module, offset: int) -> ModuleCode:
             raise ModuleError(f"module {name!r}: {what}() returned {type(text).__name__}, not C text")
     if data.strip() and not module.data_size:
         raise ModuleError(f"module {name!r}: has C data code but data_size 0")
-    parts = [C_HELPERS, f"/* module {name}: custom data bytes {offset}..{offset + module.data_size} */"]
+    parts = [f"/* module {name}: custom data bytes {offset}..{offset + module.data_size} */"]
     if declarations.strip():
         parts.append(declarations.strip("\n"))
     match_body = data_body = ""

@@ -63,3 +63,14 @@ def test_check_fails_on_a_metrics_address_in_use(cache_dir: str, tmp_path: Path)
         checked = exporter("--config", str(config), "--check", cache_dir=cache_dir)
     assert checked.returncode == 2
     assert f"metrics.address 127.0.0.1:{port}: Address already in use" in checked.stderr
+
+
+def test_print_program_prints_the_configs_program_without_attaching(cache_dir: str, tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("backend: tracepoint\nmodules: [tcp]\nmetrics: {address: '127.0.0.1:0'}\n"
+                      "flows: [{name: web, l4proto: tcp, dport: 8443}]\n")
+    printed = exporter("--config", str(config), "--print-program", cache_dir=cache_dir)
+    assert printed.returncode == 0, printed.stderr
+    assert "t->l4proto == 6 && t->has_ports && t->dport == 8443" in printed.stdout
+    assert "/* module tcp:" in printed.stdout and "int ipft_tracepoint_0(" in printed.stdout
+    assert "then detached" not in printed.stdout and "not loaded" in printed.stderr  # no --check plan

@@ -71,3 +71,31 @@ def test_untraceable_functions_come_from_ftrace_and_the_kprobe_blacklist() -> No
     assert view.untraceable("kprobe_only_blacklisted", ProbeKind.KFUNC) is None
     view.ftrace_functions = None  # type: ignore[misc]  # unreadable list: nothing filtered
     assert view.untraceable("anything", ProbeKind.KFUNC) is None
+
+
+class FakeBtf:
+    def struct_member_bit(self, struct: str, member: str) -> int:
+        return 1016
+
+
+def test_first_program_is_autos_first_backend_not_refused_rendered_without_compiling(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from ipftrace_exporter import tracer as tracer_module
+    from ipftrace_exporter.flows import FlowSpec
+
+    planned: list[str] = []
+
+    def plan(view: object, backend: str, manifest: str | None) -> ProbePlan:
+        planned.append(backend)
+        kind = ProbeKind(backend)
+        return ProbePlan(backend, [_source(0, "ip_rcv", kind), _source(1, "skb:kfree_skb", ProbeKind.TRACEPOINT)])
+
+    monkeypatch.setattr(tracer_module, "function_backend_unavailable",
+                        lambda backend, view: "EPERM" if backend == "kfunc" else None)
+    monkeypatch.setattr(tracer_module, "plan_probes", plan)
+    view = FakeView()
+    view.btf = FakeBtf()  # type: ignore[attr-defined]
+    tracer = tracer_module.Tracer(tracer_module.TraceRequest(flows=(FlowSpec(name="any"),)), view)  # type: ignore[arg-type]
+    chosen, program = tracer.first_program()
+    assert chosen.backend == "kprobe" and planned == ["kprobe"] and tracer.fallback_reasons == {"kfunc": "EPERM"}
+    assert list(program.entries()) == ["ipft_kprobe_arg1", "ipft_tracepoint_1"]
+    assert "#define IPFT_CLONED_BIT 1016\n" in program.text and "#define IPFT_HAS_FUNCTIONS 1\n" in program.text

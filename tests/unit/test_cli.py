@@ -16,6 +16,7 @@ from ipftrace_exporter.cli import exporter_cli, ipftrace_cli, run_command
     (["-iv", "5"], "'5' is not one of"),
     (["/nonexistent/manifest.yaml"], "manifest '/nonexistent/manifest.yaml': file not found"),
     (["-o", "yaml"], "needs --list"),
+    (["--print-program", "-l"], "give either --print-program or --list, not both"),
     (["-b", "ebpf"], "'ebpf' is not one of"),
     (["-n", "0"], "0 is not in the range"),
     (["-m", "nosuchmodule"], "nosuchmodule"),
@@ -59,6 +60,12 @@ def test_exporter_bad_config_is_one_line_and_exit_2(tmp_path, config: str, messa
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
     assert message in err
+
+
+def test_exporter_print_program_and_check_are_one_or_the_other(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_command("ipftrace-exporter", exporter_cli, ["--print-program", "--check"]) == 2
+    err = capsys.readouterr().err
+    assert err == "ipftrace-exporter: error: give either --check or --print-program, not both\n"
 
 
 def test_exporter_missing_config_file(capsys: pytest.CaptureFixture[str]) -> None:

@@ -354,11 +354,31 @@ def test_data_code_without_data_size_is_refused() -> None:
 def test_the_compile_check_program_calls_every_hook(four: list[LoadedModule]) -> None:
     text = check_program([m.code for m in four])
     assert "struct ipft_tuple {" in text
-    assert text.count("#ifndef IPFT_MODULE_HELPERS") == len(four)  # each module carries the guarded helpers
+    assert text.count("#define IPFT_MOD_READ(") == 1  # the helpers stand once, in the C file
     for module in four:
         assert f"ipft_hook_{module.name}_data(skb, t, data + {module.offset});" in text
     assert "ipft_hook_mark_match" not in text  # mark without option has no match hook
     assert "int ipft_module_check(struct bpf_raw_tracepoint_args *ctx)" in text
+
+
+def test_the_compile_check_and_the_program_carry_the_same_module_hooks(four: list[LoadedModule]) -> None:
+    from ipftrace_exporter.flows import FlowSpec
+    from ipftrace_exporter.probes import Probe, ProbeKind
+    from ipftrace_exporter.program import ProbeSource, render
+
+    codes = [m.code for m in four]
+    checked = check_program(codes)
+    source = ProbeSource(Probe(0, "skb:consume_skb", ProbeKind.TRACEPOINT, 1), "consume_skb", 0)
+    program = render([source], [FlowSpec(name="any")], modules=codes).text
+
+    def hooks(text: str) -> str:
+        start = text.index("/* module gso:")
+        return text[start:text.index("#ifndef IPFT_MODULE_CHECK")]
+
+    assert hooks(checked) == hooks(program)
+    assert "static __always_inline int ipft_module_match(" in hooks(program)
+    assert "#define IPFT_MODULE_CHECK 1" in checked and "IPFT_MODULE_CHECK 1" not in program
+    assert "BPF_RINGBUF_OUTPUT" in checked.split("#ifndef IPFT_MODULE_CHECK", 1)[1]  # left out by the guard
 
 
 # ---- text, JSON, span attributes -----------------------------------------------------------------------------

@@ -13,10 +13,14 @@ from ipftrace_exporter.probes import Probe, ProbeKind, ProbeRole
 from ipftrace_exporter.program import (
     FUNC_ADDRESS_PLACEHOLDER,
     FUNC_ADDRESS_SLOTS,
+    SPLICE_POINTS,
     ProbeSource,
     ProgramOptions,
+    ProgramTemplate,
+    bpf_source,
     patch_ld_imm64,
     render,
+    splice,
 )
 
 FLOWS = (FlowSpec(name="any"),)
@@ -47,7 +51,9 @@ def test_kprobe_functions_share_one_entry_point_per_skb_position() -> None:
                                          "ipft_tracepoint_6"]
     assert "PT_REGS_PARM2(ctx)" in program.text and "PT_REGS_PARM4" not in program.text
     assert "#define IPFT_KPROBE_IP(ctx) bpf_get_func_ip(ctx)" in program.text
-    assert f"BPF_HASH(ipft_funcs, u64, struct ipft_func, {max(64, FUNC_ADDRESS_SLOTS * 6)});" in program.text
+    assert "BPF_HASH(ipft_funcs, u64, struct ipft_func, IPFT_FUNC_SLOTS);" in program.text
+    assert f"#define IPFT_FUNC_SLOTS {max(64, FUNC_ADDRESS_SLOTS * 6)}\n" in program.text
+    assert "#define IPFT_HAS_FUNCTIONS 1\n" in program.text
     entries = program.entries()
     assert [s.target for s in entries["ipft_kprobe_arg1"]] == ["fn0", "fn1", "fn4"]
     assert len(program.function_sources()) == 6
@@ -94,7 +100,8 @@ def test_the_verify_mode_replaces_bpf_get_func_ip_for_program_types_without_it()
 
 def test_a_tracepoint_only_program_has_no_function_map() -> None:
     program = render(with_free_tracepoint([]), FLOWS)
-    assert "ipft_funcs" not in program.text
+    assert "#define IPFT_HAS_FUNCTIONS" not in program.text  # the map and ipft_function() are #ifdef'd out
+    assert "#define IPFT_FUNC_SLOTS" not in program.text and "#define IPFT_KPROBE_IP" not in program.text
     assert definitions(program.text) == ["ipft_tracepoint_0"]
 
 
@@ -158,3 +165,63 @@ def test_the_cloned_bit_from_btf_is_written_into_the_program() -> None:
     assert "#define IPFT_CLONED_BIT -1" in render(sources, FLOWS).text
     with pytest.raises(ValueError, match="cloned_bit"):
         ProgramOptions(cloned_bit=-3)
+
+
+# ---- the splice points --------------------------------------------------------------------------------------
+
+MARKER = re.compile(r"/\* @ipft:\w+ \*/")
+
+
+def filled(**overrides: str) -> dict[str, str]:
+    return {name: f"/* fill {name} */" for name in SPLICE_POINTS} | overrides
+
+
+def test_each_splice_point_stands_once_in_the_c_file_in_order() -> None:
+    found = re.findall(r"^[ \t]*/\* @ipft:(\w+) \*/[ \t]*$", bpf_source(), re.MULTILINE)
+    assert found == list(SPLICE_POINTS)
+
+
+def test_every_point_is_filled_once_and_no_marker_is_left() -> None:
+    text = splice(filled())
+    for name in SPLICE_POINTS:
+        assert text.count(f"/* fill {name} */\n") == 1
+    assert not MARKER.search(text)
+    assert text.index("/* fill settings */") < text.index("struct ipft_tuple {") < text.index("/* fill flows */")
+    assert text.index("/* fill functions */") < text.index("#ifdef IPFT_HAS_FUNCTIONS") < text.index("/* fill entries */")
+
+
+def test_an_empty_fill_removes_the_marker_line() -> None:
+    text = splice(filled(module_match=""))
+    assert not MARKER.search(text)
+    assert "int ipft_module_match(struct sk_buff *skb, const struct ipft_tuple *t)\n{\n    return 1;\n}" in text
+
+
+def test_a_rendered_program_has_no_marker_left() -> None:
+    sources = with_free_tracepoint(function_sources(ProbeKind.KPROBE, [1, 2]))
+    text = render(sources, FLOWS).text
+    assert not MARKER.search(text) and "@ipft:" not in text
+    assert text.index("ipft_match_headers") < text.index("BPF_RINGBUF_OUTPUT") < text.index("#define IPFT_HAS_FUNCTIONS")
+
+
+def test_an_unknown_splice_name_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="no splice point 'prelude'"):
+        splice(filled(prelude="x"))
+
+
+def test_a_point_without_a_fill_is_refused_by_name() -> None:
+    fills = filled()
+    del fills["flows"]
+    with pytest.raises(ValueError, match="splice point 'flows' is not filled"):
+        splice(fills)
+
+
+def test_a_template_missing_a_point_is_refused_at_construction() -> None:
+    with pytest.raises(ValueError, match="splice point 'entries' is missing"):
+        ProgramTemplate("/* @ipft:settings */\nint x;\n", ("settings", "entries"))
+
+
+def test_a_template_with_a_point_twice_or_an_unknown_marker_is_refused() -> None:
+    with pytest.raises(ValueError, match="'settings' stands more than once"):
+        ProgramTemplate("/* @ipft:settings */\n/* @ipft:settings */\n", ("settings",))
+    with pytest.raises(ValueError, match="splice point 'other' in the program text is not one of settings"):
+        ProgramTemplate("/* @ipft:settings */\n  /* @ipft:other */\n", ("settings",))
