@@ -184,7 +184,7 @@ def test_text_says_how_many_events_a_truncated_path_lost() -> None:
 
 
 def test_a_path_freed_unseen_says_so_in_text_and_json() -> None:
-    paths = PathAssembler(PROBES, PathLimits(settle_ns=0))
+    paths = PathAssembler(PROBES, PathLimits(settle_ns=0), clock=lambda: 0)
     paths.add(event(1, RECEIVE, first=True))
     (old,) = paths.add(event(2, RECEIVE, first=True, dst="10.0.0.7"))
     formatter = PathFormatter(PROBES, ["default"])
@@ -194,7 +194,7 @@ def test_a_path_freed_unseen_says_so_in_text_and_json() -> None:
 
 
 def test_a_neighbour_probe_copy_is_labelled_under_the_packet_that_adopted_it() -> None:
-    paths = PathAssembler(PROBES, PathLimits(settle_ns=0))
+    paths = PathAssembler(PROBES, PathLimits(settle_ns=0), clock=lambda: 0)
     copy = event(1, CONSUME, skb=0xFFFF888000002000, first=True, flags=FLAG_CLONE)
     adopting = event(5, RECEIVE, first=True, flags=FLAG_ADOPT)._replace(parent=0xFFFF888000002000)
     done = paths.add_many([copy, adopting, event(6, CONSUME)])
@@ -207,7 +207,7 @@ def test_a_neighbour_probe_copy_is_labelled_under_the_packet_that_adopted_it() -
 
 
 def test_a_clone_of_a_packet_never_seen_says_so() -> None:
-    paths = PathAssembler(PROBES, PathLimits(settle_ns=0))
+    paths = PathAssembler(PROBES, PathLimits(settle_ns=0), clock=lambda: 0)
     paths.add(event(1, CONSUME, skb=0xFFFF888000002000, first=True, flags=FLAG_CLONE))
     (alone,) = paths.expire(now_ns=10**12)
     formatter = PathFormatter(PROBES, ["default"])
