@@ -219,6 +219,9 @@ class PathAssembler:
         self.clock = clock
         self._open: OrderedDict[int, SkbPath] = OrderedDict()  # skb -> path, least recently touched first
         self._settling: dict[int, tuple[SkbPath, int]] = {}  # skb -> (ended path, release deadline)
+        # skb -> (ended clone of a packet not seen yet, deadline): apart from `_settling`, since its address is
+        # often reused by another packet while it waits
+        self._orphans: dict[int, tuple[SkbPath, int]] = {}
         self._timed_out: OrderedDict[int, Event] = OrderedDict()  # skb -> headers of a path that went idle
         self.evicted = 0
         self.unknown_probe_events = 0
@@ -331,17 +334,15 @@ class PathAssembler:
             parent.open_children += 1
 
     def _adopt_orphan(self, packet: SkbPath, clone_skb: int) -> None:
-        """A packet first seen after its clone ended (a neighbour probe's copy): that clone, still waiting in
-        settling, becomes its child and is released to it at the next expire."""
-        settled = self._settling.get(clone_skb)
-        if settled is None:
+        """A packet first seen after its clone ended (a neighbour probe's copy): that clone, still waiting for it,
+        becomes its child."""
+        waiting = self._orphans.pop(clone_skb, None)
+        if waiting is None:
             return
-        clone = settled[0]
-        if clone.released or clone.parent_skb or clone.relation != RELATION_CLONE:
-            return
+        clone = waiting[0]
         clone.parent_skb, clone.parent_path, clone.before_packet = packet.skb, packet, True
-        packet.open_children += 1
-        self._settling[clone_skb] = (clone, 0)
+        packet.children.append(clone)  # it ended already: it joins its packet at once
+        clone.released = True
 
     @staticmethod
     def _release(done: list[SkbPath]) -> list[SkbPath]:
@@ -402,11 +403,18 @@ class PathAssembler:
             path.outcome = OUTCOME_DELIVERED
         if path.gap:
             path.outcome = OUTCOME_TRUNCATED
+        if path.relation and not path.parent_skb:  # a clone of a packet not seen yet: it waits for the packet
+            previous = self._orphans.pop(skb, None)
+            if previous is not None:
+                done.append(previous[0])
+            if len(self._orphans) >= self.limits.max_inflight:
+                done.append(self._orphans.pop(next(iter(self._orphans)))[0])
+            self._orphans[skb] = (path, self.clock() + ORPHAN_WAIT_NS)
+            return
         previous = self._settling.pop(skb, None)
         if previous is not None:
             done.append(self._sorted(previous[0]))
-        wait = ORPHAN_WAIT_NS if path.relation and not path.parent_skb else self.limits.settle_ns
-        self._settling[skb] = (path, self.clock() + wait)
+        self._settling[skb] = (path, self.clock() + self.limits.settle_ns)
 
     def _drop(self, event: Event, probe_name: str) -> Drop:
         if self.names is None:
@@ -448,13 +456,18 @@ class PathAssembler:
             released.extend(self._release([self._sorted(settling.pop(skb)[0]) for skb in clones]))
             ready = [skb for skb in due if skb in settling and not settling[skb][0].open_children]
             released.extend(self._release([self._sorted(settling.pop(skb)[0]) for skb in ready]))
+        if self._orphans:  # clones whose packet never came: alone
+            alone = [skb for skb, (_, deadline) in self._orphans.items() if deadline <= now]
+            released.extend(self._release([self._orphans.pop(skb)[0] for skb in alone]))
         return released
 
     def flush(self) -> list[SkbPath]:
         """Every path still held, ended or not (on shutdown)."""
         done = [self._finish(path, OUTCOME_TIMEOUT) for path in self._open.values()]  # clones first: they join
         done.extend(self._sorted(path) for path, _ in self._settling.values())
+        done.extend(path for path, _ in self._orphans.values())
         self._settling.clear()
+        self._orphans.clear()
         self._open.clear()
         self._held = 0
         return self._release(done)

@@ -30,6 +30,8 @@ from .netns import NetPair, create_pair, delete_pair
 
 READY_TIMEOUT = float(os.environ.get("IPFTRACE_TEST_READY_TIMEOUT", "300"))
 UDP_CLOSED_PORT = 9999
+UDP_OPEN_PORT = 9998
+UDP_DATAGRAMS = 3
 TCP_PORT = 8080
 PINGS = 3
 PAIR_INDEX = {"kprobe": 91, "kfunc": 92, "auto": 93, "tracepoint": 94}  # 10.199.N.0/24 of each run's namespaces
@@ -107,8 +109,32 @@ def drive_traffic(pair: NetPair) -> int:
         if server.poll() is None:
             server.kill()
             server.wait()
+    _datagrams_read_by_a_socket(pair)
+    # One ping to a neighbour both ends forgot: it waits in the neighbour's queue while ARP resolves the address,
+    # and the neighbour probe sends (and frees) a clone of it.
+    pair.exec_in(pair.ns_a, ["ip", "-4", "neigh", "flush", "dev", pair.veth_a])
+    pair.exec_in(pair.ns_b, ["ip", "-4", "neigh", "flush", "dev", pair.veth_b])
+    pair.exec_in(pair.ns_a, ["ping", "-4", "-c", "1", "-W", "5", pair.addr_b4])
     time.sleep(3)  # paths end on free; the last frees and the assembler's settle time
     return counted_from
+
+
+def _datagrams_read_by_a_socket(pair: NetPair) -> None:
+    """UDP_DATAGRAMS datagrams to an open port, each read by the server."""
+    server = pair.popen_in(pair.ns_b, ["python3", "-c", (
+        f"import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        f"s.bind(('{pair.addr_b4}', {UDP_OPEN_PORT}))\nprint('listening', flush=True)\n"
+        f"[s.recv(2048) for _ in range({UDP_DATAGRAMS})]\n")], stdout=subprocess.PIPE)
+    try:
+        assert server.stdout is not None and "listening" in server.stdout.readline()
+        pair.python_in(pair.ns_a, "import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                       f"for i in range({UDP_DATAGRAMS}):\n"
+                       f"    s.sendto(b'dg %d' % i, ('{pair.addr_b4}', {UDP_OPEN_PORT}))\n    time.sleep(0.05)\n")
+        server.wait(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
 
 
 def _run_cli(backend: str, tmp_path: Path, cache_dir: str, manifest: str | None) -> Iterator[Traffic]:
@@ -248,6 +274,36 @@ def test_udp_to_a_closed_port_is_dropped_where_the_kernel_drops_it(manifest_run:
         assert in_order(names(path), ["udp_rcv", "__udp4_lib_rcv"])
         assert path["drop"]["function"] == "__udp4_lib_rcv"
         assert path["drop"]["reason"] in ("NO_SOCKET", "NOT_SPECIFIED", "0")  # 5.10 has no drop reasons
+
+
+def test_udp_datagrams_read_by_a_socket_are_delivered(manifest_run: Traffic) -> None:
+    pair = manifest_run.pair
+    datagrams = paths_of(manifest_run, "UDP", pair.addr_a4, pair.addr_b4, UDP_OPEN_PORT)
+    assert len(datagrams) == UDP_DATAGRAMS, [names(p) for p in manifest_run.paths if p["protocol"] == "UDP"]
+    assert all(p["outcome"] == "delivered" for p in datagrams), [(p["outcome"], names(p)) for p in datagrams]
+
+
+def _neighbour_probe_copy(run: Traffic) -> dict:
+    """The child path of the request sent to a neighbour both ends forgot: the neighbour probe's clone of it."""
+    pair = run.pair
+    requests = [p for p in paths_of(run, "ICMP", pair.addr_a4, pair.addr_b4)
+                if (p["icmp"] or {}).get("name") == "echo-request"]
+    waited = [p for p in requests if p["children"]]
+    assert len(waited) == 1, [(names(p), [names(c) for c in p["children"]]) for p in requests]
+    (copy,) = waited[0]["children"]
+    assert copy["relation"] == "clone" and names(copy)[-1] in (*FREES, "consume_skb"), copy
+    assert waited[0]["outcome"] == "delivered"
+    alone = [p for p in run.paths if p.get("relation") and p["protocol"] == "ICMP"]
+    assert not alone, alone  # no clone printed on its own, as a packet of its own
+    return copy
+
+
+def test_the_first_ping_to_a_new_neighbour_has_the_probe_copy_as_a_clone(manifest_run: Traffic) -> None:
+    _neighbour_probe_copy(manifest_run)
+
+
+def test_the_first_ping_to_a_new_neighbour_adopts_the_probe_copy_on_tracepoints(tracepoint_run: Traffic) -> None:
+    assert _neighbour_probe_copy(tracepoint_run)["before_packet"]
 
 
 def test_tcp_handshake_and_transfer_are_traced_through_tcp_functions(manifest_run: Traffic) -> None:

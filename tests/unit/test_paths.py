@@ -314,3 +314,19 @@ def test_a_continuation_is_not_a_packet_of_its_own() -> None:
     clock.now = 3000
     (rest,) = paths.expire()
     assert first.starts_packet and rest.continued and not rest.starts_packet
+
+
+def test_a_waiting_orphan_clone_is_adopted_though_another_packet_reused_its_address() -> None:
+    clock = Clock()
+    paths = assembler(clock)
+    other = 0xFFFF888000003000
+    adopting = event(40, RECEIVE, skb=other, first=True, flags=FLAG_ADOPT)._replace(parent=SKB_B)
+    # the orphan's skb is freed and at once reused for an unrelated packet, which ends before the adopter comes
+    done = paths.add_many([orphan_event(10), event(20, RECEIVE, skb=SKB_B, first=True, dst="10.0.0.9"),
+                           event(30, CONSUME, skb=SKB_B), adopting, event(50, CONSUME, skb=other)])
+    clock.now = 100
+    out = done + paths.expire()
+    packet = next(path for path in out if path.skb == other)
+    assert [(child.skb, child.before_packet) for child in packet.children] == [(SKB_B, True)]
+    unrelated = [path for path in out if path.skb == SKB_B]
+    assert len(unrelated) == 1 and unrelated[0].describe().daddr == "10.0.0.9" and not unrelated[0].relation
