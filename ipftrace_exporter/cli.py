@@ -7,7 +7,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from .fsutil import write_file_atomic
 from .kernel.view import KernelView
 from .lossreport import KernelCounts, LossReport
 from .output import PathFormatter, TextStyle, device_text, use_colour
-from .paths import OUTCOME_TRUNCATED
+from .paths import OUTCOME_TRUNCATED, SkbPath
 from .plan import BACKENDS, function_specs
 from .program import ProgramOptions
 from .progress import ProgressLine, run_interruptibly
@@ -356,14 +356,10 @@ def trace(request: TraceRequest, output: str, count: int | None, timeout: float 
         deadline = None if timeout is None else time.monotonic() + timeout
         out = sys.stdout
         truncated = others = 0
-        while (count is None or printed < count) and not stop.stopped:
-            wait_ms = 100
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                wait_ms = max(1, min(wait_ms, int(remaining * 1000)))
-            for path in tracer.poll(wait_ms):
+
+        def emit(paths: Iterable[SkbPath]) -> None:
+            nonlocal printed, truncated, others
+            for path in paths:
                 out.write(formatter.format(path, "json" if output == "json" else "text"))
                 printed += 1
                 truncated += path.packet_outcome == OUTCOME_TRUNCATED
@@ -371,9 +367,20 @@ def trace(request: TraceRequest, output: str, count: int | None, timeout: float 
                 if count is not None and printed >= count:
                     break
             out.flush()
+
+        while (count is None or printed < count) and not stop.stopped:
+            wait_ms = 100
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                wait_ms = max(1, min(wait_ms, int(remaining * 1000)))
+            emit(tracer.poll(wait_ms))
             warning = losses.check()
             if warning:
                 log.warning(warning)
+        if count is None or printed < count:
+            emit(tracer.flush())  # paths in flight at Ctrl-C or -t: as they stand (still open ones as timeout)
         log.info(losses.summary(printed, truncated, others))
     finally:
         tracer.close()

@@ -136,3 +136,23 @@ def test_the_daemons_paths_add_up_to_the_packets_the_kernel_matched(start_tool, 
                for outcome in ("delivered", "dropped", "left", "timeout", "truncated")}
     assert sum(counted.values()) == DATAGRAMS, counted
     assert counted["dropped"] == counted["truncated"] == 0, counted
+
+
+def test_paths_in_flight_when_ipftrace_is_stopped_are_printed_not_lost(start_tool, netpair: NetPair) -> None:  # type: ignore[no-untyped-def]
+    """Datagrams read by a socket stay open paths on tracepoints (their free is unseen) until idle_timeout: stopped
+    before that, ipftrace prints them as they stand (timeout) rather than dropping them."""
+    server = udp_server(netpair, "AF_INET", netpair.addr_b4)
+    try:
+        netpair.ping_b(count=1)
+        tool = start_tool("ipftrace", "-b", "tracepoint", "-o", "json", "-l4", "UDP", "-d4", netpair.addr_b4,
+                          "-dp", str(SERVER_PORT))
+        send_datagrams(netpair.exec_in, netpair.ns_a, netpair.addr_b4, SERVER_PORT, 5)
+        time.sleep(0.2)
+        code, out, err = tool.stop()
+    finally:
+        server.kill()
+        server.wait()
+    assert code == 130, err
+    assert "INFO: 5 paths printed; the kernel matched 5 packets, lost no events" in err
+    outcomes = [json.loads(line)["outcome"] for line in out.splitlines()]
+    assert len(outcomes) == 5 and "timeout" in outcomes, outcomes  # the last one's free was not seen yet
