@@ -30,6 +30,7 @@ FLAG_LEFT = 1 << 4  # an egress probe where the device has a parent (hardware): 
 FLAG_REWRITE = 1 << 5  # the headers were rewritten (NAT) before this probe: the event carries the new ones
 FLAG_CLONE = 1 << 6  # first event of an skb sharing its data buffer with a traced packet: `parent` is that skb
 FLAG_ADOPT = 1 << 7  # first event of a packet whose clone (`parent`) ended before the packet was seen (neighbour probe)
+FLAG_FRAGMENT = 1 << 8  # first event of an IPv4 fragment of a traced datagram: `parent` is its first seen skb
 LOST_SHIFT = 16  # flags >> LOST_SHIFT: how many of this skb's events were lost before this one (at most 255)
 
 
@@ -54,7 +55,8 @@ class Event(NamedTuple):
     flags: int
     data: bytes  # module data, MODULE_DATA_SIZE bytes
     # with FLAG_CLONE: the skb address of the packet this skb is a clone of (0: a packet not seen yet); with
-    # FLAG_ADOPT: the skb address of this packet's clone that ended before the packet was seen
+    # FLAG_ADOPT: the skb address of this packet's clone that ended before the packet was seen; with FLAG_FRAGMENT:
+    # the skb address where the fragment's datagram was first seen
     parent: int = 0
 
     @property

@@ -10,7 +10,15 @@ from datetime import datetime
 from typing import TextIO
 
 from .events import Event
-from .paths import OUTCOME_DELIVERED, OUTCOME_DROPPED, OUTCOME_LEFT, OUTCOME_TRUNCATED, FlowTuple, SkbPath
+from .paths import (
+    OUTCOME_DELIVERED,
+    OUTCOME_DROPPED,
+    OUTCOME_LEFT,
+    OUTCOME_TRUNCATED,
+    RELATION_FRAGMENT,
+    FlowTuple,
+    SkbPath,
+)
 from .probes import ProbeTable
 from .protocols import icmp_type_name
 
@@ -55,6 +63,14 @@ def icmp_text(flow: FlowTuple) -> str:
     kind, code = flow.icmp
     name = icmp_type_name(flow.l4proto, kind)
     return f"{name} (type {kind} code {code})" if name else f"type {kind} code {code}"
+
+
+def _child_words(child: SkbPath) -> str:
+    """What a child path is, for the line above its table."""
+    if child.relation == RELATION_FRAGMENT:
+        return "a fragment of the packet's datagram"
+    early = "; ended before the packet was first seen: a neighbour probe's copy" if child.before_packet else ""
+    return f"shares the packet's data buffer{early}"
 
 
 def _drop_json(path: SkbPath) -> dict[str, str] | None:
@@ -104,8 +120,7 @@ class PathFormatter:
             head += f"\t{icmp}"
         lines = [f"{BOLD}{head}{RESET}" if style.colour else head, *self._table(path)]
         for child in path.children:
-            early = "; ended before the packet was first seen: a neighbour probe's copy" if child.before_packet else ""
-            lines.append(f"  {child.relation} {child.skb:#x} (shares the packet's data buffer{early}):")
+            lines.append(f"  {child.relation} {child.skb:#x} ({_child_words(child)}):")
             lines.extend(f"  {line}" for line in self._table(child))
         if path.children and path.packet_outcome != path.outcome:
             lines.append(f"(packet {path.packet_outcome}: through a clone)")

@@ -30,6 +30,7 @@ from typing import Protocol
 from .events import (
     FLAG_ADOPT,
     FLAG_CLONE,
+    FLAG_FRAGMENT,
     FLAG_GAP,
     FLAG_LEFT,
     FLAG_PREV_LOST,
@@ -48,6 +49,7 @@ OUTCOME_TRUNCATED = "truncated"
 OUTCOME_LEFT = "left"  # left the host through a hardware device
 OUTCOMES = (OUTCOME_DELIVERED, OUTCOME_DROPPED, OUTCOME_LEFT, OUTCOME_TIMEOUT, OUTCOME_TRUNCATED)
 RELATION_CLONE = "clone"  # an skb sharing the packet's data buffer (skb_clone)
+RELATION_FRAGMENT = "fragment"  # an IPv4 fragment of the packet's datagram (its own skb and buffer)
 # How long a clone that ended before its packet was seen waits for it: the kernel's IPFT_CLONE_WINDOW_NS.
 ORPHAN_WAIT_NS = 1_000_000_000
 
@@ -131,10 +133,14 @@ class SkbPath:
     def packet_outcome(self) -> str:
         """How the packet ended, over this path and its clones: delivered if any skb of it was (a raw socket's clone
         of a ping reply counts), else left if any left the host, dropped only if every one was dropped; otherwise how
-        the first path that was not dropped ended (timeout, truncated)."""
+        the first path that was not dropped ended (timeout, truncated). A datagram sent as fragments is dropped when
+        any of its fragments was (it can no longer be reassembled)."""
         if not self.children:
             return self.outcome
         outcomes = [self.outcome, *(child.packet_outcome for child in self.children)]
+        fragments = [child for child in self.children if child.relation == RELATION_FRAGMENT]
+        if fragments and OUTCOME_DROPPED in (self.outcome, *(child.outcome for child in fragments)):
+            return OUTCOME_DROPPED
         for outcome in (OUTCOME_DELIVERED, OUTCOME_LEFT):
             if outcome in outcomes:
                 return outcome
@@ -222,6 +228,8 @@ class PathAssembler:
         # skb -> (ended clone of a packet not seen yet, deadline): apart from `_settling`, since its address is
         # often reused by another packet while it waits
         self._orphans: dict[int, tuple[SkbPath, int]] = {}
+        # id(path) -> ended path whose address was reused while it waited for its open children (clones, fragments)
+        self._parents: dict[int, SkbPath] = {}
         self._timed_out: OrderedDict[int, Event] = OrderedDict()  # skb -> headers of a path that went idle
         self.evicted = 0
         self.unknown_probe_events = 0
@@ -275,6 +283,8 @@ class PathAssembler:
                 path = self._open_path(skb, event.flow_id, done)
                 if flags & FLAG_CLONE:
                     self._adopt(path, event.parent)
+                elif flags & FLAG_FRAGMENT:
+                    self._adopt(path, event.parent, RELATION_FRAGMENT)
                 elif flags & FLAG_ADOPT:
                     self._adopt_orphan(path, event.parent)
                 elif not flags & FLAG_TUPLE and self._timed_out:
@@ -295,6 +305,8 @@ class PathAssembler:
                 path = self._open_path(skb, event.flow_id, done)
                 if flags & FLAG_CLONE:
                     self._adopt(path, event.parent)
+                elif flags & FLAG_FRAGMENT:
+                    self._adopt(path, event.parent, RELATION_FRAGMENT)
                 elif flags & FLAG_ADOPT:
                     self._adopt_orphan(path, event.parent)
             else:
@@ -317,10 +329,10 @@ class PathAssembler:
                 self._shed(max_held, done)
         return self._release(done)
 
-    def _adopt(self, child: SkbPath, parent_skb: int) -> None:
-        """A clone's path: a child of its parent's path while that is still held (open or settling). A clone of a
-        packet not seen yet (parent 0) waits for it (_adopt_orphan)."""
-        child.relation, child.parent_skb = RELATION_CLONE, parent_skb
+    def _adopt(self, child: SkbPath, parent_skb: int, relation: str = RELATION_CLONE) -> None:
+        """A clone's (or fragment's) path: a child of its parent's path while that is still held (open or settling).
+        A clone of a packet not seen yet (parent 0) waits for it (_adopt_orphan)."""
+        child.relation, child.parent_skb = relation, parent_skb
         if not parent_skb:
             return
         parent = self._open.get(parent_skb)
@@ -413,7 +425,10 @@ class PathAssembler:
             return
         previous = self._settling.pop(skb, None)
         if previous is not None:
-            done.append(self._sorted(previous[0]))
+            if previous[0].open_children:  # it still waits for its children, at an address now reused
+                self._parents[id(previous[0])] = previous[0]
+            else:
+                done.append(self._sorted(previous[0]))
         self._settling[skb] = (path, self.clock() + self.limits.settle_ns)
 
     def _drop(self, event: Event, probe_name: str) -> Drop:
@@ -456,6 +471,9 @@ class PathAssembler:
             released.extend(self._release([self._sorted(settling.pop(skb)[0]) for skb in clones]))
             ready = [skb for skb in due if skb in settling and not settling[skb][0].open_children]
             released.extend(self._release([self._sorted(settling.pop(skb)[0]) for skb in ready]))
+        if self._parents:
+            finished = [key for key, parent in self._parents.items() if not parent.open_children]
+            released.extend(self._release([self._sorted(self._parents.pop(key)) for key in finished]))
         if self._orphans:  # clones whose packet never came: alone
             alone = [skb for skb, (_, deadline) in self._orphans.items() if deadline <= now]
             released.extend(self._release([self._orphans.pop(skb)[0] for skb in alone]))
@@ -466,8 +484,10 @@ class PathAssembler:
         done = [self._finish(path, OUTCOME_TIMEOUT) for path in self._open.values()]  # clones first: they join
         done.extend(self._sorted(path) for path, _ in self._settling.values())
         done.extend(path for path, _ in self._orphans.values())
+        done.extend(self._sorted(path) for path in self._parents.values())
         self._settling.clear()
         self._orphans.clear()
+        self._parents.clear()
         self._open.clear()
         self._held = 0
         return self._release(done)

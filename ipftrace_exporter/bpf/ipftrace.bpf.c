@@ -40,6 +40,7 @@
 #define IPFT_FLAG_CLONE 64 /* first event of an skb that shares its data buffer with a traced packet (`parent`; 0:
                             * a packet not seen yet, as a neighbour probe's copy of a packet waiting for ARP/ND) */
 #define IPFT_FLAG_ADOPT 128 /* first event of a packet whose clone (`parent`) ended before the packet was seen */
+#define IPFT_FLAG_FRAGMENT 256 /* first event of an IPv4 fragment of a traced datagram (`parent`: its first seen skb) */
 /* flags >> IPFT_LOST_SHIFT: how many of this skb's events were lost before this one (ring buffer full; at most 255) */
 #define IPFT_LOST_SHIFT 16
 
@@ -70,8 +71,15 @@ struct ipft_tuple {
     u8 l4_plain; /* IPv6 without extension headers, its L4 header read in full right after it */
     u32 fp; /* fingerprint of this packet among packets of its flow (0: unknown), see ipft_l4_word() */
     u16 udp_len; /* with l4_plain: the UDP (or UDP-Lite) length field */
-    u16 pad;
+    u16 ip_id; /* IPv4: the identification field (fragments of one datagram share it) */
+    u8 fragment; /* IPv4: IPFT_FRAGMENT_* */
+    u8 pad[3];
 };
+
+#define IPFT_FRAGMENT_NONE 0 /* a whole datagram sent with DF */
+#define IPFT_FRAGMENT_MAY 1 /* a whole datagram without DF: it may be fragmented on its way */
+#define IPFT_FRAGMENT_FIRST 2 /* the first fragment (offset 0, more fragments) */
+#define IPFT_FRAGMENT_LATER 3 /* a later fragment (no L4 header) */
 
 /* Mirrors events.py RECORD. */
 struct ipft_event {
@@ -105,6 +113,24 @@ struct ipft_buffer_owner {
     u16 flow_id;
     u8 sampled;
     u8 orphan; /* `skb` is a clone that ended before its packet was seen: the packet adopts it when it is */
+};
+
+/* The IPv4 datagram a fragment belongs to: source, destination, protocol and identification. */
+struct ipft_datagram_key {
+    u32 saddr;
+    u32 daddr;
+    u16 id;
+    u8 protocol;
+    u8 pad;
+};
+
+/* The skb a datagram (a DF-clear packet or a fragment) was first seen in: its other fragments are child paths. */
+struct ipft_datagram {
+    u64 skb;
+    u64 ts;
+    u16 flow_id;
+    u8 sampled;
+    u8 pad[5];
 };
 
 struct ipft_track {
@@ -172,6 +198,7 @@ BPF_ARRAY(ipft_armed, u32, 1);
 #define IPFT_TRACKED_BUCKETS 16384
 BPF_ARRAY(ipft_tracked_filter, u32, IPFT_TRACKED_BUCKETS);
 BPF_TABLE("lru_hash", u64, struct ipft_buffer_owner, ipft_buffers, IPFT_MAX_INFLIGHT);
+BPF_TABLE("lru_hash", struct ipft_datagram_key, struct ipft_datagram, ipft_datagrams, 16384);
 
 static __always_inline void ipft_stat(u32 index)
 {
@@ -378,7 +405,17 @@ static __always_inline int ipft_parse_ipv4(unsigned char *l3, const u8 *raw, int
     t->l4proto = iph->protocol;
     t->saddr[0] = iph->saddr;
     t->daddr[0] = iph->daddr;
-    if ((bpf_ntohs(iph->frag_off) & 0x1fff) == 0) {
+    u16 frag_off = bpf_ntohs(iph->frag_off);
+    t->ip_id = bpf_ntohs(iph->id);
+    if (frag_off & 0x1fff)
+        t->fragment = IPFT_FRAGMENT_LATER;
+    else if (frag_off & 0x2000)
+        t->fragment = IPFT_FRAGMENT_FIRST;
+    else if (!(frag_off & 0x4000))
+        t->fragment = IPFT_FRAGMENT_MAY;
+    if (t->fragment == IPFT_FRAGMENT_LATER)
+        t->fp = (u32)t->ip_id << 16; /* no L4 header: the datagram's identification */
+    if ((frag_off & 0x1fff) == 0) {
         if (iph->ihl == 5 && full) {
             ipft_ports_from(raw + 20, t);
             t->fp = ((u32)bpf_ntohs(iph->id) << 16) ^ ipft_l4_word(t->l4proto, raw + 20);
@@ -527,7 +564,8 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     u32 flow_id = 0;
     u8 sampled = 0, gap = 0;
     u64 parent = 0, now = 0;
-    u32 relation = 0; /* IPFT_FLAG_CLONE or IPFT_FLAG_ADOPT on a first event */
+    u32 relation = 0; /* IPFT_FLAG_CLONE, IPFT_FLAG_ADOPT or IPFT_FLAG_FRAGMENT on a first event */
+    int counted = 0; /* a first event that the kernel counted as a packet matched */
     struct ipft_skb fields = {};
     if (ipft_skb_read(skb, &fields) < 0)
         return 0;
@@ -535,6 +573,23 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     unsigned char *l3 = 0;
     int parsed = ipft_parse(&fields, &t, from_data, &l3);
     int flow = parsed ? ipft_match_headers(&t) : -1;
+    /* A fragment of an IPv4 datagram traced in the last second belongs to it, ports or not (only the first fragment
+     * has the L4 header): one lookup, for fragments only. */
+    struct ipft_datagram *datagram = 0;
+    struct ipft_datagram_key datagram_key = {};
+    if (parsed && t.ipversion == 4 && t.fragment != IPFT_FRAGMENT_NONE) {
+        datagram_key.saddr = t.saddr[0];
+        datagram_key.daddr = t.daddr[0];
+        datagram_key.id = t.ip_id;
+        datagram_key.protocol = t.l4proto;
+        if (t.fragment >= IPFT_FRAGMENT_FIRST) {
+            datagram = ipft_datagrams.lookup(&datagram_key);
+            if (datagram && (datagram->skb == key || bpf_ktime_get_ns() - datagram->ts >= IPFT_CLONE_WINDOW_NS))
+                datagram = 0;
+            if (datagram && flow < 0)
+                flow = datagram->flow_id;
+        }
+    }
     /* Headers that match none of the flows (or do not parse) at an address that is surely not tracked: not ours.
      * The common case on a busy node: one array read, no hash lookup (ipft_tracked_filter). */
     if (flow < 0 && !ipft_maybe_tracked((u64)head))
@@ -585,12 +640,16 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
         u32 *armed = ipft_armed.lookup(&armed_index);
         if (!armed || !*armed)
             return 0; /* no packet starts before every probe is attached */
-        /* + pcap filter, --ifname / --netns (of the event's device): once per packet */
-        flow = ipft_match_first(&t, skb, ipft_device(skb, dev), fields.data, l3);
-        if (flow < 0)
-            return 0;
-        if (!ipft_module_match(skb, &t))
-            return 0;
+        if (datagram) {
+            flow = datagram->flow_id; /* a fragment: its datagram passed the flow's filters */
+        } else {
+            /* + pcap filter, --ifname / --netns (of the event's device): once per packet */
+            flow = ipft_match_first(&t, skb, ipft_device(skb, dev), fields.data, l3);
+            if (flow < 0)
+                return 0;
+            if (!ipft_module_match(skb, &t))
+                return 0;
+        }
         fresh.head = (u64)head;
         fresh.fp = t.fp;
         fresh.tuple_hash = ipft_tuple_hash(&t);
@@ -601,13 +660,18 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
         now = bpf_ktime_get_ns();
         int same_packet = owner && owner->skb != key && owner->flow_id == flow && owner->fp == t.fp
                           && now - owner->ts < IPFT_CLONE_WINDOW_NS;
-        if (same_packet && owner->orphan && role == IPFT_ROLE_STEP) {
+        if (datagram) {
+            parent = datagram->skb; /* a fragment of a traced datagram: part of it, sampled as it was */
+            relation = IPFT_FLAG_FRAGMENT;
+            fresh.sampled = datagram->sampled;
+        } else if (same_packet && owner->orphan && role == IPFT_ROLE_STEP) {
             /* the packet of a clone that ended before it was seen (a neighbour probe's copy: the packet waited in
              * the neighbour's queue for ARP/ND): matched now, sampled as its clone was, and it adopts the clone */
             parent = owner->skb;
             relation = IPFT_FLAG_ADOPT;
             fresh.sampled = owner->sampled;
             ipft_matched(flow);
+            counted = 1;
             struct ipft_buffer_owner mine = {.skb = key, .ts = now, .fp = t.fp, .flow_id = flow,
                                              .sampled = fresh.sampled};
             ipft_buffers.update(&buffer, &mine);
@@ -626,10 +690,15 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
         } else {
             fresh.sampled = IPFT_SAMPLED();
             ipft_matched(flow);
+            counted = 1;
             if (role == IPFT_ROLE_STEP) {
                 struct ipft_buffer_owner mine = {.skb = key, .ts = now, .fp = t.fp, .flow_id = flow,
                                                  .sampled = fresh.sampled};
                 ipft_buffers.update(&buffer, &mine);
+            }
+            if (datagram_key.saddr || datagram_key.daddr) { /* IPv4 that is or may become fragments */
+                struct ipft_datagram whole = {.skb = key, .ts = now, .flow_id = flow, .sampled = fresh.sampled};
+                ipft_datagrams.update(&datagram_key, &whole);
             }
         }
         flow_id = fresh.flow_id;
@@ -653,7 +722,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     if (role != IPFT_ROLE_STEP && !first && track)
         ipft_forget(&key, track->head);
     if (!sampled) {
-        if (first && relation != IPFT_FLAG_CLONE)
+        if (first && counted)
             ipft_untraced(flow_id, IPFT_UNTRACED_SAMPLED_OUT);
         return 0;
     }
@@ -661,7 +730,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     struct ipft_event *event = events.ringbuf_reserve(sizeof(struct ipft_event));
     if (!event) {
         ipft_stat(IPFT_STAT_LOST);
-        if (first && relation != IPFT_FLAG_CLONE)
+        if (first && counted)
             ipft_untraced(flow_id, IPFT_UNTRACED_RING_FULL);
         if (role == IPFT_ROLE_STEP) {
             struct ipft_track *current = tracked.lookup(&key);

@@ -330,3 +330,17 @@ def test_a_waiting_orphan_clone_is_adopted_though_another_packet_reused_its_addr
     assert [(child.skb, child.before_packet) for child in packet.children] == [(SKB_B, True)]
     unrelated = [path for path in out if path.skb == SKB_B]
     assert len(unrelated) == 1 and unrelated[0].describe().daddr == "10.0.0.9" and not unrelated[0].relation
+
+
+def test_an_ended_packet_waits_for_its_open_clone_though_its_address_is_reused() -> None:
+    clock = Clock()
+    paths = assembler(clock)
+    paths.add_many([event(1, RECEIVE, first=True), clone_event(2, RECEIVE), event(3, CONSUME),
+                    event(4, RECEIVE, first=True, dst="10.0.0.9"), event(5, CONSUME)])  # SKB_A reused at once
+    clock.now = 50
+    done = paths.expire()
+    assert [p.describe().daddr for p in done] == ["10.0.0.9"]  # the packet at the reused address, on its own
+    paths.add(event(60, CONSUME, skb=SKB_B))
+    clock.now = 100
+    (packet,) = paths.expire()
+    assert packet.skb == SKB_A and [child.skb for child in packet.children] == [SKB_B]
