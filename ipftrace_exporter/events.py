@@ -31,6 +31,7 @@ FLAG_REWRITE = 1 << 5  # the headers were rewritten (NAT) before this probe: the
 FLAG_CLONE = 1 << 6  # first event of an skb sharing its data buffer with a traced packet: `parent` is that skb
 FLAG_ADOPT = 1 << 7  # first event of a packet whose clone (`parent`) ended before the packet was seen (neighbour probe)
 FLAG_FRAGMENT = 1 << 8  # first event of an IPv4 fragment of a traced datagram: `parent` is its first seen skb
+FLAG_ENCAP = 1 << 9  # the packet was encapsulated (a tunnel's headers pushed) before this probe: the event has them
 LOST_SHIFT = 16  # flags >> LOST_SHIFT: how many of this skb's events were lost before this one (at most 255)
 
 
@@ -68,6 +69,11 @@ class Event(NamedTuple):
     def rewritten(self) -> bool:
         """True when the packet's headers changed (NAT) before this probe; addresses and ports are the new ones."""
         return bool(self.flags & FLAG_REWRITE)
+
+    @property
+    def encapsulated(self) -> bool:
+        """True when a tunnel's headers were pushed before this probe; addresses and ports are the outer ones."""
+        return bool(self.flags & FLAG_ENCAP)
 
 
 # Event from an unpacked record, all in C (Event._make adds a Python-level call and a length check per event; the

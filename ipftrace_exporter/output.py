@@ -160,6 +160,8 @@ class PathFormatter:
                              self.data_text(event) if self.data_text is not None else ""))
             if event.rewritten:
                 lines.append(f"{'':>15}  headers rewritten (NAT): now {FlowTuple.of(event).text}")
+            if event.encapsulated:
+                lines.append(f"{'':>15}  encapsulated (tunnel): now {FlowTuple.of(event).text}")
         if path.outcome == OUTCOME_DROPPED and path.drop is not None:
             drop = f"DROPPED at {path.drop.function}: {path.drop.reason} ({path.drop.probe})"
             lines.append(f"{RED}{drop}{RESET}" if style.colour else drop)
@@ -218,6 +220,8 @@ class PathFormatter:
             }
             if event.rewritten:
                 item["rewrite"] = _headers_json(FlowTuple.of(event))
+            if event.encapsulated:
+                item["encap"] = _headers_json(FlowTuple.of(event))
             if self.data_text is not None:
                 item["data"] = self.data_text(event)
             if self.data_fields is not None:

@@ -40,7 +40,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
 from . import __version__
-from .events import FLAG_REWRITE, Event
+from .events import FLAG_ENCAP, FLAG_REWRITE, Event
 from .paths import OUTCOME_DROPPED, FlowTuple, SkbPath
 from .probes import Probe, ProbeKind, ProbeRole, ProbeTable
 from .protocols import PORT_PROTOCOLS
@@ -521,20 +521,24 @@ class SpanEncoder:
                 extra += drop_pieces
             if event.flags & FLAG_REWRITE:
                 extra += self._rewrite_pieces(event)
+            if event.flags & FLAG_ENCAP:
+                extra += self._rewrite_pieces(event, "encap")
             size += len(extra)
             extend((spans_tag, varints[size] if size < _VARINT_CACHE else _varint(size), head,
                     span_ids[8 * index : 8 * index + 8], template, pack(_START_TAG, start, _END_TAG, end), tail,
                     extra))
 
-    def _rewrite_pieces(self, event: Event) -> bytes:
-        """`ipftrace.relation` = nat and the new headers, on the span of the event where they were seen rewritten."""
+    def _rewrite_pieces(self, event: Event, relation: str = "nat") -> bytes:
+        """`ipftrace.relation` = nat and the new headers (`ipftrace.rewrite.*`), on the span of the event where they
+        were seen rewritten; for a tunnel, `ipftrace.relation` = encap and the outer headers (`ipftrace.encap.*`)."""
         flow = FlowTuple.of(event)
         attribute = self._attribute
-        pieces = [attribute("ipftrace.relation", "nat"), attribute("ipftrace.rewrite.source.address", flow.saddr),
-                  attribute("ipftrace.rewrite.destination.address", flow.daddr)]
+        prefix = "ipftrace.rewrite" if relation == "nat" else f"ipftrace.{relation}"
+        pieces = [attribute("ipftrace.relation", relation), attribute(f"{prefix}.source.address", flow.saddr),
+                  attribute(f"{prefix}.destination.address", flow.daddr)]
         if flow.l4proto in PORT_PROTOCOLS:
-            pieces += [attribute("ipftrace.rewrite.source.port", flow.sport),
-                       attribute("ipftrace.rewrite.destination.port", flow.dport)]
+            pieces += [attribute(f"{prefix}.source.port", flow.sport),
+                       attribute(f"{prefix}.destination.port", flow.dport)]
         return b"".join(pieces)
 
     def _drop_pieces(self, path: SkbPath, error: bool = True) -> bytes:

@@ -41,6 +41,7 @@
                             * a packet not seen yet, as a neighbour probe's copy of a packet waiting for ARP/ND) */
 #define IPFT_FLAG_ADOPT 128 /* first event of a packet whose clone (`parent`) ended before the packet was seen */
 #define IPFT_FLAG_FRAGMENT 256 /* first event of an IPv4 fragment of a traced datagram (`parent`: its first seen skb) */
+#define IPFT_FLAG_ENCAP 512 /* the packet was encapsulated (tunnel) before this probe: the event has the outer headers */
 /* flags >> IPFT_LOST_SHIFT: how many of this skb's events were lost before this one (ring buffer full; at most 255) */
 #define IPFT_LOST_SHIFT 16
 
@@ -141,6 +142,7 @@ struct ipft_track {
     u16 protocol; /* skb->protocol when first matched (host order, 0 if unset) */
     u32 fp; /* the packet's fingerprint when first matched: another one at the same address is another packet */
     u32 tuple_hash; /* a hash of its current headers: a change with the same buffer and fingerprint is a rewrite */
+    u32 outer_hash; /* once encapsulated (a tunnel's headers pushed before it): a hash of the outer headers */
 };
 
 struct ipft_drop_key {
@@ -543,6 +545,25 @@ static __always_inline int ipft_is_clone(struct sk_buff *skb)
 #endif
 }
 
+/* The new headers of a tracked packet are a tunnel's (VXLAN, GENEVE, GRE, IPIP...) pushed before it, in the same
+ * buffer: the skb's inner network header (zero from allocation until a tunnel sets it) holds IPv4 headers with the
+ * tracked packet's fingerprint. (Not `skb->encapsulation`: tunnels clear it for packets without checksum offload.) */
+static __always_inline int ipft_encapsulated(struct sk_buff *skb, const struct ipft_skb *s,
+                                             const struct ipft_track *track)
+{
+    u16 inner = 0;
+    IPFT_SKB_FIELD(inner, skb, inner_network_header);
+    if (!inner || inner == s->network_header || !track->fp)
+        return 0;
+    u8 raw[28] = {};
+    if (bpf_probe_read_kernel(raw, sizeof(raw), s->head + inner) < 0)
+        return 0;
+    const struct iphdr *iph = (const struct iphdr *)raw;
+    if (iph->version != 4 || iph->ihl != 5)
+        return 0;
+    return (((u32)bpf_ntohs(iph->id) << 16) ^ ipft_l4_word(iph->protocol, raw + 20)) == track->fp;
+}
+
 static __always_inline int ipft_leaves_host(struct net_device *dev)
 {
     void *parent = 0;
@@ -597,7 +618,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     struct ipft_track *track = tracked.lookup(&key);
     if (parsed && (track || flow >= 0))
         t.fp ^= ipft_payload_word(&t, l3);
-    u32 rewrite = 0;
+    u32 rewrite = 0, encap = 0;
     /* A tracked address whose headers changed is the same packet rewritten (NAT) when its data buffer and
      * fingerprint are the same (fingerprint words are ones NAT does not touch); otherwise, or with headers that no
      * longer match its flow, a different buffer or fingerprint, it is a new packet in a reused skb (its predecessor
@@ -608,9 +629,14 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
         int same_buffer = track->head == (u64)head;
         int same_fp = t.fp && track->fp && t.fp == track->fp;
         int other_fp = t.fp && track->fp && t.fp != track->fp;
-        if (hash != track->tuple_hash && same_buffer && same_fp) {
+        if (track->outer_hash && hash == track->outer_hash && same_buffer) {
+            /* the packet under its tunnel headers */
+        } else if (hash != track->tuple_hash && same_buffer && same_fp) {
             rewrite = IPFT_FLAG_REWRITE;
             track->tuple_hash = hash;
+        } else if (hash != track->tuple_hash && same_buffer && ipft_encapsulated(skb, &fields, track)) {
+            encap = IPFT_FLAG_ENCAP; /* followed on under the outer headers, to its drop or decapsulation */
+            track->outer_hash = hash;
         } else if (!same_buffer || other_fp || (hash != track->tuple_hash && !ipft_flow_headers(track->flow_id, &t))) {
             ipft_forget(&key, track->head);
             track = 0;
@@ -758,7 +784,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     event->ifindex = ipft_ifindex(ipft_device(skb, dev));
     event->reason = reason;
     event->flow_id = flow_id;
-    event->flags = IPFT_FLAG_SAMPLED | (gap ? IPFT_FLAG_GAP : 0) | left | rewrite | ((u32)gap << IPFT_LOST_SHIFT);
+    event->flags = IPFT_FLAG_SAMPLED | (gap ? IPFT_FLAG_GAP : 0) | left | rewrite | encap | ((u32)gap << IPFT_LOST_SHIFT);
     if (first) {
         event->flags |= IPFT_FLAG_TUPLE | relation;
         if (ipft_lost_ends.lookup(&key)) {
@@ -766,7 +792,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
             ipft_lost_ends.delete(&key);
         }
     }
-    if (first || rewrite) { /* the headers: where first matched, and where rewritten */
+    if (first || rewrite || encap) { /* the headers: where first matched, rewritten, and encapsulated */
         event->ipversion = t.ipversion;
         event->l4proto = t.l4proto;
         __builtin_memcpy(event->saddr, t.saddr, 16);

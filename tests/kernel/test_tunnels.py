@@ -1,0 +1,68 @@
+"""A packet sent through a tunnel stays one path: VXLAN pushes its outer headers into the same buffer, and the kernel
+follows the packet under them (to its drop in the underlay, or through decapsulation to the overlay's receiver)
+instead of taking it for a new packet. Checked against nftables' own counter of the underlay drops."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from .netns import NetPair
+
+OVERLAY_A, OVERLAY_B = "10.197.0.1", "10.197.0.2"
+VXLAN_PORT = 4789
+PINGS = 3
+
+
+def vxlan_overlay(netpair: NetPair) -> None:
+    """vx0 in each namespace, VNI 42 over the veth pair, with OVERLAY_A/B."""
+    for ns, local, remote, overlay in ((netpair.ns_a, netpair.addr_a4, netpair.addr_b4, OVERLAY_A),
+                                       (netpair.ns_b, netpair.addr_b4, netpair.addr_a4, OVERLAY_B)):
+        netpair.exec_in(ns, ["ip", "link", "add", "vx0", "type", "vxlan", "id", "42", "local", local,
+                             "remote", remote, "dstport", str(VXLAN_PORT)])
+        # no IPv6 on the overlay: its link-local chatter would cross the underlay too (and the drop counter)
+        netpair.exec_in(ns, ["sysctl", "-qw", "net.ipv6.conf.vx0.disable_ipv6=1"])
+        netpair.exec_in(ns, ["ip", "addr", "add", f"{overlay}/24", "dev", "vx0"])
+        netpair.exec_in(ns, ["ip", "link", "set", "vx0", "up"])
+    netpair.exec_in(netpair.ns_a, ["ping", "-c", "1", "-W", "3", OVERLAY_B])  # neighbours resolved
+
+
+def trace_pings(start_tool, netpair: NetPair) -> list[dict]:  # type: ignore[no-untyped-def]
+    tool = start_tool("ipftrace", "-b", "tracepoint", "-o", "json", "-l4", "ICMP", "-s4", OVERLAY_A, "-d4", OVERLAY_B)
+    netpair.exec_in(netpair.ns_a, ["ping", "-c", str(PINGS), "-i", "0.2", "-W", "1", OVERLAY_B], check=False)
+    time.sleep(0.3)
+    code, out, err = tool.stop()
+    assert code == 130, err
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_a_packet_dropped_in_the_underlay_of_a_vxlan_tunnel_is_dropped(start_tool, netpair: NetPair) -> None:  # type: ignore[no-untyped-def]
+    vxlan_overlay(netpair)
+    netpair.exec_in(netpair.ns_b, ["nft", "-f", "-"], input=(
+        "table ip ipft_tunnel {\n  chain in { type filter hook input priority 0; policy accept;\n"
+        # the pings' underlay packets, counted (134 bytes: 84 of ICMP, 14 of inner Ethernet, 8 VXLAN, 8 UDP, 20 IP);
+        # the rest (the overlay's ARP probes) dropped too
+        f"    udp dport {VXLAN_PORT} ip length 134 counter drop\n    udp dport {VXLAN_PORT} drop\n  }}\n}}\n"))
+    paths = trace_pings(start_tool, netpair)
+    ruleset = json.loads(netpair.exec_in(netpair.ns_b, ["nft", "-j", "list", "table", "ip", "ipft_tunnel"]).stdout)
+    counter = next(item["rule"]["expr"][2]["counter"] for item in ruleset["nftables"] if "rule" in item)
+    assert counter["packets"] == PINGS
+    assert len(paths) == PINGS, [p["outcome"] for p in paths]
+    for path in paths:
+        assert path["outcome"] == "dropped" and path["drop"]["reason"] == "NETFILTER_DROP", path
+        (encap,) = [event["encap"] for event in path["events"] if "encap" in event]
+        assert (encap["saddr"], encap["daddr"], encap["dport"], encap["protocol"]) == (
+            netpair.addr_a4, netpair.addr_b4, VXLAN_PORT, "UDP"), encap
+
+
+def test_a_packet_through_a_vxlan_tunnel_is_one_path_to_the_overlay_receiver(start_tool, netpair: NetPair) -> None:  # type: ignore[no-untyped-def]
+    vxlan_overlay(netpair)
+    vx0_b = int(netpair.exec_in(netpair.ns_b, ["cat", "/sys/class/net/vx0/ifindex"]).stdout)
+    paths = trace_pings(start_tool, netpair)
+    assert len(paths) == PINGS, [p["outcome"] for p in paths]
+    for path in paths:
+        assert path["outcome"] == "delivered", path
+        functions = [(event["function"], event["ifindex"]) for event in path["events"]]
+        # encapsulated on the sender's underlay, decapsulated and received on the receiver's vx0
+        assert sum("encap" in event for event in path["events"]) == 1, functions
+        assert ("net:netif_receive_skb", vx0_b) in functions, functions
