@@ -32,6 +32,7 @@ READY_TIMEOUT = float(os.environ.get("IPFTRACE_TEST_READY_TIMEOUT", "300"))
 UDP_CLOSED_PORT = 9999
 UDP_OPEN_PORT = 9998
 UDP_DATAGRAMS = 3
+LARGE_DATAGRAMS, LARGE_SIZE = 2, 5000  # four IPv4 fragments each at the veth's MTU of 1500
 TCP_PORT = 8080
 PINGS = 3
 PAIR_INDEX = {"kprobe": 91, "kfunc": 92, "auto": 93, "tracepoint": 94}  # 10.199.N.0/24 of each run's namespaces
@@ -120,16 +121,19 @@ def drive_traffic(pair: NetPair) -> int:
 
 
 def _datagrams_read_by_a_socket(pair: NetPair) -> None:
-    """UDP_DATAGRAMS datagrams to an open port, each read by the server."""
+    """UDP_DATAGRAMS datagrams to an open port, then LARGE_DATAGRAMS of LARGE_SIZE bytes (sent as fragments), each
+    read by the server."""
     server = pair.popen_in(pair.ns_b, ["python3", "-c", (
         f"import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
         f"s.bind(('{pair.addr_b4}', {UDP_OPEN_PORT}))\nprint('listening', flush=True)\n"
-        f"[s.recv(2048) for _ in range({UDP_DATAGRAMS})]\n")], stdout=subprocess.PIPE)
+        f"[s.recv(65536) for _ in range({UDP_DATAGRAMS + LARGE_DATAGRAMS})]\n")], stdout=subprocess.PIPE)
     try:
         assert server.stdout is not None and "listening" in server.stdout.readline()
         pair.python_in(pair.ns_a, "import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
                        f"for i in range({UDP_DATAGRAMS}):\n"
-                       f"    s.sendto(b'dg %d' % i, ('{pair.addr_b4}', {UDP_OPEN_PORT}))\n    time.sleep(0.05)\n")
+                       f"    s.sendto(b'dg %d' % i, ('{pair.addr_b4}', {UDP_OPEN_PORT}))\n    time.sleep(0.05)\n"
+                       f"for i in range({LARGE_DATAGRAMS}):\n"
+                       f"    s.sendto(b'x' * {LARGE_SIZE}, ('{pair.addr_b4}', {UDP_OPEN_PORT}))\n    time.sleep(0.05)\n")
         server.wait(timeout=30)
     finally:
         if server.poll() is None:
@@ -279,8 +283,29 @@ def test_udp_to_a_closed_port_is_dropped_where_the_kernel_drops_it(manifest_run:
 def test_udp_datagrams_read_by_a_socket_are_delivered(manifest_run: Traffic) -> None:
     pair = manifest_run.pair
     datagrams = paths_of(manifest_run, "UDP", pair.addr_a4, pair.addr_b4, UDP_OPEN_PORT)
-    assert len(datagrams) == UDP_DATAGRAMS, [names(p) for p in manifest_run.paths if p["protocol"] == "UDP"]
+    assert len(datagrams) == UDP_DATAGRAMS + LARGE_DATAGRAMS, [names(p) for p in manifest_run.paths
+                                                                if p["protocol"] == "UDP"]
     assert all(p["outcome"] == "delivered" for p in datagrams), [(p["outcome"], names(p)) for p in datagrams]
+
+
+def _fragments_are_children_of_their_datagram(run: Traffic) -> None:
+    pair = run.pair
+    datagrams = paths_of(run, "UDP", pair.addr_a4, pair.addr_b4, UDP_OPEN_PORT)
+    large = [p for p in datagrams if any(child["relation"] == "fragment" for child in p["children"])]
+    assert len(large) == LARGE_DATAGRAMS, [(names(p), [c["relation"] for c in p["children"]]) for p in datagrams]
+    for path in large:
+        fragments = [child for child in path["children"] if child["relation"] == "fragment"]
+        assert len(fragments) >= 3, [names(child) for child in fragments]  # the three later fragments at least
+    alone = [p for p in run.paths if p.get("relation") == "fragment"]
+    assert not alone, [names(p) for p in alone]
+
+
+def test_ipv4_fragments_are_children_of_their_datagram(manifest_run: Traffic) -> None:
+    _fragments_are_children_of_their_datagram(manifest_run)
+
+
+def test_ipv4_fragments_are_children_of_their_datagram_on_tracepoints(tracepoint_run: Traffic) -> None:
+    _fragments_are_children_of_their_datagram(tracepoint_run)
 
 
 def _neighbour_probe_copy(run: Traffic) -> dict:
