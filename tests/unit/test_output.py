@@ -6,7 +6,15 @@ import re
 
 import pytest
 
-from ipftrace_exporter.events import FLAG_ADOPT, FLAG_CLONE, FLAG_GAP, FLAG_REWRITE, FLAG_TUPLE, LOST_SHIFT
+from ipftrace_exporter.events import (
+    FLAG_ADOPT,
+    FLAG_CLONE,
+    FLAG_ENCAP,
+    FLAG_GAP,
+    FLAG_REWRITE,
+    FLAG_TUPLE,
+    LOST_SHIFT,
+)
 from ipftrace_exporter.output import PathFormatter, TextStyle, use_colour
 from ipftrace_exporter.paths import PathAssembler, PathLimits
 
@@ -215,3 +223,15 @@ def test_a_clone_of_a_packet_never_seen_says_so() -> None:
         formatter.text(alone))
     record = json.loads(formatter.json(alone))
     assert record["relation"] == "clone" and record["parent"] is None
+
+
+def test_text_and_json_say_where_a_packet_was_encapsulated_and_in_what() -> None:
+    outer = event(2, IP_RCV, first=True, proto=17, src="10.199.1.1", dst="10.199.1.2", sport=41456, dport=4789,
+                  flags=FLAG_ENCAP)
+    outer = outer._replace(flags=outer.flags & ~FLAG_TUPLE)
+    path = one_path([event(1, RECEIVE, first=True), outer, event(3, CONSUME)])
+    formatter = PathFormatter(PROBES, ["default"])
+    assert (f"{'':>15}  encapsulated (tunnel): now UDP 10.199.1.1:41456 -> 10.199.1.2:4789"
+            in formatter.text(path).splitlines())
+    (marked,) = [item for item in json.loads(formatter.json(path))["events"] if "encap" in item]
+    assert (marked["encap"]["daddr"], marked["encap"]["dport"]) == ("10.199.1.2", 4789)

@@ -10,7 +10,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from ipftrace_exporter import __version__
-from ipftrace_exporter.events import FLAG_REWRITE, FLAG_TUPLE, MODULE_DATA_SIZE, Event
+from ipftrace_exporter.events import FLAG_ENCAP, FLAG_REWRITE, FLAG_TUPLE, MODULE_DATA_SIZE, Event
 from ipftrace_exporter.paths import OUTCOME_DELIVERED, OUTCOME_DROPPED, OUTCOME_TIMEOUT, Drop, SkbPath
 from ipftrace_exporter.probes import Probe, ProbeKind, ProbeRole, ProbeTable
 from ipftrace_exporter.spans import (
@@ -475,3 +475,16 @@ def test_a_packet_delivered_through_a_clone_is_one_trace_without_error() -> None
                     and span.start_time_unix_nano - OFFSET == 1_500)
     assert attributes(dropping.attributes)["ipftrace.drop.reason"] == "NO_SOCKET"
     assert dropping.status.code != Status.STATUS_CODE_ERROR  # the skb was dropped, the packet was not
+
+
+def test_an_encapsulation_marks_its_span_with_relation_encap_and_the_outer_headers() -> None:
+    outer = event(1_250, 1, l4proto=17, saddr="10.199.1.1", daddr="10.199.1.2", sport=41456, dport=4789,
+                  tuple_=False)._replace(flags=FLAG_ENCAP)
+    path = SkbPath(SKB, flow_id=1, events=[event(1_000, 0, l4proto=17, sport=40000, dport=7000), outer,
+                                           event(2_000, 4, tuple_=False)], outcome=OUTCOME_DELIVERED, end_ts=2_000)
+    _, children = split(spans_of(encoder().encode([path])))
+    marked = attributes(children[1].attributes)
+    assert {key: value for key, value in marked.items() if "encap" in key or "relation" in key} == {
+        "ipftrace.relation": "encap", "ipftrace.encap.source.address": "10.199.1.1",
+        "ipftrace.encap.source.port": 41456, "ipftrace.encap.destination.address": "10.199.1.2",
+        "ipftrace.encap.destination.port": 4789}
