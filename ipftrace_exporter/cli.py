@@ -330,9 +330,8 @@ def trace(request: TraceRequest, output: str, count: int | None, timeout: float 
         except AttachError:
             _blame_modules(tracer, loaded_modules)  # a module whose C does not compile: say which
             raise
-        formatter = PathFormatter(tracer.probes, [flow.name for flow in request.flows],
-                                  _module_text(loaded_modules if text_modules is None else text_modules),
-                                  data_fields=_module_fields(loaded_modules), style=style)
+        text = _module_text(loaded_modules if text_modules is None else text_modules)
+        formatter = PathFormatter(tracer.names, text, data_fields=_module_fields(loaded_modules), style=style)
         losses = LossReport(lambda: KernelCounts.read(tracer.collector.counters()))
         write_ready_file(ready_file)
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -20,7 +20,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from .events import (
     FLAG_CLONE,
@@ -32,6 +31,7 @@ from .events import (
     Event,
     format_address,
 )
+from .names import Names
 from .probes import ProbeRole, ProbeTable
 from .protocols import ICMP_PROTOCOLS, PORT_PROTOCOLS, protocol_name
 
@@ -42,14 +42,6 @@ OUTCOME_TRUNCATED = "truncated"
 OUTCOME_LEFT = "left"  # left the host through a hardware device
 OUTCOMES = (OUTCOME_DELIVERED, OUTCOME_DROPPED, OUTCOME_LEFT, OUTCOME_TIMEOUT, OUTCOME_TRUNCATED)
 RELATION_CLONE = "clone"  # an skb sharing the packet's data buffer (skb_clone)
-
-
-class DropNames(Protocol):
-    """Resolves a drop's reason number and free location to names."""
-
-    def reason_name(self, reason: int) -> str: ...
-
-    def function_name(self, address: int) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,12 +186,12 @@ class PathAssembler:
         self,
         probes: ProbeTable,
         limits: PathLimits | None = None,
-        names: DropNames | None = None,
+        names: Names | None = None,
         clock: Callable[[], int] = time.monotonic_ns,
     ) -> None:
         self.probes = probes
         self.limits = limits or PathLimits()
-        self.names = names
+        self.names = names if names is not None else Names(probes=probes)
         self.clock = clock
         self._open: OrderedDict[int, SkbPath] = OrderedDict()  # skb -> path, least recently touched first
         self._settling: dict[int, tuple[SkbPath, int]] = {}  # skb -> (ended path, release deadline)
@@ -370,9 +362,7 @@ class PathAssembler:
         self._settling[skb] = (path, self.clock() + self.limits.settle_ns)
 
     def _drop(self, event: Event, probe_name: str) -> Drop:
-        if self.names is None:
-            return Drop(str(event.reason), hex(event.location), probe_name)
-        return Drop(self.names.reason_name(event.reason), self.names.function_name(event.location), probe_name)
+        return Drop(self.names.reason(event.reason), self.names.function(event.location), probe_name)
 
     @staticmethod
     def _sorted(path: SkbPath) -> SkbPath:

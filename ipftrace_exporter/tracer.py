@@ -14,6 +14,7 @@ from .events import decode_frames
 from .flows import FlowSpec, check_flows
 from .kernel.headers import HeaderTree, HeaderTreeBuilder, choose_header_tree
 from .kernel.view import KernelView, preload_symbols
+from .names import Names
 from .paths import PathAssembler, PathLimits, SkbPath
 from .plan import (
     AUTO_ORDER,
@@ -62,6 +63,7 @@ class Tracer:
         self.passed_over: set[str] = set()  # of those, the ones auto chose against (the others were refused)
         self._collector: Collector | None = None
         self._assembler: PathAssembler | None = None
+        self._names: Names | None = None
 
     def headers(self) -> HeaderTree:
         """The header tree BCC compiles against (real headers only when their sk_buff matches BTF)."""
@@ -165,7 +167,8 @@ class Tracer:
                     raise AttachError(f"backend {backend}: {err}") from None
                 continue
             self.plan, self.report, self._collector = plan, report, collector
-            self._assembler = PathAssembler(plan.probes, self.request.limits, self.view.names)
+            self._names = self.view.names([flow.name for flow in self.request.flows], plan.probes)
+            self._assembler = PathAssembler(plan.probes, self.request.limits, self._names)
             self._log_choice(backend, plan, report)
             return report
         reasons = "; ".join(f"{name}: {why}" for name, why in self.fallback_reasons.items())
@@ -192,6 +195,13 @@ class Tracer:
         if self.plan is None:
             raise KernelError("the tracer is not started")
         return self.plan.probes
+
+    @property
+    def names(self) -> Names:
+        """Flow, probe, drop-reason and function names of the attached plan: what output, metrics and spans show."""
+        if self._names is None:
+            raise KernelError("the tracer is not started")
+        return self._names
 
     @property
     def collector(self) -> Collector:
