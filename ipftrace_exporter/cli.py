@@ -31,7 +31,8 @@ from .kernel.view import KernelView
 from .lossreport import KernelCounts, LossReport
 from .output import PathFormatter, TextStyle, device_text, use_colour
 from .paths import OUTCOME_TRUNCATED
-from .plan import BACKENDS, function_specs
+from .plan import function_specs
+from .probes import BACKENDS
 from .program import ProgramOptions
 from .progress import ProgressLine, run_interruptibly
 from .survey import survey_lines, take_survey

@@ -9,16 +9,15 @@ import threading
 from dataclasses import dataclass, field, replace
 
 from .collector import AttachReport, Collector, VerifyReport, compile_check
-from .errors import AttachError, KernelError, UsageError
+from .errors import AttachError, KernelError
 from .events import decode_frames
-from .flows import FlowSpec, check_flows
+from .flows import FlowSpec
 from .kernel.headers import HeaderTree, HeaderTreeBuilder, choose_header_tree
 from .kernel.view import KernelView, preload_symbols
 from .names import Names
 from .paths import PathAssembler, PathLimits, SkbPath
 from .plan import (
     AUTO_ORDER,
-    BACKENDS,
     ProbePlan,
     attach_summary,
     auto_passes_over_kfunc,
@@ -35,7 +34,7 @@ SKB_LAYOUT_MEMBERS = ("head", "data", "len", "protocol", "network_header", "dev"
 
 @dataclass(frozen=True)
 class TraceRequest:
-    """What to trace and how."""
+    """What to trace and how; validated where it was given (Config, the command line's options)."""
 
     flows: tuple[FlowSpec, ...]
     backend: str = "auto"
@@ -43,11 +42,6 @@ class TraceRequest:
     options: ProgramOptions = field(default_factory=ProgramOptions)
     limits: PathLimits = field(default_factory=PathLimits)
     modules: tuple[ModuleCode, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise UsageError(f"backend {self.backend!r}: must be one of {', '.join(BACKENDS)}")
-        check_flows(self.flows)
 
 
 class Tracer:
