@@ -39,6 +39,7 @@ from benchlib import (
 )
 
 from ipftrace_exporter import events as events_module
+from ipftrace_exporter.names import Names
 from ipftrace_exporter.paths import PathAssembler, PathLimits
 from ipftrace_exporter.spans import SpanEncoder, WallClock
 
@@ -83,7 +84,7 @@ def pipeline(events: int, max_inflight: int) -> list[list[str]]:
     # The synthetic timestamps start at 1 s: a clock at 0 keeps every path from ever idling out.
     assembler = PathAssembler(make_probes(), PathLimits(max_inflight=max_inflight, idle_timeout_ns=3600 * 10**9),
                               clock=lambda: 0)
-    encoder = SpanEncoder(make_probes(), FLOWS, WallClock(), {"service.name": "bench"}, seed=1)
+    encoder = SpanEncoder(Names(FLOWS, make_probes()), WallClock(), {"service.name": "bench"}, seed=1)
     decode_frames, encode_frames = events_module.decode_frames, events_module.encode_frames
     step = max(events // 10, 1)
     samples: list[tuple[int, int]] = []

@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import FLOWS, command_line, machine_facts, make_probes, report, synthetic_events, table
 
 from ipftrace_exporter import events as events_module
+from ipftrace_exporter.names import Names
 from ipftrace_exporter.paths import PathAssembler, PathLimits, SkbPath
 from ipftrace_exporter.spans import SpanEncoder, WallClock
 
@@ -156,11 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     events = args.events
 
     decode = run_decode(chunks)
-    encoder = SpanEncoder(probes, FLOWS, WallClock(), {"service.name": "bench"}, seed=1)
+    encoder = SpanEncoder(Names(FLOWS, probes), WallClock(), {"service.name": "bench"}, seed=1)
     assemble, encode, spans, size, kept = run_stream(chunks, encoder, args.naive_events)
     naive_events = sum(len(path.events) for path in kept)
     groups = batches(kept, BATCH_SPANS)
-    fresh = SpanEncoder(probes, FLOWS, WallClock(), {"service.name": "bench"}, seed=2)  # cold caches, like the SDK
+    fresh = SpanEncoder(Names(FLOWS, probes), WallClock(), {"service.name": "bench"}, seed=2)  # cold caches, like the SDK
     ours = run_encode(fresh.encode_bytes, groups)
     naive = run_encode(NaiveEncoder(probes, WallClock()).encode, groups)
     ratio = naive.cpu / ours.cpu

@@ -31,6 +31,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from ipftrace_exporter import __version__
 from ipftrace_exporter.events import FLAG_TUPLE, MODULE_DATA_SIZE, Event
+from ipftrace_exporter.names import Names
 from ipftrace_exporter.paths import OUTCOME_DELIVERED, OUTCOME_DROPPED, Drop, SkbPath
 from ipftrace_exporter.probes import Probe, ProbeKind, ProbeRole, ProbeTable
 from ipftrace_exporter.protocols import PORT_PROTOCOLS
@@ -126,7 +127,7 @@ class NaiveEncoder:
                     path.drop.function,
                 )
             root = tracer.start_span(
-                f"{flow.protocol} {flow.source} -> {flow.destination}",
+                f"{flow.protocol} {FLOWS[path.flow_id]}",  # as spans.root_span_name: addresses are attributes
                 kind=trace.SpanKind.INTERNAL,
                 attributes=attrs,
                 start_time=path.events[0].timestamp_ns + offset,
@@ -182,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     clock = WallClock()
     paths = make_paths(args.paths, args.events, probes, random.Random(args.seed))
     spans = SpanEncoder.span_count(paths)
-    ours = SpanEncoder(probes, FLOWS, clock, RESOURCE, seed=args.seed)
+    ours = SpanEncoder(Names(FLOWS, probes), clock, RESOURCE, seed=args.seed)
     naive = NaiveEncoder(probes, clock)
 
     # sanity: both produce the same spans

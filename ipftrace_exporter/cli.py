@@ -31,7 +31,8 @@ from .kernel.view import KernelView
 from .lossreport import KernelCounts, LossReport
 from .output import PathFormatter, TextStyle, device_text, use_colour
 from .paths import OUTCOME_TRUNCATED, SkbPath
-from .plan import BACKENDS, function_specs
+from .plan import function_specs
+from .probes import BACKENDS
 from .program import ProgramOptions
 from .progress import ProgressLine, run_interruptibly
 from .survey import survey_lines, take_survey
@@ -348,9 +349,8 @@ def trace(request: TraceRequest, output: str, count: int | None, timeout: float 
         except AttachError:
             _blame_modules(tracer, loaded_modules)  # a module whose C does not compile: say which
             raise
-        formatter = PathFormatter(tracer.probes, [flow.name for flow in request.flows],
-                                  _module_text(loaded_modules if text_modules is None else text_modules),
-                                  data_fields=_module_fields(loaded_modules), style=style)
+        text = _module_text(loaded_modules if text_modules is None else text_modules)
+        formatter = PathFormatter(tracer.names, text, data_fields=_module_fields(loaded_modules), style=style)
         losses = LossReport(lambda: KernelCounts.read(tracer.collector.counters()))
         write_ready_file(ready_file)
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -42,8 +42,8 @@ from .flows import (
     parse_port,
 )
 from .paths import PathLimits
+from .probes import BACKENDS
 
-BACKENDS = ("auto", "kfunc", "kprobe", "tracepoint")
 OTLP_PROTOCOLS = ("grpc", "http/protobuf")
 DEFAULT_CONFIG_RESOURCE = "default-config.yaml"
 DEFAULT_SOURCE = "<default config>"
@@ -136,7 +136,7 @@ class TracesConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sample_ratio <= 1.0:
-            raise ConfigError(f"traces.sample_ratio: {self.sample_ratio}: must be between 0 and 1")
+            raise ConfigError(f"traces.sample_ratio: {_show(self.sample_ratio)}: must be a number between 0 and 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,8 +188,12 @@ class Config:
             check_flows(self.flows)
         except UsageError as err:
             raise ConfigError(f"flows: {err}") from None
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"backend: {_show(self.backend)}: must be one of {', '.join(BACKENDS)}")
+        if self.backend not in BACKENDS:  # a Config built directly: the parser's own rule
+            try:
+                _backend(self.backend, "backend")
+            except _Invalid as err:
+                raise ConfigError(str(err)) from None
+            raise ConfigError(f"backend: {_show(self.backend)}: must be written in lower case")
 
     @property
     def flow_names(self) -> tuple[str, ...]:
@@ -380,12 +384,7 @@ def _config(data: Any, base: Config, source: str) -> Config:
 def _flows(raw: Any) -> tuple[FlowSpec, ...]:
     if not isinstance(raw, list):
         raise _Invalid("flows", f"{_show(raw)}: must be a list of flows")
-    flows = tuple(_flow(item, index, len(raw)) for index, item in enumerate(raw))
-    try:
-        check_flows(flows)
-    except UsageError as err:
-        raise _Invalid("flows", str(err)) from None
-    return flows
+    return tuple(_flow(item, index, len(raw)) for index, item in enumerate(raw))  # Config checks them together
 
 
 def _flow_name(value: Any) -> FlowSpec:
@@ -438,6 +437,7 @@ def _flow_error(raw: Mapping[str, Any], path: str, err: UsageError) -> _Invalid:
 
 
 def _backend(raw: Any, path: str) -> str:
+    """The backend as written (one of BACKENDS, any case), normalized; `path` names it in the error."""
     if isinstance(raw, str) and raw.strip().lower() in BACKENDS:
         return raw.strip().lower()
     raise _Invalid(path, f"{_show(raw)}: must be one of {', '.join(BACKENDS)}")
@@ -493,9 +493,9 @@ def _traces(raw: Any, base: TracesConfig) -> TracesConfig:
     changes: dict[str, Any] = {}
     ratio = section.get("sample_ratio")
     if ratio is not None:
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1:
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
             raise _Invalid("traces.sample_ratio", f"{_show(ratio)}: must be a number between 0 and 1")
-        changes["sample_ratio"] = float(ratio)
+        changes["sample_ratio"] = float(ratio)  # TracesConfig checks the range
     if section.get("otlp") is not None:
         changes["otlp"] = _otlp(section["otlp"], base.otlp)
     if section.get("attributes") is not None:
@@ -531,16 +531,23 @@ def _endpoint(raw: Any) -> str:
     if not isinstance(raw, str):
         raise _Invalid(path, f"{_show(raw)}: must be an http:// or https:// URL")
     text = raw.strip()
-    parts = urlsplit(text)
+    problem = url_problem(text)
+    if problem is not None:
+        raise _Invalid(path, f"{_show(raw)}: {problem}")
+    return text
+
+
+def url_problem(url: str) -> str | None:
+    """Why `url` cannot be an OTLP endpoint (an http:// or https:// URL with a host and a valid port), or None; the
+    one rule for `traces.otlp.endpoint` and the OTEL_* endpoint variables (otlp.py)."""
+    parts = urlsplit(url)
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise _Invalid(
-            path, f"{_show(raw)}: must be an http:// or https:// URL with a host, e.g. http://jaeger:4317"
-        )
+        return "must be an http:// or https:// URL with a host, e.g. http://jaeger:4317"
     try:
         _ = parts.port
     except ValueError:
-        raise _Invalid(path, f"{_show(raw)}: bad port") from None
-    return text
+        return "bad port"
+    return None
 
 
 def _headers(raw: Any) -> Mapping[str, str]:
@@ -571,8 +578,7 @@ def _metrics(raw: Any, base: MetricsConfig) -> MetricsConfig:
         raise _Invalid(
             "metrics.address", f"{_show(address)}: must be HOST:PORT, e.g. 0.0.0.0:9436 or [::]:9436"
         )
-    _checked(_address, address, "metrics.address")
-    return MetricsConfig(address.strip())
+    return MetricsConfig(address.strip())  # which parses it
 
 
 def _collector(raw: Any, base: CollectorConfig) -> CollectorConfig:
@@ -580,11 +586,7 @@ def _collector(raw: Any, base: CollectorConfig) -> CollectorConfig:
     pages = section.get("ring_buffer_pages")
     if pages is None:
         return base
-    try:
-        _check_pages(pages, "collector.ring_buffer_pages")
-    except ConfigError as err:
-        raise _Invalid("", str(err)) from None
-    return CollectorConfig(pages)
+    return CollectorConfig(pages)  # which checks it
 
 
 # ---- helpers ----------------------------------------------------------------------------------------

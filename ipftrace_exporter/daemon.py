@@ -146,7 +146,7 @@ class Daemon:
             report = self.tracer.start()
             self.metrics.probes.record(self.tracer.backend, len(report.attached), len(report.failed))
             self.metrics.collector.set_kernel(
-                KernelCounters(self.tracer.collector.counters(), self.tracer.probes, self.tracer.view.names))
+                KernelCounters(self.tracer.collector.counters(), self.tracer.names))
             self._start_sink()
             self._write_ready()
             while self._running:
@@ -160,7 +160,7 @@ class Daemon:
         if not self.otlp.enabled:
             log.info("%s: spans are not exported", self.otlp.off_reason)
             return
-        encoder = SpanEncoder(self.tracer.probes, list(self.config.flow_names), WallClock(), resource_attributes(),
+        encoder = SpanEncoder(self.tracer.names, WallClock(), resource_attributes(),
                               event_attributes=event_attributes(self.modules) if self.modules else None,
                               skb_address=self.config.traces.attributes.skb_address)
         self.sink = OtlpSink(encoder, settings=self.otlp)
@@ -172,12 +172,11 @@ class Daemon:
     def _deliver(self, paths: list[SkbPath]) -> None:
         if not paths:
             return
-        names = self.config.flow_names
+        names = self.tracer.names
         for path in paths:
             if not path.starts_packet:  # a continuation or a lone clone: its packet was counted already
                 continue
-            name = names[path.flow_id] if 0 <= path.flow_id < len(names) else str(path.flow_id)
-            self.metrics.paths.count(name, path.packet_outcome)
+            self.metrics.paths.count(names.flow(path.flow_id), path.packet_outcome)
         if self.sink is not None:
             self.sink.submit(paths)
 

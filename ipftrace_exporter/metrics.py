@@ -2,7 +2,7 @@
 
 Counting happens in the kernel; this module only reads the maps through a CounterReader (BPF maps in
 production, a dict in tests) and names what it reads: probe ids become function / tracepoint names, free
-locations and drop-reason numbers become names through a DropNames resolver. Every scrape renders whatever
+locations and drop-reason numbers become names through the tracer's names.Names. Every scrape renders whatever
 could be read: a reader that raises is logged once and counted in `ipftrace_scrape_errors_total`.
 """
 
@@ -20,12 +20,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from . import __version__
 from .events import UNTRACED_REASONS
-from .paths import OUTCOMES, DropNames
-from .probes import ProbeTable
+from .names import Names
+from .paths import OUTCOMES
 
 log = logging.getLogger(__name__)
 
-DROP_REASON_PREFIX = "SKB_DROP_REASON_"
 PROBE_STATES = ("attached", "failed")
 SCRAPE_SOURCES = ("hits", "drops", "totals", "spans")
 
@@ -62,8 +61,7 @@ class KernelCounters:
     """What the collector needs once probes are attached: the map reader and the names of its numbers."""
 
     reader: CounterReader
-    probes: ProbeTable
-    names: DropNames
+    names: Names
 
 
 class PathStats:
@@ -304,29 +302,22 @@ class IpftraceCollector:
                 log.debug("metrics: reading %s failed", source, exc_info=True)
             return False
 
-    def _flow(self, flow_id: int) -> str:
-        if 0 <= flow_id < len(self.flow_names):
-            return self.flow_names[flow_id]
-        return f"flow_{flow_id}"
-
-    def _hits(self, kernel: KernelCounters, family: CounterMetricFamily) -> None:
+    @staticmethod
+    def _hits(kernel: KernelCounters, family: CounterMetricFamily) -> None:
+        names = kernel.names
         sums: dict[tuple[str, str], int] = {}
         for flow_id, probe_id, count in list(kernel.reader.hits()):
-            probe = kernel.probes.get(probe_id)
-            key = (self._flow(flow_id), probe.name if probe is not None else f"probe_{probe_id}")
+            key = (names.flow(flow_id), names.probe(probe_id))
             sums[key] = sums.get(key, 0) + count
         for (flow, function), n in sorted(sums.items()):
             family.add_metric([flow, function], n)
 
-    def _drops(self, kernel: KernelCounters, family: CounterMetricFamily) -> None:
+    @staticmethod
+    def _drops(kernel: KernelCounters, family: CounterMetricFamily) -> None:
         names = kernel.names
         sums: dict[tuple[str, str, str], int] = {}
         for flow_id, location, reason, count in list(kernel.reader.drops()):
-            key = (
-                self._flow(flow_id),
-                names.function_name(location),
-                names.reason_name(reason).removeprefix(DROP_REASON_PREFIX),
-            )
+            key = (names.flow(flow_id), names.function(location), names.reason(reason))
             sums[key] = sums.get(key, 0) + count
         for labels, n in sorted(sums.items()):
             family.add_metric(list(labels), n)
@@ -334,7 +325,7 @@ class IpftraceCollector:
     def _matched(self, kernel: KernelCounters, family: CounterMetricFamily) -> None:
         sums = dict.fromkeys(self.flow_names, 0)  # zero series too
         for flow_id, count in list(kernel.reader.matched()):
-            flow = self._flow(flow_id)
+            flow = kernel.names.flow(flow_id)
             sums[flow] = sums.get(flow, 0) + count
         for flow, n in sorted(sums.items()):
             family.add_metric([flow], n)
@@ -342,7 +333,7 @@ class IpftraceCollector:
     def _untraced(self, kernel: KernelCounters, family: CounterMetricFamily) -> None:
         sums = {(flow, reason): 0 for flow in self.flow_names for reason in UNTRACED_REASONS}  # zero series too
         for flow_id, reason, count in list(kernel.reader.untraced()):
-            key = (self._flow(flow_id), reason)
+            key = (kernel.names.flow(flow_id), reason)
             sums[key] = sums.get(key, 0) + count
         for labels, n in sorted(sums.items()):
             family.add_metric(list(labels), n)

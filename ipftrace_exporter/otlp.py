@@ -41,15 +41,15 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+from .config import OTLP_PROTOCOLS, url_problem
 from .errors import ConfigError
 from .paths import SkbPath
 from .spans import SpanEncoder
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_GRPC = "grpc"
-PROTOCOL_HTTP = "http/protobuf"
-PROTOCOLS = (PROTOCOL_GRPC, PROTOCOL_HTTP)
+PROTOCOLS = OTLP_PROTOCOLS  # the config's list: one for `traces.otlp.protocol` and OTEL_*_PROTOCOL
+PROTOCOL_GRPC, PROTOCOL_HTTP = PROTOCOLS
 DEFAULT_PROTOCOL = PROTOCOL_GRPC
 DEFAULT_TIMEOUT_S = 10.0
 HTTP_TRACES_PATH = "/v1/traces"
@@ -199,7 +199,7 @@ def _setting(argument: str | None, setting: str, environ: Mapping[str, str], def
 def _resolve_protocol(argument: str | None, environ: Mapping[str, str]) -> str:
     key, value = _setting(argument, "protocol", environ, DEFAULT_PROTOCOL)
     if value not in PROTOCOLS:
-        raise ConfigError(f"{key}: protocol {value!r} is not supported (use grpc or http/protobuf)")
+        raise ConfigError(f"{key}: protocol {value!r} is not supported (use {' or '.join(PROTOCOLS)})")
     return value
 
 
@@ -214,14 +214,9 @@ def _resolve_endpoint(argument: str | None, protocol: str, environ: Mapping[str,
             return None
         key, url = found[0], _with_scheme(found[1])
         is_base = key == ENV["endpoint"][1]  # the signal-specific variable is used as is (spec)
-    try:
-        parts = urlsplit(url)
-        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        valid = False
-    if not valid:
-        raise ConfigError(f"{key}: {url!r} is not an http:// or https:// URL with a host")
+    problem = url_problem(url)
+    if problem is not None:
+        raise ConfigError(f"{key}: {url!r}: {problem}")
     if protocol == PROTOCOL_HTTP and is_base:
         url = url.rstrip("/") + HTTP_TRACES_PATH
     return url

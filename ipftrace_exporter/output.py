@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TextIO
 
 from .events import Event
+from .names import Names
 from .paths import (
     OUTCOME_DELIVERED,
     OUTCOME_DROPPED,
@@ -19,7 +20,6 @@ from .paths import (
     FlowTuple,
     SkbPath,
 )
-from .probes import ProbeTable
 from .protocols import icmp_type_name
 
 DataText = Callable[[Event], str]
@@ -86,27 +86,16 @@ def _headers_json(flow: FlowTuple) -> dict[str, object]:
 
 
 class PathFormatter:
-    """Formats finished paths; `flow_names[path.flow_id]` names the flow; `data_text` renders module data as text
-    and `data_fields` as {module: {field: value}} for JSON (taken from `data_text.fields` when it has one, as
+    """Formats finished paths, naming flows and probes with `names`; `data_text` renders module data as text and
+    `data_fields` as {module: {field: value}} for JSON (taken from `data_text.fields` when it has one, as
     modules.data_text() gives)."""
 
-    def __init__(self, probes: ProbeTable, flow_names: Sequence[str], data_text: DataText | None = None,
-                 data_fields: DataFields | None = None, style: TextStyle | None = None) -> None:
-        self.probes = probes
+    def __init__(self, names: Names, data_text: DataText | None = None, data_fields: DataFields | None = None,
+                 style: TextStyle | None = None) -> None:
+        self.names = names
         self.style = style or TextStyle()
-        self.flow_names = list(flow_names)
         self.data_text = data_text
         self.data_fields = data_fields if data_fields is not None else getattr(data_text, "fields", None)
-
-    def _probe_name(self, event: Event) -> str:
-        probe = self.probes.get(event.probe_id)
-        return probe.name if probe is not None else f"probe#{event.probe_id}"
-
-    def flow_name(self, path: SkbPath) -> str:
-        """The configured name of the flow this path matched."""
-        if 0 <= path.flow_id < len(self.flow_names):
-            return self.flow_names[path.flow_id]
-        return str(path.flow_id)
 
     def text(self, path: SkbPath) -> str:
         """The seed's shape: a flow line (with ICMP type and code), a `Time Stamp  Function` table (plus the
@@ -134,7 +123,7 @@ class PathFormatter:
     def _table(self, path: SkbPath) -> list[str]:
         """The table rows of one skb's path and the line saying how it ended."""
         style = self.style
-        names = [self._probe_name(event) for event in path.events]
+        names = [self.names.probe(event.probe_id) for event in path.events]
         width = max([len("Function"), *map(len, names)])
         verbose = style.verbose
         with_data = self.data_text is not None
@@ -182,7 +171,7 @@ class PathFormatter:
         `skb_outcome` this skb's own; its clones are in `children`, each with its own skb, outcome and events."""
         described = path.describe()
         record = {
-            "flow": self.flow_name(path),
+            "flow": self.names.flow(path.flow_id),
             "skb": hex(path.skb),
             "outcome": path.packet_outcome,
             "skb_outcome": path.outcome,
@@ -210,7 +199,7 @@ class PathFormatter:
 
     def _events_json(self, path: SkbPath) -> list[dict[str, object]]:
         events = []
-        for event, name in zip(path.events, (self._probe_name(e) for e in path.events)):
+        for event, name in zip(path.events, (self.names.probe(e.probe_id) for e in path.events)):
             item: dict[str, object] = {
                 "timestamp_ns": event.timestamp_ns,
                 "function": name,

@@ -25,7 +25,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from .events import (
     FLAG_ADOPT,
@@ -39,6 +38,7 @@ from .events import (
     Event,
     format_address,
 )
+from .names import Names
 from .probes import ProbeRole, ProbeTable
 from .protocols import ICMP_PROTOCOLS, PORT_PROTOCOLS, protocol_name
 
@@ -52,14 +52,6 @@ RELATION_CLONE = "clone"  # an skb sharing the packet's data buffer (skb_clone)
 RELATION_FRAGMENT = "fragment"  # an IPv4 fragment of the packet's datagram (its own skb and buffer)
 # How long a clone that ended before its packet was seen waits for it: the kernel's IPFT_CLONE_WINDOW_NS.
 ORPHAN_WAIT_NS = 1_000_000_000
-
-
-class DropNames(Protocol):
-    """Resolves a drop's reason number and free location to names."""
-
-    def reason_name(self, reason: int) -> str: ...
-
-    def function_name(self, address: int) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,12 +208,12 @@ class PathAssembler:
         self,
         probes: ProbeTable,
         limits: PathLimits | None = None,
-        names: DropNames | None = None,
+        names: Names | None = None,
         clock: Callable[[], int] = time.monotonic_ns,
     ) -> None:
         self.probes = probes
         self.limits = limits or PathLimits()
-        self.names = names
+        self.names = names if names is not None else Names(probes=probes)
         self.clock = clock
         self._open: OrderedDict[int, SkbPath] = OrderedDict()  # skb -> path, least recently touched first
         self._settling: dict[int, tuple[SkbPath, int]] = {}  # skb -> (ended path, release deadline)
@@ -432,9 +424,7 @@ class PathAssembler:
         self._settling[skb] = (path, self.clock() + self.limits.settle_ns)
 
     def _drop(self, event: Event, probe_name: str) -> Drop:
-        if self.names is None:
-            return Drop(str(event.reason), hex(event.location), probe_name)
-        return Drop(self.names.reason_name(event.reason), self.names.function_name(event.location), probe_name)
+        return Drop(self.names.reason(event.reason), self.names.function(event.location), probe_name)
 
     @staticmethod
     def _sorted(path: SkbPath) -> SkbPath:

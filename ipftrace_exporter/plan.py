@@ -18,7 +18,6 @@ from .tracepoints import SKB_TRACEPOINTS, TracepointInfo, available_tracepoints
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "kfunc", "kprobe", "tracepoint")
 AUTO_ORDER = ("kfunc", "kprobe", "tracepoint")
 FREE_TRACEPOINTS = tuple(info for info in SKB_TRACEPOINTS if info.role is not ProbeRole.STEP)
 # Manifest egress functions and the tracepoint that marks the same moment (for the tracepoint fallback).

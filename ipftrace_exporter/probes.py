@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+# `auto` and the probe kinds, in the order they are listed (auto's own order is plan.AUTO_ORDER).
+BACKENDS = ("auto", "kfunc", "kprobe", "tracepoint")
+
 
 class ProbeKind(str, Enum):
     """How a probe is attached."""

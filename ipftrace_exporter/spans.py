@@ -24,6 +24,7 @@ message.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -40,9 +41,11 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
 from . import __version__
+from .cache import BoundedCache
 from .events import FLAG_ENCAP, FLAG_REWRITE, Event
+from .names import Names
 from .paths import OUTCOME_DROPPED, FlowTuple, SkbPath
-from .probes import Probe, ProbeKind, ProbeRole, ProbeTable
+from .probes import Probe, ProbeKind, ProbeRole
 from .protocols import PORT_PROTOCOLS
 
 log = logging.getLogger(__name__)
@@ -64,7 +67,7 @@ ENV_NODE_NAME = "NODE_NAME"
 AttributeValue = str | int | float | bool
 EventAttributes = Callable[[Event], Mapping[str, AttributeValue]]
 
-_CACHE_LIMIT = 65536  # entries per attribute cache; cleared when exceeded (values like lengths are unbounded)
+_CACHE_LIMIT = 65536  # entries per cache (values like lengths are unbounded): a cache.BoundedCache empties when full
 
 
 class WallClock:
@@ -265,18 +268,9 @@ def _port_attribute(key_field: bytes, port: int) -> bytes:
     return _length_delimited(_ATTRIBUTE, key_field + _length_delimited(_KV_VALUE, any_value))
 
 
-class _Cache(dict[object, bytes]):
-    """Serialized attribute pieces by value, cleared when it grows past its limit."""
-
-    def __init__(self, key: str) -> None:
-        super().__init__()
-        self.key = key
-
-    def __missing__(self, value: object) -> bytes:
-        if len(self) >= _CACHE_LIMIT:
-            self.clear()
-        piece = self[value] = _attribute_field(self.key, value)
-        return piece
+def _attribute_cache(key: str) -> BoundedCache[object, bytes]:
+    """Serialized pieces of attribute `key` by value."""
+    return BoundedCache(_CACHE_LIMIT, functools.partial(_attribute_field, key))
 
 
 # ---- the encoder ------------------------------------------------------------------------------------------------
@@ -287,8 +281,7 @@ class SpanEncoder:
 
     def __init__(
         self,
-        probes: ProbeTable,
-        flow_names: Sequence[str],
+        names: Names,
         clock: WallClock,
         resource_attributes: Mapping[str, AttributeValue],
         event_attributes: EventAttributes | None = None,
@@ -296,9 +289,9 @@ class SpanEncoder:
         skb_address: bool = False,
         seed: int | None = None,
     ) -> None:
-        self.probes = probes
+        self.names = names
+        self.probes = probes = names.probes
         self.skb_address = skb_address
-        self.flow_names = tuple(flow_names)
         self.clock = clock
         self.event_attributes = event_attributes
         self.resource = Resource(attributes=_key_values(resource_attributes))
@@ -309,15 +302,18 @@ class SpanEncoder:
         self._scope = ScopeSpans(scope=self.scope, schema_url=SCHEMA_URL).SerializeToString()
         self._templates = [self._template(probe) for probe in probes]
         self._template_lens = [len(template) for template in self._templates]
-        self._tails: dict[tuple[int, int, int], bytes] = {}
-        self._unknown: dict[int, bytes] = {}
-        self._cpu = _Cache("ipftrace.cpu")
-        self._len = _Cache("ipftrace.len")
-        self._ifindex = _Cache("ipftrace.ifindex")
-        self._networks: dict[tuple[int, int, int, bytes, bytes, int, int], bytes] = {}
-        self._headerless: dict[str, bytes] = {}
-        self._path_attributes: dict[tuple[str, object], bytes] = {}
-        self._module_attributes: dict[tuple[str, type, object], bytes] = {}
+        self._tails: BoundedCache[tuple[int, int, int], bytes] = BoundedCache(_CACHE_LIMIT, self._event_tail)
+        self._unknown: BoundedCache[int, bytes] = BoundedCache(_CACHE_LIMIT, self._unknown_template)
+        self._cpu = _attribute_cache("ipftrace.cpu")
+        self._len = _attribute_cache("ipftrace.len")
+        self._ifindex = _attribute_cache("ipftrace.ifindex")
+        self._networks: BoundedCache[tuple[int, int, int, bytes, bytes, int, int], bytes] = BoundedCache(_CACHE_LIMIT)
+        self._headerless: BoundedCache[str, bytes] = BoundedCache(_CACHE_LIMIT, self._name_and_kind)
+        self._path_attributes: BoundedCache[tuple[str, object], bytes] = BoundedCache(
+            _CACHE_LIMIT, lambda item: _attribute_field(*item))
+        # by type too: True and 1 are equal keys but different attribute values
+        self._module_attributes: BoundedCache[tuple[str, type, object], bytes] = BoundedCache(
+            _CACHE_LIMIT, lambda item: _attribute_field(item[0], item[2]))
 
     @staticmethod
     def _template(probe: Probe) -> bytes:
@@ -327,44 +323,28 @@ class SpanEncoder:
         ).SerializeToString()
 
     def _unknown_template(self, probe_id: int) -> bytes:
-        template = self._unknown.get(probe_id)
-        if template is None:
-            name = f"probe {probe_id}"
-            template = self._unknown[probe_id] = Span(
-                name=name, kind=Span.SPAN_KIND_INTERNAL, attributes=_key_values({"ipftrace.probe": name})
-            ).SerializeToString()
-        return template
+        """The child-span template of a probe id the table does not know."""
+        name = self.names.probe(probe_id)
+        return Span(name=name, kind=Span.SPAN_KIND_INTERNAL,
+                    attributes=_key_values({"ipftrace.probe": name})).SerializeToString()
 
     def _attribute(self, key: str, value: object) -> bytes:
-        cache = self._path_attributes
-        piece = cache.get((key, value))
-        if piece is None:
-            if len(cache) >= _CACHE_LIMIT:
-                cache.clear()
-            piece = cache[(key, value)] = _attribute_field(key, value)
-        return piece
+        return self._path_attributes[(key, value)]
 
     def _module_attribute(self, key: str, value: object) -> bytes:
-        cache = self._module_attributes
-        index = (key, type(value), value)
-        piece = cache.get(index)
-        if piece is None:
-            if len(cache) >= _CACHE_LIMIT:
-                cache.clear()
-            piece = cache[index] = _attribute_field(key, value)
-        return piece
+        return self._module_attributes[(key, type(value), value)]
 
     def _network(self, path: SkbPath) -> bytes:
         """Root name and network attributes, cached by flow and headers (packets of a connection share them)."""
         event = path.tuple_event
         if event is None:
-            return self._headerless_root(f"packet {self.flow_name(path.flow_id)}")
+            return self._headerless[f"packet {self.names.flow(path.flow_id)}"]
         key = (path.flow_id, event.ipversion, event.l4proto, event.saddr, event.daddr, event.sport, event.dport)
         piece = self._networks.get(key)
         if piece is None:
             flow = path.describe()
             attribute = self._attribute
-            name = root_span_name(flow.protocol, self.flow_name(path.flow_id)).encode()
+            name = root_span_name(flow.protocol, self.names.flow(path.flow_id)).encode()
             pieces = [
                 _NAME + _varint(len(name)) + name,
                 _KIND_INTERNAL,
@@ -376,24 +356,13 @@ class SpanEncoder:
             if flow.l4proto in PORT_PROTOCOLS:
                 pieces += [_port_attribute(_SOURCE_PORT_KEY, flow.sport),
                            _port_attribute(_DESTINATION_PORT_KEY, flow.dport)]
-            piece = b"".join(pieces)
-            if len(self._networks) >= _CACHE_LIMIT:
-                self._networks.clear()
-            self._networks[key] = piece
+            piece = self._networks[key] = b"".join(pieces)
         return piece
 
-    def _headerless_root(self, name: str) -> bytes:
-        """Name and kind of the root of a path whose headers never parsed (one per flow)."""
-        piece = self._headerless.get(name)
-        if piece is None:
-            piece = self._headerless[name] = Span(name=name, kind=Span.SPAN_KIND_INTERNAL).SerializeToString()
-        return piece
-
-    def flow_name(self, flow_id: int) -> str:
-        """The configured name of a flow id (its number as text when unknown)."""
-        if 0 <= flow_id < len(self.flow_names):
-            return self.flow_names[flow_id]
-        return str(flow_id)
+    @staticmethod
+    def _name_and_kind(name: str) -> bytes:
+        """Name and kind of a span without a probe: a headerless path's root (one per flow), a clone's span."""
+        return Span(name=name, kind=Span.SPAN_KIND_INTERNAL).SerializeToString()
 
     @staticmethod
     def span_count(paths: Iterable[SkbPath]) -> int:
@@ -415,13 +384,9 @@ class SpanEncoder:
         return _length_delimited(_RESOURCE_SPANS, self._head + scope_spans)
 
     def _event_tail(self, key: tuple[int, int, int]) -> bytes:
-        """The `ipftrace.cpu`, `ipftrace.len` and `ipftrace.ifindex` attributes of an event, cached by their values."""
-        tails = self._tails
-        if len(tails) >= _CACHE_LIMIT:
-            tails.clear()
+        """The `ipftrace.cpu`, `ipftrace.len` and `ipftrace.ifindex` attributes of an event (cached in `_tails`)."""
         cpu, length, ifindex = key
-        tail = tails[key] = self._cpu[cpu] + self._len[length] + self._ifindex[ifindex]
-        return tail
+        return self._cpu[cpu] + self._len[length] + self._ifindex[ifindex]
 
     def _random_ids(self, size: int) -> bytes:
         """`size` random bytes for trace and span ids, none of its 8-byte ids zero (a zero id is invalid: redraw;
@@ -458,7 +423,7 @@ class SpanEncoder:
         attribute = self._attribute
         pieces = [
             _TRACE_ID, trace_id, _SPAN_ID, span_id, _PARENT_ID, root_id,
-            self._headerless_root(child.relation),
+            self._headerless[child.relation],
             _TIMES.pack(_START_TAG, events[0].timestamp_ns + offset, _END_TAG, events[-1].timestamp_ns + offset),
             attribute("ipftrace.relation", child.relation),
             attribute("ipftrace.outcome", child.outcome),
@@ -484,7 +449,7 @@ class SpanEncoder:
         template_lens = self._template_lens
         ntemplates = len(templates)
         tails = self._tails
-        event_tail = self._event_tail
+        unknown = self._unknown
         pack = _TIMES.pack
         module = self.event_attributes
         module_attribute = self._module_attribute
@@ -507,12 +472,9 @@ class SpanEncoder:
                 template = templates[probe_id]
                 size = fixed + template_lens[probe_id]
             else:
-                template = self._unknown_template(probe_id)
+                template = unknown[probe_id]
                 size = fixed + len(template)
-            key = event[4:7]  # (cpu, length, ifindex)
-            tail = tails.get(key)
-            if tail is None:
-                tail = event_tail(key)
+            tail = tails[(event.cpu, event.length, event.ifindex)]
             size += len(tail)
             extra = b""
             if module is not None:
@@ -568,7 +530,7 @@ class SpanEncoder:
             self._network(path),
             times,
             _string_attribute(_SKB_KEY, f"{path.skb:#x}") if self.skb_address else b"",  # unique: not cached
-            attribute("ipftrace.flow", self.flow_name(path.flow_id)),
+            attribute("ipftrace.flow", self.names.flow(path.flow_id)),
             attribute("ipftrace.outcome", path.packet_outcome),
             drop_pieces,
         ]

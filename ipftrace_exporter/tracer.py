@@ -10,15 +10,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from .collector import AttachReport, Collector, VerifyReport, compile_check
-from .errors import AttachError, KernelError, UsageError
+from .errors import AttachError, KernelError
 from .events import decode_frames
-from .flows import FlowSpec, check_flows
+from .flows import FlowSpec
 from .kernel.headers import HeaderTree, HeaderTreeBuilder, choose_header_tree
 from .kernel.view import KernelView, preload_symbols
+from .names import Names
 from .paths import PathAssembler, PathLimits, SkbPath
 from .plan import (
     AUTO_ORDER,
-    BACKENDS,
     ProbePlan,
     attach_summary,
     auto_passes_over_kfunc,
@@ -35,7 +35,7 @@ SKB_LAYOUT_MEMBERS = ("head", "data", "len", "protocol", "network_header", "dev"
 
 @dataclass(frozen=True)
 class TraceRequest:
-    """What to trace and how."""
+    """What to trace and how; validated where it was given (Config, the command line's options)."""
 
     flows: tuple[FlowSpec, ...]
     backend: str = "auto"
@@ -43,11 +43,6 @@ class TraceRequest:
     options: ProgramOptions = field(default_factory=ProgramOptions)
     limits: PathLimits = field(default_factory=PathLimits)
     modules: tuple[ModuleCode, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise UsageError(f"backend {self.backend!r}: must be one of {', '.join(BACKENDS)}")
-        check_flows(self.flows)
 
 
 class Tracer:
@@ -63,6 +58,7 @@ class Tracer:
         self.passed_over: set[str] = set()  # of those, the ones auto chose against (the others were refused)
         self._collector: Collector | None = None
         self._assembler: PathAssembler | None = None
+        self._names: Names | None = None
 
     def headers(self) -> HeaderTree:
         """The header tree BCC compiles against (real headers only when their sk_buff matches BTF)."""
@@ -156,7 +152,8 @@ class Tracer:
                     raise AttachError(f"backend {backend}: {err}") from None
                 continue
             self.plan, self.report, self._collector = plan, report, collector
-            self._assembler = PathAssembler(plan.probes, self.request.limits, self.view.names)
+            self._names = self.view.names([flow.name for flow in self.request.flows], plan.probes)
+            self._assembler = PathAssembler(plan.probes, self.request.limits, self._names)
             self._log_choice(backend, plan, report)
             return report
         reasons = "; ".join(f"{name}: {why}" for name, why in self.fallback_reasons.items())
@@ -220,6 +217,13 @@ class Tracer:
         if self.plan is None:
             raise KernelError("the tracer is not started")
         return self.plan.probes
+
+    @property
+    def names(self) -> Names:
+        """Flow, probe, drop-reason and function names of the attached plan: what output, metrics and spans show."""
+        if self._names is None:
+            raise KernelError("the tracer is not started")
+        return self._names
 
     @property
     def collector(self) -> Collector:

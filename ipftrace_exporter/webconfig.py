@@ -38,6 +38,7 @@ from typing import Any
 
 import bcrypt
 
+from .cache import BoundedCache
 from .config import load_yaml_file
 from .errors import ConfigError
 
@@ -74,7 +75,7 @@ class BasicAuth:
     def __init__(self, users: Mapping[str, bytes]) -> None:
         self.users = dict(users)
         self._key = hashlib.sha256(b"".join(sorted(self.users.values()))).digest()
-        self._good: set[bytes] = set()
+        self._good: BoundedCache[bytes, bool] = BoundedCache(_CACHE_LIMIT)
         self._lock = threading.Lock()
 
     def check(self, header: str | None) -> bool:
@@ -95,9 +96,7 @@ class BasicAuth:
         ok = bcrypt.checkpw(password.encode(), hashed if hashed is not None else _DUMMY_HASH) and hashed is not None
         if ok:
             with self._lock:
-                if len(self._good) >= _CACHE_LIMIT:
-                    self._good.clear()
-                self._good.add(digest)
+                self._good[digest] = True
         return ok
 
 

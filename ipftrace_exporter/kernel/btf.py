@@ -151,7 +151,6 @@ class Btf:
             raise self._corrupt("type or string section runs past the end of the data")
         if type_len % 4:
             raise self._corrupt(f"type section length {type_len} is not a multiple of 4")
-        self._endian = endian
         self._types_start = types_start
         self._types_end = types_start + type_len
         self._strings_start = strings_start
@@ -159,7 +158,6 @@ class Btf:
         self._u32 = struct.Struct(endian + "I")
         self._u32x2 = struct.Struct(endian + "II")
         self._u32x3 = struct.Struct(endian + "III")
-        self._i32 = struct.Struct(endian + "i")
 
     def _index_types(self) -> None:
         """One pass over the type section: offset, info and name offset of every type id."""

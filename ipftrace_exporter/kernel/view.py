@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from functools import cached_property
 
 from ..collector import kprobe_multi_refusal
 from ..errors import KernelError
-from ..probes import ProbeKind
+from ..names import Names
+from ..probes import ProbeKind, ProbeTable
 from ..tracepoints import tracefs_root
 from .btf import KIND_FUNC, KIND_TYPEDEF, Btf
 from .symbols import KernelSymbols
@@ -29,22 +30,6 @@ TP_BTF_STAND_INS = {
     4: ("qdisc_dequeue",),
 }
 _TEXT_SYMBOL_TYPES = frozenset("tTwW")
-
-
-class KernelNames:
-    """Drop-reason names from BTF and free locations from kallsyms (paths.DropNames)."""
-
-    def __init__(self, btf: Btf, symbols: KernelSymbols | None) -> None:
-        self._reasons = btf.drop_reasons()
-        self._symbols = symbols
-
-    def reason_name(self, reason: int) -> str:
-        return self._reasons.get(reason, str(reason))
-
-    def function_name(self, address: int) -> str:
-        if self._symbols is None:
-            return hex(address)
-        return self._symbols.function_name(address)
 
 
 _NO_SYMBOLS = "%s: drop locations will be shown as addresses"
@@ -77,9 +62,10 @@ class KernelView:
             log.warning(_NO_SYMBOLS, err)
             return None
 
-    @cached_property
-    def names(self) -> KernelNames:
-        return KernelNames(self.btf, self.symbols)
+    def names(self, flows: Sequence[str], probes: ProbeTable) -> Names:
+        """The names of these flows and probes, with this kernel's drop reasons (BTF) and functions (kallsyms)."""
+        symbols = self.symbols
+        return Names(flows, probes, self.btf.drop_reasons(), symbols.function_name if symbols is not None else None)
 
     @cached_property
     def func_ip_mode(self) -> str:

@@ -18,6 +18,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Protocol
 
+from ..cache import BoundedCache
 from ..events import Event
 from ..fsutil import untrusted_reason
 from ..program import ModuleCode
@@ -280,48 +281,39 @@ class ModuleData:
 
     def __init__(self, modules: Sequence[LoadedModule]) -> None:
         self.modules = tuple(modules)
-        self._fields: dict[bytes, dict[str, Fields]] = {}
-        self._texts: dict[bytes, str] = {}
-        self._attributes: dict[bytes, dict[str, FieldValue]] = {}
+        # by the event's 64 data bytes: packets of a flow mostly repeat them
+        self._fields: BoundedCache[bytes, dict[str, Fields]] = BoundedCache(_CACHE_LIMIT, self._decode)
+        self._texts: BoundedCache[bytes, str] = BoundedCache(_CACHE_LIMIT, self._text)
+        self._attributes: BoundedCache[bytes, dict[str, FieldValue]] = BoundedCache(_CACHE_LIMIT, self._attribute)
 
     def fields(self, event: Event) -> dict[str, Fields]:
         """{module name: fields} for one event (modules with nothing to say are left out)."""
-        key = event.data
-        found = self._fields.get(key)
-        if found is None:
-            if len(self._fields) >= _CACHE_LIMIT:
-                self._fields.clear()
-            found = {}
-            for module in self.modules:
-                values = module.fields(key)
-                if values:
-                    found[module.name] = values
-            self._fields[key] = found
-        return found
+        return self._fields[event.data]
 
     def __call__(self, event: Event) -> str:
         """The `Custom Data` text of an event: each module's text, space-separated."""
-        key = event.data
-        text = self._texts.get(key)
-        if text is None:
-            if len(self._texts) >= _CACHE_LIMIT:
-                self._texts.clear()
-            decoded = self.fields(event)
-            pieces = [module.text(decoded[module.name]) for module in self.modules if module.name in decoded]
-            text = self._texts[key] = " ".join(piece for piece in pieces if piece)
-        return text
+        return self._texts[event.data]
 
     def attributes(self, event: Event) -> dict[str, FieldValue]:
         """`ipftrace.<module>.<field>` -> value for one event."""
-        key = event.data
-        found = self._attributes.get(key)
-        if found is None:
-            if len(self._attributes) >= _CACHE_LIMIT:
-                self._attributes.clear()
-            found = {f"ipftrace.{name}.{field}": value
-                     for name, values in self.fields(event).items() for field, value in values.items()}
-            self._attributes[key] = found
+        return self._attributes[event.data]
+
+    def _decode(self, data: bytes) -> dict[str, Fields]:
+        found = {}
+        for module in self.modules:
+            values = module.fields(data)
+            if values:
+                found[module.name] = values
         return found
+
+    def _text(self, data: bytes) -> str:
+        decoded = self._fields[data]
+        pieces = [module.text(decoded[module.name]) for module in self.modules if module.name in decoded]
+        return " ".join(piece for piece in pieces if piece)
+
+    def _attribute(self, data: bytes) -> dict[str, FieldValue]:
+        return {f"ipftrace.{name}.{field}": value
+                for name, values in self._fields[data].items() for field, value in values.items()}
 
 
 def data_text(modules: Sequence[LoadedModule]) -> ModuleData:

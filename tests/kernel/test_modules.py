@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ipftrace_exporter.flows import FlowSpec, parse_network
 from ipftrace_exporter.modules import event_attributes, load_modules
+from ipftrace_exporter.names import Names
 from ipftrace_exporter.spans import SpanEncoder, WallClock
 from ipftrace_exporter.tracer import Tracer, TraceRequest
 
@@ -202,7 +203,7 @@ def test_module_data_reaches_span_attributes(netpair: NetPair, cache_dir: str) -
         tracer.close()
         stop(server)
     assert paths
-    encoder = SpanEncoder(probes, ["bulk"], WallClock(0), {"service.name": "test"}, event_attributes(loaded))
+    encoder = SpanEncoder(Names(["bulk"], probes), WallClock(0), {"service.name": "test"}, event_attributes(loaded))
     request = encoder.encode(paths)
     spans = [span for rs in request.resource_spans for ss in rs.scope_spans for span in ss.spans]
     values: dict[str, list[object]] = {}

@@ -11,6 +11,7 @@ import pytest
 from ipftrace_exporter.errors import ConfigError
 from ipftrace_exporter.httpserver import Heartbeat, HttpServer, parse_address
 from ipftrace_exporter.metrics import ExporterMetrics, KernelCounters
+from ipftrace_exporter.names import Names
 from ipftrace_exporter.probes import Probe, ProbeKind, ProbeTable
 
 
@@ -29,14 +30,6 @@ class OneHitReader:
 
     def totals(self):
         return {"events": 3, "lost": 0}
-
-
-class NoNames:
-    def function_name(self, address: int) -> str:
-        return hex(address)
-
-    def reason_name(self, reason: int) -> str:
-        return str(reason)
 
 
 def get(port: int, path: str, method: str = "GET", headers: dict[str, str] | None = None):
@@ -72,7 +65,7 @@ def test_start_returns_the_bound_port(server):
 def test_metrics_endpoint_serves_prometheus_text(server, metrics):
     metrics.collector.set_kernel(
         KernelCounters(
-            OneHitReader(), ProbeTable([Probe(0, "net:netif_receive_skb", ProbeKind.TRACEPOINT)]), NoNames()
+            OneHitReader(), Names(["icmp"], ProbeTable([Probe(0, "net:netif_receive_skb", ProbeKind.TRACEPOINT)]))
         )
     )
     status, headers, body = get(server.port, "/metrics")

@@ -19,6 +19,7 @@ from ipftrace_exporter.metrics import (
     KernelCounters,
     PathStats,
 )
+from ipftrace_exporter.names import Names
 from ipftrace_exporter.paths import OUTCOMES
 from ipftrace_exporter.probes import Probe, ProbeKind, ProbeRole, ProbeTable
 from tests.support.contract import CONTRACT_METRICS
@@ -36,7 +37,7 @@ FUNCTIONS = {
     0xFFFF0020: "udp_queue_rcv_one_skb",
     0xFFFF0100: "ip_rcv_finish",
 }
-REASONS = {2: "NO_SOCKET", 5: "SKB_DROP_REASON_NETFILTER_DROP", 6: "OTHERHOST"}
+REASONS = {2: "NO_SOCKET", 5: "NETFILTER_DROP", 6: "OTHERHOST"}  # as btf.drop_reasons names them
 CONTRACT = CONTRACT_METRICS
 
 
@@ -66,14 +67,8 @@ class DictReader:
         return self.total_counts
 
 
-class TableNames:
-    """A DropNames resolver over dicts (kallsyms and BTF in production)."""
-
-    def function_name(self, address: int) -> str:
-        return FUNCTIONS.get(address, hex(address))
-
-    def reason_name(self, reason: int) -> str:
-        return REASONS.get(reason, str(reason))
+# The tracer's names over dicts (kallsyms and BTF in production).
+NAMES = Names(FLOWS, PROBES, REASONS, lambda address: FUNCTIONS.get(address, hex(address)))
 
 
 class BrokenReader(DictReader):
@@ -127,7 +122,7 @@ def reader() -> DictReader:
 @pytest.fixture
 def metrics(reader: DictReader) -> ExporterMetrics:
     m = ExporterMetrics(FLOWS, version="9.9.9", kernel="6.18.0-test")
-    m.collector.set_kernel(KernelCounters(reader, PROBES, TableNames()))
+    m.collector.set_kernel(KernelCounters(reader, NAMES))
     return m
 
 
@@ -195,7 +190,7 @@ def test_drops_are_named_and_summed_per_function_and_reason(metrics, reader):
             (0, 0xFFFF0010, 2): 4,  # two free locations inside one function ...
             (0, 0xFFFF0020, 2): 6,  # ... are one series
             (0, 0xFFFF0020, 6): 1,
-            (1, 0xFFFF0100, 5): 2,  # the SKB_DROP_REASON_ prefix is not part of the label
+            (1, 0xFFFF0100, 5): 2,
             (1, 0xDEAD, 99): 1,  # unknown location and reason: the resolver's fallback names
         }
     )
@@ -215,7 +210,7 @@ def test_drops_are_named_and_summed_per_function_and_reason(metrics, reader):
 def test_unknown_flow_and_probe_ids_still_count(metrics, reader):
     reader.hit_counts[(9, 42)] = 1
     _, samples = scrape(metrics)
-    assert samples[key("ipftrace_function_hits_total", flow="flow_9", function="probe_42")] == 1
+    assert samples[key("ipftrace_function_hits_total", flow="flow#9", function="probe#42")] == 1
 
 
 def test_path_outcomes_have_zero_series_for_every_flow(metrics):
@@ -306,7 +301,7 @@ def test_a_failing_reader_is_logged_once_counted_and_the_rest_exported(broken, c
     reader.drop_counts[(0, 0xFFFF0100, 2)] = 1
     reader.total_counts.update(events=9)
     m = ExporterMetrics(FLOWS)
-    m.collector.set_kernel(KernelCounters(reader, PROBES, TableNames()))
+    m.collector.set_kernel(KernelCounters(reader, NAMES))
     m.paths.count("icmp", "delivered")
     with caplog.at_level(logging.DEBUG, logger="ipftrace_exporter.metrics"):
         scrape(m)
@@ -359,7 +354,7 @@ def test_registering_does_not_read_the_kernel_maps():
             raise AssertionError("read at registration")
 
     collector = IpftraceCollector(FLOWS)
-    collector.set_kernel(KernelCounters(Exploding(), PROBES, TableNames()))
+    collector.set_kernel(KernelCounters(Exploding(), NAMES))
     m = ExporterMetrics(FLOWS)
     m.registry.unregister(m.collector)
     m.registry.register(collector)  # describe(), not collect()

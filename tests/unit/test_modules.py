@@ -32,6 +32,7 @@ from ipftrace_exporter.modules.check import check_program
 from ipftrace_exporter.modules.gso import GsoModule
 from ipftrace_exporter.modules.loader import render_module
 from ipftrace_exporter.modules.tcp import TcpModule
+from ipftrace_exporter.names import Names
 from ipftrace_exporter.output import PathFormatter
 from ipftrace_exporter.paths import PathAssembler, PathLimits
 from ipftrace_exporter.spans import SpanEncoder, WallClock
@@ -383,23 +384,18 @@ def test_the_compile_check_and_the_program_carry_the_same_module_hooks(four: lis
 
 # ---- text, JSON, span attributes -----------------------------------------------------------------------------
 
-class Names:
-    def reason_name(self, reason: int) -> str:
-        return "NO_SOCKET"
-
-    def function_name(self, address: int) -> str:
-        return "f"
+NAMES = Names(["default"], PROBES, {3: "NO_SOCKET"}, lambda address: "f")
 
 
 def recorded_path():  # type: ignore[no-untyped-def]
-    assembler = PathAssembler(PROBES, PathLimits(settle_ns=0), Names(), clock=lambda: 10**12)
+    assembler = PathAssembler(PROBES, PathLimits(settle_ns=0), NAMES, clock=lambda: 10**12)
     done = assembler.add_many([event(1, RECEIVE, first=True, proto=6, sport=55682, dport=18500, data=GSO_SEGMENT),
                                event(2, CONSUME, data=PURE_ACK)])
     return (done + assembler.expire())[0]
 
 
 def test_custom_data_column_joins_the_modules_texts(four: list[LoadedModule]) -> None:
-    text = PathFormatter(PROBES, ["default"], data_text(four)).text(recorded_path())
+    text = PathFormatter(NAMES, data_text(four)).text(recorded_path())
     lines = text.splitlines()
     assert lines[1].endswith("Custom Data")
     assert lines[2].endswith("  (len: 21786 gso_size: 1448 gso_segs: 15 gso_type: SKB_GSO_TCPV4) (mark: 0x10) "
@@ -408,7 +404,7 @@ def test_custom_data_column_joins_the_modules_texts(four: list[LoadedModule]) ->
 
 
 def test_json_carries_text_and_structured_fields_per_module(four: list[LoadedModule]) -> None:
-    record = json.loads(PathFormatter(PROBES, ["default"], data_text(four)).json(recorded_path()))
+    record = json.loads(PathFormatter(NAMES, data_text(four)).json(recorded_path()))
     first, second = record["events"]
     assert first["modules"]["gso"] == {"len": 21786, "gso_size": 1448, "gso_segs": 15, "gso_type": "SKB_GSO_TCPV4"}
     assert first["modules"]["netdev"]["name"] == "ipft21084x77va"
@@ -417,7 +413,7 @@ def test_json_carries_text_and_structured_fields_per_module(four: list[LoadedMod
 
 
 def test_span_attributes_are_named_after_module_and_field(four: list[LoadedModule]) -> None:
-    encoder = SpanEncoder(PROBES, ["default"], WallClock(0), {"service.name": "t"}, event_attributes(four))
+    encoder = SpanEncoder(NAMES, WallClock(0), {"service.name": "t"}, event_attributes(four))
     request = encoder.encode([recorded_path()])
     spans = request.resource_spans[0].scope_spans[0].spans
     children = [attributes(span.attributes) for span in spans if span.parent_span_id]

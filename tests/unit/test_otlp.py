@@ -13,6 +13,7 @@ import pytest
 
 from ipftrace_exporter.errors import ConfigError
 from ipftrace_exporter.events import FLAG_TUPLE, MODULE_DATA_SIZE, Event
+from ipftrace_exporter.names import Names
 from ipftrace_exporter.otlp import ENV, UPSTREAM_LOGGERS, OtlpSettings, OtlpSink
 from ipftrace_exporter.paths import OUTCOME_DELIVERED, SkbPath
 from ipftrace_exporter.probes import Probe, ProbeKind, ProbeRole, ProbeTable
@@ -41,7 +42,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def encoder() -> SpanEncoder:
-    return SpanEncoder(PROBES, ["ping"], WallClock(), {"service.name": "otlp-test"})
+    return SpanEncoder(Names(["ping"], PROBES), WallClock(), {"service.name": "otlp-test"})
 
 
 @pytest.fixture
@@ -279,7 +280,7 @@ def test_shutdown_flushes_what_is_queued(encoder: SpanEncoder) -> None:
 
 
 def test_disabled_sink_does_nothing() -> None:
-    enc = SpanEncoder(PROBES, [], WallClock(), {})
+    enc = SpanEncoder(Names(probes=PROBES), WallClock(), {})
     sink = OtlpSink(enc)
     assert not sink.enabled
     sink.submit(make_paths(3))
@@ -413,7 +414,7 @@ def test_a_failing_module_costs_one_batch_not_the_sender() -> None:
             raise RuntimeError("module bug")
         return {"ipftrace.test.n": calls["n"]}
 
-    enc = SpanEncoder(PROBES, ["ping"], WallClock(), {}, event_attributes=flaky)
+    enc = SpanEncoder(Names(["ping"], PROBES), WallClock(), {}, event_attributes=flaky)
     with GrpcOtlpReceiver() as receiver:
         sink = OtlpSink(enc, receiver.endpoint, **FAST)
         try:

@@ -15,22 +15,17 @@ from ipftrace_exporter.events import (
     FLAG_TUPLE,
     LOST_SHIFT,
 )
+from ipftrace_exporter.names import Names
 from ipftrace_exporter.output import PathFormatter, TextStyle, use_colour
 from ipftrace_exporter.paths import PathAssembler, PathLimits
 
 from .helpers import CONSUME, DROP, IP_RCV, PROBES, RECEIVE, event
 
-
-class Names:
-    def reason_name(self, reason: int) -> str:
-        return "NO_SOCKET"
-
-    def function_name(self, address: int) -> str:
-        return "__udp4_lib_rcv"
+NAMES = Names(["default"], PROBES, {3: "NO_SOCKET"}, lambda address: "__udp4_lib_rcv")
 
 
 def one_path(events):  # type: ignore[no-untyped-def]
-    paths = PathAssembler(PROBES, PathLimits(settle_ns=0), Names(), clock=lambda: 10**12)
+    paths = PathAssembler(PROBES, PathLimits(settle_ns=0), NAMES, clock=lambda: 10**12)
     done = paths.add_many(events)
     return (done + paths.expire())[0]
 
@@ -38,7 +33,7 @@ def one_path(events):  # type: ignore[no-untyped-def]
 def test_text_has_the_seed_shape() -> None:
     path = one_path([event(495406078818070, RECEIVE, first=True, src="10.0.1.10", dst="10.0.1.20", sport=8),
                      event(495406078929728, IP_RCV), event(495406078949359, CONSUME)])
-    text = PathFormatter(PROBES, ["default"]).format(path, "text")
+    text = PathFormatter(NAMES).format(path, "text")
     assert text == (
         "ICMP\t10.0.1.10\t->\t10.0.1.20\techo-request (type 8 code 0)\n"
         "     Time Stamp  Function\n"
@@ -50,14 +45,14 @@ def test_text_has_the_seed_shape() -> None:
 
 def test_text_appends_ports_and_says_where_and_why_a_packet_was_dropped() -> None:
     path = one_path([event(1, RECEIVE, first=True, proto=17, sport=40000, dport=9), event(2, DROP, reason=3)])
-    text = PathFormatter(PROBES, ["default"]).text(path)
+    text = PathFormatter(NAMES).text(path)
     assert text.splitlines()[0] == "UDP\t10.0.0.1:40000\t->\t10.0.0.2:9"
     assert text.splitlines()[-1] == "DROPPED at __udp4_lib_rcv: NO_SOCKET (skb:kfree_skb)"
 
 
 def test_custom_data_column_with_a_module() -> None:
     path = one_path([event(1, RECEIVE, first=True, data=b"\x05"), event(2, CONSUME, data=b"\x07")])
-    text = PathFormatter(PROBES, ["default"], data_text=lambda e: f"(x: {e.data[0]})").text(path)
+    text = PathFormatter(NAMES, data_text=lambda e: f"(x: {e.data[0]})").text(path)
     lines = text.splitlines()
     assert lines[1] == "     Time Stamp  Function               Custom Data"
     assert lines[2] == "              1  net:netif_receive_skb  (x: 5)"
@@ -65,7 +60,7 @@ def test_custom_data_column_with_a_module() -> None:
 
 def test_json_is_one_object_per_line() -> None:
     path = one_path([event(1, RECEIVE, first=True, proto=17, dport=9), event(2, DROP, reason=3)])
-    line = PathFormatter(PROBES, ["udp-flow"]).format(path, "json")
+    line = PathFormatter(Names(["udp-flow"], PROBES)).format(path, "json")
     assert line.endswith("\n") and line.count("\n") == 1
     record = json.loads(line)
     assert record["flow"] == "udp-flow" and record["outcome"] == "dropped" and record["dport"] == 9
@@ -79,7 +74,7 @@ def _three_steps():  # type: ignore[no-untyped-def]
 
 
 def test_delta_column_says_microseconds_since_the_previous_step() -> None:
-    lines = PathFormatter(PROBES, ["default"], style=TextStyle(delta=True)).text(_three_steps()).splitlines()
+    lines = PathFormatter(NAMES, style=TextStyle(delta=True)).text(_three_steps()).splitlines()
     assert lines[0] == "ICMP\t10.0.0.1\t->\t10.0.0.2\tdest-unreachable (type 3 code 3)"
     assert lines[1] == "     Time Stamp        Δ µs  Function"
     assert lines[2] == "        1000000              net:netif_receive_skb"
@@ -89,7 +84,7 @@ def test_delta_column_says_microseconds_since_the_previous_step() -> None:
 
 def test_verbose_rows_show_length_and_device() -> None:
     style = TextStyle(verbose=True, device=lambda event: f"{event.ifindex}:veth0")
-    lines = PathFormatter(PROBES, ["default"], style=style).text(_three_steps()).splitlines()
+    lines = PathFormatter(NAMES, style=style).text(_three_steps()).splitlines()
     assert lines[1] == "     Time Stamp  Function                 Len  Device"
     assert lines[2] == "        1000000  net:netif_receive_skb     84  2:veth0"
 
@@ -98,14 +93,14 @@ def test_wall_clock_time_of_day() -> None:
     from datetime import datetime
 
     offset = int(datetime(2026, 12, 1, 22, 30, 5).timestamp() * 1e9) - 1_000_000
-    lines = PathFormatter(PROBES, ["default"], style=TextStyle(wall_offset_ns=offset)).text(_three_steps())
+    lines = PathFormatter(NAMES, style=TextStyle(wall_offset_ns=offset)).text(_three_steps())
     assert lines.splitlines()[2] == "22:30:05.000000  net:netif_receive_skb"
     assert lines.splitlines()[3] == "22:30:05.000012  ip_rcv"
 
 
 def test_colour_marks_the_flow_line_and_the_drop_only_when_asked() -> None:
-    plain = PathFormatter(PROBES, ["default"]).text(_three_steps())
-    coloured = PathFormatter(PROBES, ["default"], style=TextStyle(colour=True)).text(_three_steps())
+    plain = PathFormatter(NAMES).text(_three_steps())
+    coloured = PathFormatter(NAMES, style=TextStyle(colour=True)).text(_three_steps())
     assert "\x1b[" not in plain
     assert coloured.splitlines()[0].startswith("\x1b[1mICMP") and "\x1b[31mDROPPED" in coloured
     assert re.sub(r"\x1b\[[0-9;]*m", "", coloured) == plain
@@ -123,11 +118,11 @@ def test_colour_is_off_when_piped_or_with_no_color(monkeypatch: pytest.MonkeyPat
 
 
 def test_json_adds_icmp_type_and_code_and_keeps_ports_null() -> None:
-    record = json.loads(PathFormatter(PROBES, ["default"]).json(_three_steps()))
+    record = json.loads(PathFormatter(NAMES).json(_three_steps()))
     assert record["icmp"] == {"type": 3, "code": 3, "name": "dest-unreachable"}
     assert record["sport"] is None and record["dport"] is None
     udp = one_path([event(1, RECEIVE, first=True, proto=17, sport=5, dport=9), event(2, CONSUME)])
-    assert json.loads(PathFormatter(PROBES, ["default"]).json(udp))["icmp"] is None
+    assert json.loads(PathFormatter(NAMES).json(udp))["icmp"] is None
 
 
 def rewritten_path():  # type: ignore[no-untyped-def]
@@ -140,7 +135,7 @@ def rewritten_path():  # type: ignore[no-untyped-def]
 
 
 def test_text_says_where_the_headers_were_rewritten_and_to_what() -> None:
-    lines = PathFormatter(PROBES, ["default"]).text(rewritten_path()).splitlines()
+    lines = PathFormatter(NAMES).text(rewritten_path()).splitlines()
     assert lines[0] == "UDP\t10.0.0.1:40000\t->\t10.0.0.2:7000"  # the flow as first matched
     assert lines[3:5] == ["              2  ip_rcv",
                           "                 headers rewritten (NAT): now UDP 10.0.1.1:61000 -> 10.0.2.2:7001"]
@@ -148,7 +143,7 @@ def test_text_says_where_the_headers_were_rewritten_and_to_what() -> None:
 
 
 def test_json_gives_the_rewritten_headers_on_their_event() -> None:
-    record = json.loads(PathFormatter(PROBES, ["default"]).json(rewritten_path()))
+    record = json.loads(PathFormatter(NAMES).json(rewritten_path()))
     assert (record["daddr"], record["dport"]) == ("10.0.0.2", 7000)
     assert [event.get("rewrite") for event in record["events"]] == [
         None, {"protocol": "UDP", "saddr": "10.0.1.1", "sport": 61000, "daddr": "10.0.2.2", "dport": 7001}, None]
@@ -158,7 +153,7 @@ def reply_with_clone():  # type: ignore[no-untyped-def]
     """A ping reply dropped at ping_rcv whose raw-socket clone was read."""
     clone = event(3, RECEIVE, skb=0xFFFF888000002000, first=True, flags=FLAG_CLONE)._replace(
         parent=0xFFFF888000001000)
-    paths = PathAssembler(PROBES, PathLimits(settle_ns=0), Names(), clock=lambda: 10**12)
+    paths = PathAssembler(PROBES, PathLimits(settle_ns=0), NAMES, clock=lambda: 10**12)
     done = paths.add_many([event(1, RECEIVE, first=True, sport=0), event(2, DROP, reason=3), clone,
                            event(4, CONSUME, skb=0xFFFF888000002000)])
     (packet,) = done + paths.expire()
@@ -166,7 +161,7 @@ def reply_with_clone():  # type: ignore[no-untyped-def]
 
 
 def test_text_shows_a_clone_under_its_packet_and_how_the_packet_ended() -> None:
-    lines = PathFormatter(PROBES, ["default"]).text(reply_with_clone()).splitlines()
+    lines = PathFormatter(NAMES).text(reply_with_clone()).splitlines()
     assert lines[4:] == [
         "DROPPED at __udp4_lib_rcv: NO_SOCKET (skb:kfree_skb)",
         "  clone 0xffff888000002000 (shares the packet's data buffer):",
@@ -178,7 +173,7 @@ def test_text_shows_a_clone_under_its_packet_and_how_the_packet_ended() -> None:
 
 
 def test_json_gives_the_packet_outcome_and_each_clone() -> None:
-    record = json.loads(PathFormatter(PROBES, ["default"]).json(reply_with_clone()))
+    record = json.loads(PathFormatter(NAMES).json(reply_with_clone()))
     assert (record["outcome"], record["skb_outcome"], record["drop"]["reason"]) == ("delivered", "dropped", "NO_SOCKET")
     (clone,) = record["children"]
     assert clone["relation"] == "clone" and clone["skb"] == "0xffff888000002000" and clone["outcome"] == "delivered"
@@ -187,15 +182,15 @@ def test_json_gives_the_packet_outcome_and_each_clone() -> None:
 
 def test_text_says_how_many_events_a_truncated_path_lost() -> None:
     path = one_path([event(1, RECEIVE, first=True), event(2, CONSUME, flags=FLAG_GAP | 2 << LOST_SHIFT)])
-    assert PathFormatter(PROBES, ["default"]).text(path).splitlines()[-1] == "(truncated: 2 events of this skb lost)"
-    assert json.loads(PathFormatter(PROBES, ["default"]).json(path))["lost_events"] == 2
+    assert PathFormatter(NAMES).text(path).splitlines()[-1] == "(truncated: 2 events of this skb lost)"
+    assert json.loads(PathFormatter(NAMES).json(path))["lost_events"] == 2
 
 
 def test_a_path_freed_unseen_says_so_in_text_and_json() -> None:
     paths = PathAssembler(PROBES, PathLimits(settle_ns=0), clock=lambda: 0)
     paths.add(event(1, RECEIVE, first=True))
     (old,) = paths.add(event(2, RECEIVE, first=True, dst="10.0.0.7"))
-    formatter = PathFormatter(PROBES, ["default"])
+    formatter = PathFormatter(NAMES)
     assert "(delivered: freed where no probe sees it; the kernel reused its skb for another packet)" in formatter.text(old)
     record = json.loads(formatter.json(old))
     assert record["outcome"] == "delivered" and record["freed_unseen"] is True
@@ -207,7 +202,7 @@ def test_a_neighbour_probe_copy_is_labelled_under_the_packet_that_adopted_it() -
     adopting = event(5, RECEIVE, first=True, flags=FLAG_ADOPT)._replace(parent=0xFFFF888000002000)
     done = paths.add_many([copy, adopting, event(6, CONSUME)])
     (packet,) = done + paths.expire(now_ns=10**12)
-    formatter = PathFormatter(PROBES, ["default"])
+    formatter = PathFormatter(NAMES)
     assert ("  clone 0xffff888000002000 (shares the packet's data buffer; ended before the packet was first seen: "
             "a neighbour probe's copy):") in formatter.text(packet).splitlines()
     (child,) = json.loads(formatter.json(packet))["children"]
@@ -218,7 +213,7 @@ def test_a_clone_of_a_packet_never_seen_says_so() -> None:
     paths = PathAssembler(PROBES, PathLimits(settle_ns=0), clock=lambda: 0)
     paths.add(event(1, CONSUME, skb=0xFFFF888000002000, first=True, flags=FLAG_CLONE))
     (alone,) = paths.expire(now_ns=10**12)
-    formatter = PathFormatter(PROBES, ["default"])
+    formatter = PathFormatter(NAMES)
     assert "(clone of a packet not seen: e.g. a neighbour probe's copy of a packet that waited for ARP/ND)" in (
         formatter.text(alone))
     record = json.loads(formatter.json(alone))
@@ -230,7 +225,7 @@ def test_text_and_json_say_where_a_packet_was_encapsulated_and_in_what() -> None
                   flags=FLAG_ENCAP)
     outer = outer._replace(flags=outer.flags & ~FLAG_TUPLE)
     path = one_path([event(1, RECEIVE, first=True), outer, event(3, CONSUME)])
-    formatter = PathFormatter(PROBES, ["default"])
+    formatter = PathFormatter(NAMES)
     assert (f"{'':>15}  encapsulated (tunnel): now UDP 10.199.1.1:41456 -> 10.199.1.2:4789"
             in formatter.text(path).splitlines())
     (marked,) = [item for item in json.loads(formatter.json(path))["events"] if "encap" in item]

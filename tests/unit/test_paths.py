@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from ipftrace_exporter.events import FLAG_ADOPT, FLAG_CLONE, FLAG_GAP, FLAG_LEFT, FLAG_PREV_LOST, LOST_SHIFT
+from ipftrace_exporter.names import Names
 from ipftrace_exporter.paths import ORPHAN_WAIT_NS, PathAssembler, PathLimits
 
 from .helpers import CONSUME, DROP, EGRESS, IP_RCV, PROBES, RECEIVE, event
@@ -18,16 +19,12 @@ class Clock:
         return self.now
 
 
-class Names:
-    def reason_name(self, reason: int) -> str:
-        return {3: "NO_SOCKET"}.get(reason, str(reason))
-
-    def function_name(self, address: int) -> str:
-        return {0xFFFF0001: "__udp4_lib_rcv"}.get(address, hex(address))
+FUNCTIONS = {0xFFFF0001: "__udp4_lib_rcv"}
+NAMES = Names(["default"], PROBES, {3: "NO_SOCKET"}, lambda address: FUNCTIONS.get(address, hex(address)))
 
 
 def assembler(clock: Clock, **limits: int) -> PathAssembler:
-    return PathAssembler(PROBES, PathLimits(**{"settle_ns": 10, "idle_timeout_ns": 1000, **limits}), Names(), clock)
+    return PathAssembler(PROBES, PathLimits(**{"settle_ns": 10, "idle_timeout_ns": 1000, **limits}), NAMES, clock)
 
 
 def test_events_out_of_order_across_cpus_are_sorted_and_stragglers_join_the_ended_path() -> None:

@@ -11,6 +11,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from ipftrace_exporter import __version__
 from ipftrace_exporter.events import FLAG_ENCAP, FLAG_REWRITE, FLAG_TUPLE, MODULE_DATA_SIZE, Event
+from ipftrace_exporter.names import Names
 from ipftrace_exporter.paths import OUTCOME_DELIVERED, OUTCOME_DROPPED, OUTCOME_TIMEOUT, Drop, SkbPath
 from ipftrace_exporter.probes import Probe, ProbeKind, ProbeRole, ProbeTable
 from ipftrace_exporter.spans import (
@@ -63,7 +64,7 @@ def event(
 
 def encoder(**kwargs: object) -> SpanEncoder:
     resource = kwargs.pop("resource", {"service.name": "test"})
-    return SpanEncoder(PROBES, FLOWS, WallClock(OFFSET), resource, **kwargs)  # type: ignore[arg-type]
+    return SpanEncoder(Names(FLOWS, PROBES), WallClock(OFFSET), resource, **kwargs)  # type: ignore[arg-type]
 
 
 def spans_of(request: ExportTraceServiceRequest) -> list[Span]:
@@ -262,8 +263,9 @@ def test_a_path_with_lost_events_is_marked() -> None:
 def test_unknown_flow_ids_and_probe_ids_still_encode() -> None:
     path = SkbPath(SKB, 7, [event(10, 0), event(20, 42)])
     root, children = split(spans_of(encoder().encode([path])))
-    assert attributes(root.attributes)["ipftrace.flow"] == "7"
-    assert children[1].name == "probe 42"
+    assert attributes(root.attributes)["ipftrace.flow"] == "flow#7"
+    assert children[1].name == "probe#42"
+    assert attributes(children[1].attributes)["ipftrace.probe"] == "probe#42"
 
 
 def test_empty_paths_are_skipped() -> None:
