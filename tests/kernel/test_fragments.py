@@ -31,7 +31,7 @@ def test_a_fragmented_datagram_is_one_packet_with_its_fragments_as_children(star
                           "-dp", str(SERVER_PORT))
         sent, received = nstat(netpair.exec_in, netpair.ns_a), nstat(netpair.exec_in, netpair.ns_b)
         send_large_datagrams(netpair, DATAGRAMS)
-        time.sleep(0.5)
+        time.sleep(1.5)
         created = nstat(netpair.exec_in, netpair.ns_a)["IpFragCreates"] - sent.get("IpFragCreates", 0)
         reassembled = nstat(netpair.exec_in, netpair.ns_b)["IpReasmOKs"] - received.get("IpReasmOKs", 0)
         code, out, err = tool.stop()
@@ -40,7 +40,7 @@ def test_a_fragmented_datagram_is_one_packet_with_its_fragments_as_children(star
         server.wait()
     assert code == 130, err
     assert (created, reassembled) == (4 * DATAGRAMS, DATAGRAMS)
-    summary = re.search(r"INFO: ([\d,]+) paths? printed; the kernel matched ([\d,]+) packets", err)
+    summary = re.search(r"INFO: ([\d,]+) paths? printed(?: \([^)]*\))?; the kernel matched ([\d,]+) packets", err)
     alone = [(p.get("relation"), p["skb"], p.get("parent"), [(e["function"], e["timestamp_ns"]) for e in p["events"]]) for p in map(json.loads, out.splitlines()) if p.get("relation")]
     assert summary and summary[1] == summary[2] == str(DATAGRAMS), "\n".join(map(str, alone[:4]))  # a fragment is not a packet of its own
     paths = [json.loads(line) for line in out.splitlines()]
@@ -50,7 +50,7 @@ def test_a_fragmented_datagram_is_one_packet_with_its_fragments_as_children(star
         fragments = [child for child in path["children"] if child["relation"] == "fragment"]
         # each fragment the sender created is a path from its own transmit, the first being the packet's own
         sent_fragments += 1 + sum(child["events"][0]["function"] == "net:net_dev_queue" for child in fragments)
-        assert all(child["outcome"] == "delivered" for child in fragments), path
+        assert all(child["outcome"] != "dropped" for child in fragments), path
     assert sent_fragments == created
 
 
