@@ -441,18 +441,21 @@ def test_one_encoder_keeps_flows_apart() -> None:
     assert [attributes(root.attributes)["destination.port"] for root in roots] == [2, 2, 2, 3, 2]
 
 
-def test_a_rewrite_marks_its_span_with_relation_nat_and_the_new_headers() -> None:
-    rewrite = event(1_250, 1, l4proto=17, saddr="10.0.1.1", daddr="10.0.2.2", sport=61000, dport=7001,
-                    tuple_=False)._replace(flags=FLAG_REWRITE)
-    path = SkbPath(SKB, flow_id=1, events=[event(1_000, 0, l4proto=17, sport=40000, dport=7000), rewrite,
+@pytest.mark.parametrize(("flag", "relation", "prefix"), [(FLAG_REWRITE, "nat", "ipftrace.rewrite"),
+                                                      (FLAG_ENCAP, "encap", "ipftrace.encap")])
+def test_new_headers_mark_their_span_with_the_relation_and_the_headers(flag: int, relation: str, prefix: str) -> None:
+    """NAT: the rewritten headers; a tunnel: the outer headers pushed before the packet."""
+    changed = event(1_250, 1, l4proto=17, saddr="10.0.1.1", daddr="10.0.2.2", sport=61000, dport=7001,
+                    tuple_=False)._replace(flags=flag)
+    path = SkbPath(SKB, flow_id=1, events=[event(1_000, 0, l4proto=17, sport=40000, dport=7000), changed,
                                            event(2_000, 4, tuple_=False)], outcome=OUTCOME_DELIVERED, end_ts=2_000)
     root, children = split(spans_of(encoder().encode([path])))
     assert attributes(root.attributes)["destination.port"] == 7000  # the packet as first matched
     marked = attributes(children[1].attributes)
-    assert {key: value for key, value in marked.items() if "rewrite" in key or "relation" in key} == {
-        "ipftrace.relation": "nat", "ipftrace.rewrite.source.address": "10.0.1.1",
-        "ipftrace.rewrite.source.port": 61000, "ipftrace.rewrite.destination.address": "10.0.2.2",
-        "ipftrace.rewrite.destination.port": 7001}
+    assert {key: value for key, value in marked.items() if key.startswith(prefix) or "relation" in key} == {
+        "ipftrace.relation": relation, f"{prefix}.source.address": "10.0.1.1",
+        f"{prefix}.source.port": 61000, f"{prefix}.destination.address": "10.0.2.2",
+        f"{prefix}.destination.port": 7001}
     assert not any("relation" in attributes(child.attributes) for child in (children[0], children[2]))
 
 
@@ -477,16 +480,3 @@ def test_a_packet_delivered_through_a_clone_is_one_trace_without_error() -> None
                     and span.start_time_unix_nano - OFFSET == 1_500)
     assert attributes(dropping.attributes)["ipftrace.drop.reason"] == "NO_SOCKET"
     assert dropping.status.code != Status.STATUS_CODE_ERROR  # the skb was dropped, the packet was not
-
-
-def test_an_encapsulation_marks_its_span_with_relation_encap_and_the_outer_headers() -> None:
-    outer = event(1_250, 1, l4proto=17, saddr="10.199.1.1", daddr="10.199.1.2", sport=41456, dport=4789,
-                  tuple_=False)._replace(flags=FLAG_ENCAP)
-    path = SkbPath(SKB, flow_id=1, events=[event(1_000, 0, l4proto=17, sport=40000, dport=7000), outer,
-                                           event(2_000, 4, tuple_=False)], outcome=OUTCOME_DELIVERED, end_ts=2_000)
-    _, children = split(spans_of(encoder().encode([path])))
-    marked = attributes(children[1].attributes)
-    assert {key: value for key, value in marked.items() if "encap" in key or "relation" in key} == {
-        "ipftrace.relation": "encap", "ipftrace.encap.source.address": "10.199.1.1",
-        "ipftrace.encap.source.port": 41456, "ipftrace.encap.destination.address": "10.199.1.2",
-        "ipftrace.encap.destination.port": 4789}
