@@ -13,7 +13,7 @@ import pytest
 
 from .netns import NetPair
 from .test_exporter import free_port, sample, scrape, wait_for
-from .test_identity import SERVER_PORT, nstat, send_datagrams
+from .test_identity import SERVER_PORT, nstat, send_datagrams, udp_server
 
 DATAGRAMS = 50
 
@@ -25,19 +25,9 @@ def forget_neighbours(netpair: NetPair, family: str) -> None:
     netpair.exec_in(netpair.ns_b, ["ip", family, "neigh", "flush", "dev", netpair.veth_b])
 
 
-def udp_server(netpair: NetPair, family: str, address: str):  # type: ignore[no-untyped-def]
-    server = netpair.popen_in(netpair.ns_b, ["python3", "-c", (
-        f"import socket\ns = socket.socket(socket.{family}, socket.SOCK_DGRAM)\n"
-        f"s.bind(('{address}', {SERVER_PORT}))\nprint('listening', flush=True)\n"
-        "while True: s.recv(2048)\n")], stdout=-1)
-    assert server.stdout is not None and server.stdout.readline().strip() == "listening"
-    return server
-
-
 def test_udp_datagrams_read_by_a_socket_are_delivered(start_tool, netpair: NetPair) -> None:  # type: ignore[no-untyped-def]
     run = netpair.exec_in
-    server = udp_server(netpair, "AF_INET", netpair.addr_b4)
-    try:
+    with udp_server(netpair, "AF_INET", netpair.addr_b4):
         netpair.ping_b(count=1)
         tool = start_tool("ipftrace", "-b", "tracepoint", "-o", "json", "-l4", "UDP", "-d4", netpair.addr_b4,
                           "-dp", str(SERVER_PORT))
@@ -46,9 +36,6 @@ def test_udp_datagrams_read_by_a_socket_are_delivered(start_tool, netpair: NetPa
         time.sleep(2.5)
         received = nstat(run, netpair.ns_b)["UdpInDatagrams"] - before.get("UdpInDatagrams", 0)
         code, out, err = tool.stop()
-    finally:
-        server.kill()
-        server.wait()
     assert code == 130, err
     assert received == DATAGRAMS
     summary = re.search(r"INFO: ([\d,]+) paths? printed.*; the kernel matched ([\d,]+) packets", err)
@@ -113,8 +100,7 @@ def test_the_daemons_paths_add_up_to_the_packets_the_kernel_matched(start_tool, 
     config.write_text(f"backend: tracepoint\nflows:\n  - {{name: dgrams, l4proto: UDP, daddr: {netpair.addr_b4}}}\n"
                       f"  - {{name: silent, l4proto: UDP, daddr: 10.198.255.1}}\n")
     port = free_port()
-    server = udp_server(netpair, "AF_INET", netpair.addr_b4)
-    try:
+    with udp_server(netpair, "AF_INET", netpair.addr_b4):
         forget_neighbours(netpair, "-4")
         daemon = start_tool("ipftrace-exporter", "--config", str(config), "--metrics-address", f"127.0.0.1:{port}")
         send_datagrams(netpair.exec_in, netpair.ns_a, netpair.addr_b4, SERVER_PORT, DATAGRAMS)
@@ -127,9 +113,6 @@ def test_the_daemons_paths_add_up_to_the_packets_the_kernel_matched(start_tool, 
         metrics = scrape(port)
         code, _, err = daemon.stop(sig=15)
         assert code == 0, err
-    finally:
-        server.kill()
-        server.wait()
     assert sample(metrics, "ipftrace_packets_matched_total", flow="dgrams") == DATAGRAMS
     assert sample(metrics, "ipftrace_packets_matched_total", flow="silent") == 0
     counted = {outcome: sample(metrics, "ipftrace_paths_total", flow="dgrams", outcome=outcome)
@@ -141,17 +124,13 @@ def test_the_daemons_paths_add_up_to_the_packets_the_kernel_matched(start_tool, 
 def test_paths_in_flight_when_ipftrace_is_stopped_are_printed_not_lost(start_tool, netpair: NetPair) -> None:  # type: ignore[no-untyped-def]
     """Datagrams read by a socket stay open paths on tracepoints (their free is unseen) until idle_timeout: stopped
     before that, ipftrace prints them as they stand (timeout) rather than dropping them."""
-    server = udp_server(netpair, "AF_INET", netpair.addr_b4)
-    try:
+    with udp_server(netpair, "AF_INET", netpair.addr_b4):
         netpair.ping_b(count=1)
         tool = start_tool("ipftrace", "-b", "tracepoint", "-o", "json", "-l4", "UDP", "-d4", netpair.addr_b4,
                           "-dp", str(SERVER_PORT))
         send_datagrams(netpair.exec_in, netpair.ns_a, netpair.addr_b4, SERVER_PORT, 5)
         time.sleep(0.2)
         code, out, err = tool.stop()
-    finally:
-        server.kill()
-        server.wait()
     assert code == 130, err
     assert "INFO: 5 paths printed; the kernel matched 5 packets, lost no events" in err
     outcomes = [json.loads(line)["outcome"] for line in out.splitlines()]

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tests.support.otlp_receiver import GrpcOtlpReceiver, attributes
@@ -43,6 +45,21 @@ def send_datagrams(run, ns: str, address: str, port: int, count: int, family: st
             f"    s.sendto(b'ipftrace-test-dg %08d' % i, ({address!r}, {port}))\n"
             f"    time.sleep(0.02)\n")
     run(ns, ["python3", "-c", code], timeout=60)
+
+
+@contextmanager
+def udp_server(netpair: NetPair, family: str, address: str) -> Iterator[None]:
+    """A server in namespace b reading every datagram to SERVER_PORT at `address`, while the block runs."""
+    server = netpair.popen_in(netpair.ns_b, ["python3", "-c", (
+        f"import socket\ns = socket.socket(socket.{family}, socket.SOCK_DGRAM)\n"
+        f"s.bind(('{address}', {SERVER_PORT}))\nprint('listening', flush=True)\n"
+        "while True: s.recv(65536)\n")], stdout=-1)
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "listening"
+        yield
+    finally:
+        server.kill()
+        server.wait()
 
 
 def test_a_nat_rewritten_packet_is_one_path_to_its_drop_with_the_new_headers(start_tool, netchain: NetChain) -> None:  # type: ignore[no-untyped-def]
@@ -91,12 +108,7 @@ def test_nat_text_output_names_the_new_headers(start_tool, netchain: NetChain) -
 
 def test_ipv6_datagrams_that_reuse_an_skb_are_one_path_each(start_tool, netpair: NetPair) -> None:  # type: ignore[no-untyped-def]
     run = netpair.exec_in
-    server = netpair.popen_in(netpair.ns_b, ["python3", "-c", (
-        "import socket\ns = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n"
-        f"s.bind(('{netpair.addr_b6}', {SERVER_PORT}))\nprint('listening', flush=True)\n"
-        "while True: s.recv(2048)\n")], stdout=-1)
-    try:
-        assert server.stdout is not None and server.stdout.readline().strip() == "listening"
+    with udp_server(netpair, "AF_INET6", netpair.addr_b6):
         netpair.ping_b(count=1, v6=True)  # neighbours resolved: no copy of a datagram held for neighbour discovery
         tool = start_tool("ipftrace", "-b", "tracepoint", "-o", "json", "-l4", "UDP", "-d6", netpair.addr_b6,
                           "-dp", str(SERVER_PORT))
@@ -105,9 +117,6 @@ def test_ipv6_datagrams_that_reuse_an_skb_are_one_path_each(start_tool, netpair:
         time.sleep(2.5)  # the last datagram's path ends by idle timeout (its free has no tracepoint)
         received = nstat(run, netpair.ns_b)["Udp6InDatagrams"] - before.get("Udp6InDatagrams", 0)
         code, out, err = tool.stop()
-    finally:
-        server.kill()
-        server.wait()
     assert code == 130, err
     assert received == 200
     summary = re.search(r"INFO: ([\d,]+) paths? printed(?: \([^)]*\))?; the kernel matched ([\d,]+) packets", err)
