@@ -125,17 +125,18 @@ class SkbPath:
     def packet_outcome(self) -> str:
         """How the packet ended, over this path and its clones: delivered if any skb of it was (a raw socket's clone
         of a ping reply counts), else left if any left the host, dropped only if every one was dropped; otherwise how
-        the first path that was not dropped ended (timeout, truncated). A datagram sent as fragments is dropped when
-        any of its fragments was (it can no longer be reassembled)."""
+        the first path that was not dropped ended (timeout, truncated). A datagram sent as fragments that was not
+        delivered (its reassembled skb, a clone, was not) and did not leave is dropped when any of its fragments was:
+        it can no longer be reassembled. (Once reassembled, old kernels free the fragments with kfree_skb.)"""
         if not self.children:
             return self.outcome
         outcomes = [self.outcome, *(child.packet_outcome for child in self.children)]
-        fragments = [child for child in self.children if child.relation == RELATION_FRAGMENT]
-        if fragments and OUTCOME_DROPPED in (self.outcome, *(child.outcome for child in fragments)):
-            return OUTCOME_DROPPED
         for outcome in (OUTCOME_DELIVERED, OUTCOME_LEFT):
             if outcome in outcomes:
                 return outcome
+        fragments = [child for child in self.children if child.relation == RELATION_FRAGMENT]
+        if fragments and OUTCOME_DROPPED in (self.outcome, *(child.outcome for child in fragments)):
+            return OUTCOME_DROPPED
         return next((outcome for outcome in outcomes if outcome != OUTCOME_DROPPED), OUTCOME_DROPPED)
 
     @property
@@ -447,7 +448,11 @@ class PathAssembler:
                 break
             del self._open[skb]
             self._held -= len(path.events)
-            done.append(self._finish(path, OUTCOME_TIMEOUT))
+            finished = self._finish(path, OUTCOME_TIMEOUT)
+            if finished.open_children:  # its clones or fragments still to come (or to settle): it waits for them
+                self._parents[id(finished)] = finished
+            else:
+                done.append(finished)
             header = path.tuple_event
             if header is not None:
                 self._timed_out[skb] = header

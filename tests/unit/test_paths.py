@@ -2,7 +2,15 @@ from __future__ import annotations
 
 import pytest
 
-from ipftrace_exporter.events import FLAG_ADOPT, FLAG_CLONE, FLAG_GAP, FLAG_LEFT, FLAG_PREV_LOST, LOST_SHIFT
+from ipftrace_exporter.events import (
+    FLAG_ADOPT,
+    FLAG_CLONE,
+    FLAG_FRAGMENT,
+    FLAG_GAP,
+    FLAG_LEFT,
+    FLAG_PREV_LOST,
+    LOST_SHIFT,
+)
 from ipftrace_exporter.names import Names
 from ipftrace_exporter.paths import ORPHAN_WAIT_NS, PathAssembler, PathLimits
 
@@ -341,3 +349,28 @@ def test_an_ended_packet_waits_for_its_open_clone_though_its_address_is_reused()
     clock.now = 100
     (packet,) = paths.expire()
     assert packet.skb == SKB_A and [child.skb for child in packet.children] == [SKB_B]
+
+
+# ---- IPv4 fragments: child paths of their datagram ----
+
+def fragment_event(ts: int, probe: int, skb: int, parent: int = SKB_A):  # type: ignore[no-untyped-def]
+    return event(ts, probe, skb=skb, first=True, flags=FLAG_FRAGMENT)._replace(parent=parent)
+
+
+def test_a_datagram_with_a_dropped_fragment_is_dropped_unless_it_was_delivered() -> None:
+    clock = Clock()
+    paths = assembler(clock)
+    fragment = 0xFFFF888000003000
+    paths.add_many([event(1, RECEIVE, first=True), fragment_event(2, RECEIVE, fragment),
+                    event(3, DROP, skb=fragment, reason=3)])  # the first fragment waits for the dropped one
+    clock.now = 2000
+    (lost,) = paths.expire()
+    assert [child.relation for child in lost.children] == ["fragment"] and lost.packet_outcome == "dropped"
+    # reassembled and read: the datagram is delivered though the kernel frees its fragments with kfree_skb (5.10)
+    paths.add_many([event(3000, RECEIVE, first=True), fragment_event(3001, RECEIVE, fragment),
+                    clone_event(3002, RECEIVE), event(3003, CONSUME, skb=SKB_B), event(3004, DROP, skb=fragment),
+                    event(3005, CONSUME)])
+    clock.now = 4000
+    (read,) = paths.expire()
+    assert sorted(child.relation for child in read.children) == ["clone", "fragment"]
+    assert read.packet_outcome == "delivered"
