@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 . "$dir/env"
 [ -d /sys/kernel/tracing/events ] || mount -t tracefs nodev /sys/kernel/tracing
 uname -r > "$dir/release"
-export IPFTRACE_CACHE_DIR="$dir/cache" PYTHONDONTWRITEBYTECODE=1 IPFTRACE_TEST_READY_TIMEOUT=420 \
+export IPFTRACE_CACHE_DIR="$dir/cache" PYTHONDONTWRITEBYTECODE=1 IPFTRACE_TEST_READY_TIMEOUT=900 \
   IPFTRACE_MATRIX_RECORD="$dir/measurements.jsonl"
 ulimit -n 1024  # an ordinary default: the tool raises its own limit where it needs more
 args=(-p no:cacheprovider -q -rs --basetemp="$dir/pytest" --junitxml="$dir/junit.xml" -o junit_family=xunit1

@@ -7,14 +7,14 @@
 # Installs what it needs (as root): qemu-system-x86, busybox-static and the kernel images from Debian's packages
 # (the other suites through copies of this machine's own apt source), virtme-ng from PyPI into .venv.
 # Environment: IPFTRACE_KERNELS (space-separated series, default "5.10 6.1 6.12"; "none" skips the matrix),
-# IPFTRACE_KERNEL_TIMEOUT (seconds per kernel, default 1800), IPFTRACE_MATRIX_OUT (results, default a temp dir),
+# IPFTRACE_KERNEL_TIMEOUT (seconds per kernel, default 2400), IPFTRACE_MATRIX_OUT (results, default a temp dir),
 # IPFTRACE_MATRIX_TESTS (pytest -k expression, default all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 project=$(pwd)
 series=${IPFTRACE_KERNELS:-5.10 6.1 6.12}
 [ "$series" = none ] && { echo "kernel matrix: skipped (IPFTRACE_KERNELS=none)"; exit 0; }
-per_kernel=${IPFTRACE_KERNEL_TIMEOUT:-1800}
+per_kernel=${IPFTRACE_KERNEL_TIMEOUT:-2400}
 out=${IPFTRACE_MATRIX_OUT:-$(mktemp -d /tmp/ipftrace-matrix.XXXXXX)}
 mkdir -p "$out"
 if [ "$(id -u)" != 0 ]; then
