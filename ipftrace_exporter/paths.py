@@ -274,13 +274,7 @@ class PathAssembler:
             flags = event.flags
             if path is None:
                 path = self._open_path(skb, event.flow_id, done)
-                if flags & FLAG_CLONE:
-                    self._adopt(path, event.parent)
-                elif flags & FLAG_FRAGMENT:
-                    self._adopt(path, event.parent, RELATION_FRAGMENT)
-                elif flags & FLAG_ADOPT:
-                    self._adopt_orphan(path, event.parent)
-                elif not flags & FLAG_TUPLE and self._timed_out:
+                if not self._relate(path, event) and not flags & FLAG_TUPLE and self._timed_out:
                     self._continue(path)
             elif flags & FLAG_TUPLE and (path.events[0].flags & FLAG_TUPLE or path.tuple_event is not None
                                          or event.timestamp_ns > path.events[0].timestamp_ns):
@@ -296,12 +290,7 @@ class PathAssembler:
                     path.freed_unseen = True
                 done.append(self._finish(path, OUTCOME_TRUNCATED if flags & FLAG_PREV_LOST else OUTCOME_DELIVERED))
                 path = self._open_path(skb, event.flow_id, done)
-                if flags & FLAG_CLONE:
-                    self._adopt(path, event.parent)
-                elif flags & FLAG_FRAGMENT:
-                    self._adopt(path, event.parent, RELATION_FRAGMENT)
-                elif flags & FLAG_ADOPT:
-                    self._adopt_orphan(path, event.parent)
+                self._relate(path, event)
             else:
                 touch(skb)
             path_events = path.events
@@ -321,6 +310,20 @@ class PathAssembler:
             if self._held > max_held:
                 self._shed(max_held, done)
         return self._release(done)
+
+    def _relate(self, path: SkbPath, event: Event) -> bool:
+        """A new path whose first event names a related skb (clone, fragment, adopted clone) is linked to it; True
+        when the event named one."""
+        flags = event.flags
+        if flags & FLAG_CLONE:
+            self._adopt(path, event.parent)
+        elif flags & FLAG_FRAGMENT:
+            self._adopt(path, event.parent, RELATION_FRAGMENT)
+        elif flags & FLAG_ADOPT:
+            self._adopt_orphan(path, event.parent)
+        else:
+            return False
+        return True
 
     def _adopt(self, child: SkbPath, parent_skb: int, relation: str = RELATION_CLONE) -> None:
         """A clone's (or fragment's) path: a child of its parent's path while that is still held (open or settling).
