@@ -11,10 +11,10 @@ from typing import NamedTuple
 
 from .ringbuf import FRAME_HEADER_SIZE, frame_size
 
-# struct ipft_event (little endian, natural alignment, 160 bytes):
+# struct ipft_event (little endian, natural alignment, 168 bytes):
 #   u64 ts, skb, location; u32 probe_id, cpu, len, ifindex, reason; u16 flow_id; u8 ipversion, l4proto;
-#   u8 saddr[16], daddr[16]; u16 sport, dport (host order); u32 flags; u8 data[64]; u64 parent
-RECORD = struct.Struct("<QQQIIIIIHBB16s16sHHI64sQ")
+#   u8 saddr[16], daddr[16]; u16 sport, dport (host order); u32 flags; u8 data[64]; u64 parent, parent_ts
+RECORD = struct.Struct("<QQQIIIIIHBB16s16sHHI64sQQ")
 RECORD_SIZE = RECORD.size
 MODULE_DATA_SIZE = 64
 # A record as it sits in the BPF ring buffer: the ring's 8-byte header (length, page offset), then the record.
@@ -30,7 +30,7 @@ FLAG_LEFT = 1 << 4  # an egress probe where the device has a parent (hardware): 
 FLAG_REWRITE = 1 << 5  # the headers were rewritten (NAT) before this probe: the event carries the new ones
 FLAG_CLONE = 1 << 6  # first event of an skb sharing its data buffer with a traced packet: `parent` is that skb
 FLAG_ADOPT = 1 << 7  # first event of a packet whose clone (`parent`) ended before the packet was seen (neighbour probe)
-FLAG_FRAGMENT = 1 << 8  # first event of an IPv4 fragment of a traced datagram: `parent` is its first seen skb
+FLAG_FRAGMENT = 1 << 8  # first event of an IPv4 or IPv6 fragment of a traced datagram: `parent` is its first seen skb
 FLAG_ENCAP = 1 << 9  # the packet was encapsulated (a tunnel's headers pushed) before this probe: the event has them
 LOST_SHIFT = 16  # flags >> LOST_SHIFT: how many of this skb's events were lost before this one (at most 255)
 
@@ -59,6 +59,7 @@ class Event(NamedTuple):
     # FLAG_ADOPT: the skb address of this packet's clone that ended before the packet was seen; with FLAG_FRAGMENT:
     # the skb address where the fragment's datagram was first seen
     parent: int = 0
+    parent_ts: int = 0  # with `parent`: the timestamp of that skb's first event (0: unknown)
 
     @property
     def has_tuple(self) -> bool:
@@ -77,7 +78,7 @@ class Event(NamedTuple):
 
 
 # Event from an unpacked record, all in C (Event._make adds a Python-level call and a length check per event; the
-# struct always yields exactly the 18 fields).
+# struct always yields exactly the 19 fields).
 _MAKE_EVENT = functools.partial(tuple.__new__, Event)
 
 

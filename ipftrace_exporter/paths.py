@@ -316,37 +316,49 @@ class PathAssembler:
         when the event named one."""
         flags = event.flags
         if flags & FLAG_CLONE:
-            self._adopt(path, event.parent)
+            self._adopt(path, event.parent, event.parent_ts)
         elif flags & FLAG_FRAGMENT:
-            self._adopt(path, event.parent, RELATION_FRAGMENT)
+            self._adopt(path, event.parent, event.parent_ts, RELATION_FRAGMENT)
         elif flags & FLAG_ADOPT:
-            self._adopt_orphan(path, event.parent)
+            self._adopt_orphan(path, event.parent, event.parent_ts)
         else:
             return False
         return True
 
-    def _adopt(self, child: SkbPath, parent_skb: int, relation: str = RELATION_CLONE) -> None:
-        """A clone's (or fragment's) path: a child of its parent's path while that is still held (open or settling).
-        A clone of a packet not seen yet (parent 0) waits for it (_adopt_orphan)."""
+    def _adopt(self, child: SkbPath, parent_skb: int, parent_ts: int, relation: str = RELATION_CLONE) -> None:
+        """A clone's (or fragment's) path: a child of its parent's path while that is still held (open, settling, or
+        waiting for its children). A clone of a packet not seen yet (parent 0) waits for it (_adopt_orphan)."""
         child.relation, child.parent_skb = relation, parent_skb
         if not parent_skb:
             return
-        parent = self._open.get(parent_skb)
-        if parent is None:
-            settled = self._settling.get(parent_skb)
-            parent = settled[0] if settled is not None else None
+        parent = self._held_path(parent_skb, parent_ts)
         while parent is not None and parent.parent_path is not None:  # a clone of a clone: the packet's own path
             parent = parent.parent_path
         if parent is not None and not parent.released:
             child.parent_path = parent
             parent.open_children += 1
 
-    def _adopt_orphan(self, packet: SkbPath, clone_skb: int) -> None:
+    def _held_path(self, skb: int, first_ts: int) -> SkbPath | None:
+        """The held path of the skb at this address whose first event was at `first_ts` (0: unknown, the newest
+        one): an address is often reused by a later packet while an earlier one's clones and fragments are still to
+        come (a reassembled datagram freed when the next one arrives)."""
+        settled = self._settling.get(skb)
+        newest = (self._open.get(skb), settled[0] if settled is not None else None)
+        if not first_ts:
+            return newest[0] or newest[1]
+        for path in newest:
+            if path is not None and path.events[0].timestamp_ns == first_ts:
+                return path
+        return next((path for path in self._parents.values()
+                     if path.skb == skb and path.events[0].timestamp_ns == first_ts), None)
+
+    def _adopt_orphan(self, packet: SkbPath, clone_skb: int, clone_ts: int) -> None:
         """A packet first seen after its clone ended (a neighbour probe's copy): that clone, still waiting for it,
         becomes its child."""
-        waiting = self._orphans.pop(clone_skb, None)
-        if waiting is None:
+        waiting = self._orphans.get(clone_skb)
+        if waiting is None or (clone_ts and waiting[0].events[0].timestamp_ns != clone_ts):
             return
+        del self._orphans[clone_skb]
         clone = waiting[0]
         clone.parent_skb, clone.parent_path, clone.before_packet = packet.skb, packet, True
         packet.children.append(clone)  # it ended already: it joins its packet at once

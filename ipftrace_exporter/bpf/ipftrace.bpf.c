@@ -40,7 +40,7 @@
 #define IPFT_FLAG_CLONE 64 /* first event of an skb that shares its data buffer with a traced packet (`parent`; 0:
                             * a packet not seen yet, as a neighbour probe's copy of a packet waiting for ARP/ND) */
 #define IPFT_FLAG_ADOPT 128 /* first event of a packet whose clone (`parent`) ended before the packet was seen */
-#define IPFT_FLAG_FRAGMENT 256 /* first event of an IPv4 fragment of a traced datagram (`parent`: its first seen skb) */
+#define IPFT_FLAG_FRAGMENT 256 /* first event of an IP fragment of a traced datagram (`parent`: its first seen skb) */
 #define IPFT_FLAG_ENCAP 512 /* the packet was encapsulated (tunnel) before this probe: the event has the outer headers */
 /* flags >> IPFT_LOST_SHIFT: how many of this skb's events were lost before this one (ring buffer full; at most 255) */
 #define IPFT_LOST_SHIFT 16
@@ -69,16 +69,18 @@ struct ipft_tuple {
     u8 ipversion;
     u8 l4proto;
     u8 has_ports;
-    u8 l4_plain; /* IPv6 without extension headers, its L4 header read in full right after it */
+    u8 l4_read; /* IPv6: its L4 header was read in full, at l4_offset from the IP header */
     u32 fp; /* fingerprint of this packet among packets of its flow (0: unknown), see ipft_l4_word() */
-    u16 udp_len; /* with l4_plain: the UDP (or UDP-Lite) length field */
+    u16 udp_len; /* with l4_read: the UDP (or UDP-Lite) length field */
     u16 ip_id; /* IPv4: the identification field (fragments of one datagram share it) */
-    u8 fragment; /* IPv4: IPFT_FRAGMENT_* */
-    u8 pad[3];
+    u32 datagram_id; /* with a fragment state: IPv4's identification, or an IPv6 fragment header's */
+    u16 l4_offset; /* with l4_read: the L4 header's offset from the IP header */
+    u8 fragment; /* IPFT_FRAGMENT_* */
+    u8 pad;
 };
 
-#define IPFT_FRAGMENT_NONE 0 /* a whole datagram sent with DF */
-#define IPFT_FRAGMENT_MAY 1 /* a whole datagram without DF: it may be fragmented on its way */
+#define IPFT_FRAGMENT_NONE 0 /* a whole datagram: IPv4 sent with DF, or IPv6 without a fragment header */
+#define IPFT_FRAGMENT_MAY 1 /* a whole IPv4 datagram without DF: it may be fragmented on its way */
 #define IPFT_FRAGMENT_FIRST 2 /* the first fragment (offset 0, more fragments) */
 #define IPFT_FRAGMENT_LATER 3 /* a later fragment (no L4 header) */
 
@@ -102,6 +104,7 @@ struct ipft_event {
     u32 flags;
     u8 data[64];
     u64 parent; /* with IPFT_FLAG_CLONE: the skb this one shares its data buffer with (the packet it belongs to) */
+    u64 parent_ts; /* with `parent`: that skb's first event's time (0: unknown), not a later packet's there */
 };
 
 /* The packet that was first matched in a data buffer: a later skb first seen with the same buffer and fingerprint
@@ -116,13 +119,15 @@ struct ipft_buffer_owner {
     u8 orphan; /* `skb` is a clone that ended before its packet was seen: the packet adopts it when it is */
 };
 
-/* The IPv4 datagram a fragment belongs to: source, destination, protocol and identification. */
+/* The datagram a fragment belongs to: IP version, source, destination, protocol and identification (IPv4's, or
+ * the IPv6 fragment header's). */
 struct ipft_datagram_key {
-    u32 saddr;
-    u32 daddr;
-    u16 id;
+    u32 saddr[4];
+    u32 daddr[4];
+    u32 id;
     u8 protocol;
-    u8 pad;
+    u8 ipversion; /* 0: the packet is no datagram that is or may become fragments */
+    u8 pad[2];
 };
 
 /* The skb a datagram (a DF-clear packet or a fragment) was first seen in: its other fragments are child paths. */
@@ -131,7 +136,8 @@ struct ipft_datagram {
     u64 ts;
     u16 flow_id;
     u8 sampled;
-    u8 pad[5];
+    u8 ts_first; /* `ts` is the time of the skb's first event (it was noted there) */
+    u8 pad[4];
 };
 
 struct ipft_track {
@@ -290,14 +296,14 @@ static __always_inline u32 ipft_l4_word(u8 l4proto, const u8 *l4)
 /* IPv6 has no IP id: UDP datagrams of one flow with the same length differ in their payload. Its first 32 bytes
  * after the UDP header, folded (protocol headers often start with bytes that stay the same across a flow: a QUIC
  * connection id, a fixed magic). Read only for packets that match a flow or are tracked, not for other traffic. */
-static __always_inline u32 ipft_payload_word(const struct ipft_tuple *t, unsigned char *l3)
+static __always_inline u32 ipft_payload_word(u8 l4proto, u16 udp_len, unsigned char *payload_start)
 {
     u32 words[8] = {};
-    if (!t->l4_plain || (t->l4proto != 17 && t->l4proto != 136) || !l3 || t->udp_len <= 8)
+    if ((l4proto != 17 && l4proto != 136) || udp_len <= 8)
         return 0;
-    if (bpf_probe_read_kernel(words, sizeof(words), l3 + 48) < 0)
+    if (bpf_probe_read_kernel(words, sizeof(words), payload_start) < 0)
         return 0;
-    u32 payload = t->udp_len - 8, hash = 2166136261u;
+    u32 payload = udp_len - 8, hash = 2166136261u;
 #pragma unroll
     for (int i = 0; i < 8; i++) { /* only the datagram's bytes: what lies past its end may change on the way */
         u32 word = words[i];
@@ -398,6 +404,12 @@ static __always_inline void ipft_ports_from(const u8 *raw, struct ipft_tuple *t)
     t->has_ports = 1;
 }
 
+/* An IPv4 packet's fingerprint: its identification and its L4 word (ipft_l4_word). */
+static __always_inline u32 ipft_ipv4_fp(u16 id, u8 l4proto, const u8 *l4)
+{
+    return ((u32)id << 16) ^ ipft_l4_word(l4proto, l4);
+}
+
 static __always_inline int ipft_parse_ipv4(unsigned char *l3, const u8 *raw, int full, struct ipft_tuple *t)
 {
     const struct iphdr *iph = (const struct iphdr *)raw;
@@ -409,6 +421,7 @@ static __always_inline int ipft_parse_ipv4(unsigned char *l3, const u8 *raw, int
     t->daddr[0] = iph->daddr;
     u16 frag_off = bpf_ntohs(iph->frag_off);
     t->ip_id = bpf_ntohs(iph->id);
+    t->datagram_id = t->ip_id;
     if (frag_off & 0x1fff)
         t->fragment = IPFT_FRAGMENT_LATER;
     else if (frag_off & 0x2000)
@@ -420,7 +433,7 @@ static __always_inline int ipft_parse_ipv4(unsigned char *l3, const u8 *raw, int
     if ((frag_off & 0x1fff) == 0) {
         if (iph->ihl == 5 && full) {
             ipft_ports_from(raw + 20, t);
-            t->fp = ((u32)bpf_ntohs(iph->id) << 16) ^ ipft_l4_word(t->l4proto, raw + 20);
+            t->fp = ipft_ipv4_fp(t->ip_id, t->l4proto, raw + 20);
         } else {
             ipft_ports(l3 + iph->ihl * 4, t);
         }
@@ -442,7 +455,8 @@ static __always_inline int ipft_parse_ipv6(unsigned char *l3, const u8 *raw, int
         if (full) {
             ipft_ports_from(raw + 40, t);
             t->fp = ipft_l4_word(next, raw + 40);
-            t->l4_plain = 1;
+            t->l4_read = 1;
+            t->l4_offset = 40;
             t->udp_len = ((u16)raw[44] << 8) | raw[45];
         } else {
             ipft_ports(l3 + sizeof(*ip6), t);
@@ -450,17 +464,20 @@ static __always_inline int ipft_parse_ipv6(unsigned char *l3, const u8 *raw, int
         return 1;
     }
     unsigned char *cursor = l3 + sizeof(*ip6);
-    int later_fragment = 0;
 #pragma unroll
     for (int i = 0; i < IPFT_MAX_EXT_HEADERS; i++) {
-        u8 ext[4] = {};
+        u8 ext[8] = {}; /* every extension header is 8 bytes or more */
         if (next != 0 && next != 43 && next != 60 && next != 51 && next != 44)
             break;
         if (IPFT_READ(ext, cursor) < 0)
             return 0;
-        if (next == 44) { /* fragment header: 8 bytes; offset in ext[2..3] */
-            if (((ext[2] << 8) | ext[3]) & 0xfff8)
-                later_fragment = 1;
+        if (next == 44) { /* fragment header: 8 bytes; offset and the more-fragments bit in ext[2..3], id in 4..7 */
+            u16 offset = (ext[2] << 8) | ext[3];
+            t->datagram_id = ((u32)ext[4] << 24) | ((u32)ext[5] << 16) | ((u32)ext[6] << 8) | ext[7];
+            if (offset & 0xfff8)
+                t->fragment = IPFT_FRAGMENT_LATER;
+            else if (offset & 1)
+                t->fragment = IPFT_FRAGMENT_FIRST;
             cursor += 8;
         } else if (next == 51) { /* AH: (len + 2) * 4 */
             cursor += (ext[1] + 2) * 4;
@@ -470,8 +487,23 @@ static __always_inline int ipft_parse_ipv6(unsigned char *l3, const u8 *raw, int
         next = ext[0];
     }
     t->l4proto = next;
-    if (!later_fragment)
-        ipft_ports(cursor, t);
+    if (t->fragment == IPFT_FRAGMENT_LATER) {
+        t->fp = t->datagram_id; /* no L4 header: the datagram's identification */
+        return 1;
+    }
+    u8 l4_bytes[8] = {};
+    if (IPFT_READ(l4_bytes, cursor) < 0) {
+        ipft_ports(cursor, t); /* fewer than 8 bytes: the ports alone */
+        return 1;
+    }
+    /* clang turns `l4 + 7` on an 8-aligned stack array into `l4 | 7`, which the verifier refuses on a pointer */
+    const u8 *l4 = l4_bytes;
+    asm volatile("" : "+r"(l4));
+    ipft_ports_from(l4, t);
+    t->fp = ipft_l4_word(next, l4);
+    t->l4_read = 1;
+    t->l4_offset = cursor - l3; /* a first fragment's fingerprint is its reassembled datagram's */
+    t->udp_len = ((u16)l4[4] << 8) | l4[5];
     return 1;
 }
 
@@ -546,8 +578,9 @@ static __always_inline int ipft_is_clone(struct sk_buff *skb)
 }
 
 /* The new headers of a tracked packet are a tunnel's (VXLAN, GENEVE, GRE, IPIP...) pushed before it, in the same
- * buffer: the skb's inner network header (zero from allocation until a tunnel sets it) holds IPv4 headers with the
- * tracked packet's fingerprint. (Not `skb->encapsulation`: tunnels clear it for packets without checksum offload.) */
+ * buffer: the skb's inner network header (zero from allocation until a tunnel sets it) holds IPv4 headers, or IPv6
+ * headers without extension headers, with the tracked packet's fingerprint. (Not `skb->encapsulation`: tunnels
+ * clear it for packets without checksum offload.) */
 static __always_inline int ipft_encapsulated(struct sk_buff *skb, const struct ipft_skb *s,
                                              const struct ipft_track *track)
 {
@@ -555,13 +588,18 @@ static __always_inline int ipft_encapsulated(struct sk_buff *skb, const struct i
     IPFT_SKB_FIELD(inner, skb, inner_network_header);
     if (!inner || inner == s->network_header || !track->fp)
         return 0;
-    u8 raw[28] = {};
+    u8 raw[IPFT_L3_READ] = {};
     if (bpf_probe_read_kernel(raw, sizeof(raw), s->head + inner) < 0)
         return 0;
     const struct iphdr *iph = (const struct iphdr *)raw;
-    if (iph->version != 4 || iph->ihl != 5)
+    if (iph->version == 4 && iph->ihl == 5)
+        return ipft_ipv4_fp(bpf_ntohs(iph->id), iph->protocol, raw + 20) == track->fp;
+    if (iph->version != 6)
         return 0;
-    return (((u32)bpf_ntohs(iph->id) << 16) ^ ipft_l4_word(iph->protocol, raw + 20)) == track->fp;
+    u8 next = raw[6];
+    u16 udp_len = ((u16)raw[44] << 8) | raw[45];
+    u32 fp = ipft_l4_word(next, raw + 40) ^ ipft_payload_word(next, udp_len, s->head + inner + 48);
+    return fp == track->fp;
 }
 
 static __always_inline int ipft_leaves_host(struct net_device *dev)
@@ -584,7 +622,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     int first = 0;
     u32 flow_id = 0;
     u8 sampled = 0, gap = 0;
-    u64 parent = 0, now = 0;
+    u64 parent = 0, parent_ts = 0, now = 0;
     u32 relation = 0; /* IPFT_FLAG_CLONE, IPFT_FLAG_ADOPT or IPFT_FLAG_FRAGMENT on a first event */
     int counted = 0; /* a first event that the kernel counted as a packet matched */
     struct ipft_skb fields = {};
@@ -594,19 +632,26 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     unsigned char *l3 = 0;
     int parsed = ipft_parse(&fields, &t, from_data, &l3);
     int flow = parsed ? ipft_match_headers(&t) : -1;
-    /* A fragment of an IPv4 datagram traced in the last second belongs to it, ports or not (only the first fragment
-     * has the L4 header): one lookup, for fragments only. */
+    /* A fragment of a datagram traced in the last second belongs to it, ports or not (only the first fragment has
+     * the L4 header): one lookup, for fragments only. */
     struct ipft_datagram *datagram = 0;
     struct ipft_datagram_key datagram_key = {};
-    if (parsed && t.ipversion == 4 && t.fragment != IPFT_FRAGMENT_NONE) {
-        datagram_key.saddr = t.saddr[0];
-        datagram_key.daddr = t.daddr[0];
-        datagram_key.id = t.ip_id;
+    int datagram_noted = 0; /* this skb is the one its datagram was noted for */
+    if (parsed && t.fragment != IPFT_FRAGMENT_NONE) {
+        __builtin_memcpy(datagram_key.saddr, t.saddr, sizeof(t.saddr));
+        __builtin_memcpy(datagram_key.daddr, t.daddr, sizeof(t.daddr));
+        datagram_key.id = t.datagram_id;
         datagram_key.protocol = t.l4proto;
+        datagram_key.ipversion = t.ipversion;
         if (t.fragment >= IPFT_FRAGMENT_FIRST) {
             datagram = ipft_datagrams.lookup(&datagram_key);
-            if (datagram && (datagram->skb == key || bpf_ktime_get_ns() - datagram->ts >= IPFT_CLONE_WINDOW_NS))
+            now = bpf_ktime_get_ns();
+            if (datagram && datagram->skb == key) {
+                datagram_noted = 1;
                 datagram = 0;
+            } else if (datagram && now - datagram->ts >= IPFT_CLONE_WINDOW_NS) {
+                datagram = 0;
+            }
             if (datagram && flow < 0)
                 flow = datagram->flow_id;
         }
@@ -616,8 +661,8 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     if (flow < 0 && !ipft_maybe_tracked((u64)head))
         return 0;
     struct ipft_track *track = tracked.lookup(&key);
-    if (parsed && (track || flow >= 0))
-        t.fp ^= ipft_payload_word(&t, l3);
+    if (parsed && t.l4_read && (track || flow >= 0))
+        t.fp ^= ipft_payload_word(t.l4proto, t.udp_len, l3 + t.l4_offset + 8);
     u32 rewrite = 0, encap = 0;
     /* A tracked address whose headers changed is the same packet rewritten (NAT) when its data buffer and
      * fingerprint are the same (fingerprint words are ones NAT does not touch); otherwise, or with headers that no
@@ -659,6 +704,12 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
         flow_id = track->flow_id;
         sampled = track->sampled;
         gap = track->lost;
+        if (t.ipversion == 6 && t.fragment == IPFT_FRAGMENT_FIRST && !datagram_noted && !datagram) {
+            /* a tracked IPv6 datagram became its first fragment (ip6_fragment keeps the skb; the identification is
+             * chosen there): its other fragments are found by it from now on */
+            struct ipft_datagram whole = {.skb = key, .ts = now, .flow_id = flow_id, .sampled = sampled};
+            ipft_datagrams.update(&datagram_key, &whole);
+        }
     } else {
         if (flow < 0)
             return 0;
@@ -683,17 +734,20 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
         fresh.flow_id = flow;
         u64 buffer = (u64)head;
         struct ipft_buffer_owner *owner = ipft_buffers.lookup(&buffer);
-        now = bpf_ktime_get_ns();
+        if (!now)
+            now = bpf_ktime_get_ns();
         int same_packet = owner && owner->skb != key && owner->flow_id == flow && owner->fp == t.fp
                           && now - owner->ts < IPFT_CLONE_WINDOW_NS;
         if (datagram) {
             parent = datagram->skb; /* a fragment of a traced datagram: part of it, sampled as it was */
+            parent_ts = datagram->ts_first ? datagram->ts : 0;
             relation = IPFT_FLAG_FRAGMENT;
             fresh.sampled = datagram->sampled;
         } else if (same_packet && owner->orphan && role == IPFT_ROLE_STEP) {
             /* the packet of a clone that ended before it was seen (a neighbour probe's copy: the packet waited in
              * the neighbour's queue for ARP/ND): matched now, sampled as its clone was, and it adopts the clone */
             parent = owner->skb;
+            parent_ts = owner->ts;
             relation = IPFT_FLAG_ADOPT;
             fresh.sampled = owner->sampled;
             ipft_matched(flow);
@@ -703,6 +757,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
             ipft_buffers.update(&buffer, &mine);
         } else if (same_packet && ipft_is_clone(skb)) {
             parent = owner->skb; /* a clone: the same packet, sampled as it was, not matched again */
+            parent_ts = owner->ts;
             relation = IPFT_FLAG_CLONE;
             fresh.sampled = owner->sampled;
         } else if (role != IPFT_ROLE_STEP && ipft_is_clone(skb)) {
@@ -722,8 +777,9 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
                                                  .sampled = fresh.sampled};
                 ipft_buffers.update(&buffer, &mine);
             }
-            if (datagram_key.saddr || datagram_key.daddr) { /* IPv4 that is or may become fragments */
-                struct ipft_datagram whole = {.skb = key, .ts = now, .flow_id = flow, .sampled = fresh.sampled};
+            if (datagram_key.ipversion) { /* a datagram that is or may become fragments */
+                struct ipft_datagram whole = {.skb = key, .ts = now, .flow_id = flow, .sampled = fresh.sampled,
+                                              .ts_first = 1};
                 ipft_datagrams.update(&datagram_key, &whole);
             }
         }
@@ -774,6 +830,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     }
     event->ts = now ? now : bpf_ktime_get_ns();
     event->parent = parent;
+    event->parent_ts = parent_ts;
     event->skb = key;
     event->location = location;
     event->probe_id = probe_id;

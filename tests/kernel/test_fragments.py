@@ -1,12 +1,15 @@
-"""IPv4 fragments are part of their datagram: one path per datagram with each later fragment as a child path
-(`relation: fragment`), found though later fragments carry no ports; a datagram with a dropped fragment is dropped.
-Counts are checked against the kernel's own counters (nstat: FragCreates at the sender, ReasmOKs at the receiver)."""
+"""IPv4 and IPv6 fragments are part of their datagram: one path per datagram with each later fragment as a child
+path (`relation: fragment`), found though later fragments carry no ports; a datagram with a dropped fragment is
+dropped. Counts are checked against the kernel's own counters (nstat: FragCreates at the sender, ReasmOKs at the
+receiver)."""
 
 from __future__ import annotations
 
 import json
 import re
 import time
+
+import pytest
 
 from .netns import NetPair
 from .test_identity import SERVER_PORT, nstat, udp_server
@@ -15,23 +18,43 @@ DATAGRAMS = 20
 SIZE = 5000  # four fragments at the veth's MTU of 1500
 
 
-def send_large_datagrams(netpair: NetPair, count: int) -> None:
+class Family:
+    """What differs between an IPv4 and an IPv6 run: the socket family, the receiver's address, the tool's address
+    flag and the nstat counters' names."""
+
+    def __init__(self, version: int, netpair: NetPair) -> None:
+        self.version = version
+        self.socket_family = "AF_INET" if version == 4 else "AF_INET6"
+        self.address = netpair.addr_b4 if version == 4 else netpair.addr_b6
+        self.address_flag = "-d4" if version == 4 else "-d6"
+        self.suffix = "" if version == 4 else "6"
+
+    def counter(self, counters: dict[str, int], name: str, protocol: str = "Ip") -> int:
+        """nstat's `name` counter of `protocol` (Ip, Udp) for this family: IpReasmOKs, Ip6ReasmOKs..."""
+        return counters.get(protocol + self.suffix + name, 0)
+
+
+def send_large_datagrams(netpair: NetPair, family: Family, count: int) -> None:
     netpair.python_in(netpair.ns_a, (
-        "import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-        f"for i in range({count}):\n    s.sendto(b'%05d' % i + b'x' * {SIZE - 5}, ('{netpair.addr_b4}', {SERVER_PORT}))\n"
+        f"import socket, time\ns = socket.socket(socket.{family.socket_family}, socket.SOCK_DGRAM)\n"
+        f"for i in range({count}):\n    s.sendto(b'%05d' % i + b'x' * {SIZE - 5}, ('{family.address}', {SERVER_PORT}))\n"
         "    time.sleep(0.05)\n"), timeout=60)
 
 
-def test_a_fragmented_datagram_is_one_packet_with_its_fragments_as_children(start_tool, netpair: NetPair) -> None:  # type: ignore[no-untyped-def]
-    with udp_server(netpair, "AF_INET", netpair.addr_b4):
-        netpair.ping_b(count=1)
-        tool = start_tool("ipftrace", "-b", "tracepoint", "-o", "json", "-l4", "UDP", "-d4", netpair.addr_b4,
-                          "-dp", str(SERVER_PORT))
+@pytest.mark.parametrize("version", [4, 6])
+def test_a_fragmented_datagram_is_one_packet_with_its_fragments_as_children(start_tool, netpair: NetPair,  # type: ignore[no-untyped-def]
+                                                                           version: int) -> None:
+    family = Family(version, netpair)
+    with udp_server(netpair, family.socket_family, family.address):
+        netpair.ping_b(count=1, v6=version == 6)
+        tool = start_tool("ipftrace", "-b", "tracepoint", "-o", "json", "-l4", "UDP", family.address_flag,
+                          family.address, "-dp", str(SERVER_PORT))
         sent, received = nstat(netpair.exec_in, netpair.ns_a), nstat(netpair.exec_in, netpair.ns_b)
-        send_large_datagrams(netpair, DATAGRAMS)
+        send_large_datagrams(netpair, family, DATAGRAMS)
         time.sleep(1.5)
-        created = nstat(netpair.exec_in, netpair.ns_a)["IpFragCreates"] - sent.get("IpFragCreates", 0)
-        reassembled = nstat(netpair.exec_in, netpair.ns_b)["IpReasmOKs"] - received.get("IpReasmOKs", 0)
+        created = family.counter(nstat(netpair.exec_in, netpair.ns_a), "FragCreates") - family.counter(sent, "FragCreates")
+        reassembled = (family.counter(nstat(netpair.exec_in, netpair.ns_b), "ReasmOKs")
+                       - family.counter(received, "ReasmOKs"))
         code, out, err = tool.stop()
     assert code == 130, err
     assert (created, reassembled) == (4 * DATAGRAMS, DATAGRAMS)
@@ -46,21 +69,36 @@ def test_a_fragmented_datagram_is_one_packet_with_its_fragments_as_children(star
         # each fragment the sender created is a path from its own transmit, the first being the packet's own
         sent_fragments += 1 + sum(child["events"][0]["function"] == "net:net_dev_queue" for child in fragments)
         assert all(child["outcome"] != "dropped" for child in fragments), path
+        # the reassembled datagram is the completing fragment's skb in the first one's buffer (skb_morph), freed
+        # when the next datagram comes, when the first fragment's address often holds that next one's: it is this
+        # datagram's clone all the same (the kernel names the parent's first event's time)
+        reassembled_skbs = [child["skb"] for child in path["children"] if child["relation"] == "clone"]
+        assert set(reassembled_skbs) <= {child["skb"] for child in fragments}, path
     assert sent_fragments == created
 
 
-def test_a_datagram_whose_last_fragment_is_dropped_is_dropped(start_tool, netpair: NetPair) -> None:  # type: ignore[no-untyped-def]
-    rules = ("table ip ipft_frag {\n  chain raw { type filter hook prerouting priority -450; policy accept;\n"
-             "    ip frag-off & 0x1fff != 0 meta length < 700 drop\n  }\n}\n")
-    with udp_server(netpair, "AF_INET", netpair.addr_b4):
-        netpair.exec_in(netpair.ns_b, ["nft", "-f", "-"], input=rules)
-        netpair.ping_b(count=1)
-        tool = start_tool("ipftrace", "-b", "tracepoint", "-o", "json", "-l4", "UDP", "-d4", netpair.addr_b4,
-                          "-dp", str(SERVER_PORT))
+LAST_FRAGMENT_RULE = {  # the last fragment (IPv4: offset set, under 700 bytes; IPv6: offset set, no more fragments)
+    4: "table ip ipft_frag {\n  chain raw { type filter hook prerouting priority -450; policy accept;\n"
+       "    ip frag-off & 0x1fff != 0 meta length < 700 drop\n  }\n}\n",
+    6: "table ip6 ipft_frag {\n  chain raw { type filter hook prerouting priority -450; policy accept;\n"
+       "    frag frag-off != 0 frag more-fragments 0 drop\n  }\n}\n",
+}
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_a_datagram_whose_last_fragment_is_dropped_is_dropped(start_tool, netpair: NetPair,  # type: ignore[no-untyped-def]
+                                                              version: int) -> None:
+    family = Family(version, netpair)
+    with udp_server(netpair, family.socket_family, family.address):
+        netpair.exec_in(netpair.ns_b, ["nft", "-f", "-"], input=LAST_FRAGMENT_RULE[version])
+        netpair.ping_b(count=1, v6=version == 6)
+        tool = start_tool("ipftrace", "-b", "tracepoint", "-o", "json", "-l4", "UDP", family.address_flag,
+                          family.address, "-dp", str(SERVER_PORT))
         before = nstat(netpair.exec_in, netpair.ns_b)
-        send_large_datagrams(netpair, 5)
+        send_large_datagrams(netpair, family, 5)
         time.sleep(1.5)
-        delivered = nstat(netpair.exec_in, netpair.ns_b).get("UdpInDatagrams", 0) - before.get("UdpInDatagrams", 0)
+        delivered = (family.counter(nstat(netpair.exec_in, netpair.ns_b), "InDatagrams", "Udp")
+                     - family.counter(before, "InDatagrams", "Udp"))
         code, out, err = tool.stop()
     assert code == 130, err
     assert delivered == 0

@@ -32,7 +32,7 @@ READY_TIMEOUT = float(os.environ.get("IPFTRACE_TEST_READY_TIMEOUT", "300"))
 UDP_CLOSED_PORT = 9999
 UDP_OPEN_PORT = 9998
 UDP_DATAGRAMS = 3
-LARGE_DATAGRAMS, LARGE_SIZE = 2, 5000  # four IPv4 fragments each at the veth's MTU of 1500
+LARGE_DATAGRAMS, LARGE_SIZE = 2, 5000  # four IPv4 (or IPv6) fragments each at the veth's MTU of 1500
 TCP_PORT = 8080
 PINGS = 3
 PAIR_INDEX = {"kprobe": 91, "kfunc": 92, "auto": 93, "tracepoint": 94}  # 10.199.N.0/24 of each run's namespaces
@@ -111,6 +111,7 @@ def drive_traffic(pair: NetPair) -> int:
             server.kill()
             server.wait()
     _datagrams_read_by_a_socket(pair)
+    _large_ipv6_datagrams_read_by_a_socket(pair)
     # One ping to a neighbour both ends forgot: it waits in the neighbour's queue while ARP resolves the address,
     # and the neighbour probe sends (and frees) a clone of it.
     pair.exec_in(pair.ns_a, ["ip", "-4", "neigh", "flush", "dev", pair.veth_a])
@@ -134,6 +135,24 @@ def _datagrams_read_by_a_socket(pair: NetPair) -> None:
                        f"    s.sendto(b'dg %d' % i, ('{pair.addr_b4}', {UDP_OPEN_PORT}))\n    time.sleep(0.05)\n"
                        f"for i in range({LARGE_DATAGRAMS}):\n"
                        f"    s.sendto(b'x' * {LARGE_SIZE}, ('{pair.addr_b4}', {UDP_OPEN_PORT}))\n    time.sleep(0.05)\n")
+        server.wait(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
+def _large_ipv6_datagrams_read_by_a_socket(pair: NetPair) -> None:
+    """LARGE_DATAGRAMS IPv6 datagrams of LARGE_SIZE bytes (sent as fragments), each read by the server."""
+    server = pair.popen_in(pair.ns_b, ["python3", "-c", (
+        f"import socket\ns = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n"
+        f"s.bind(('{pair.addr_b6}', {UDP_OPEN_PORT}))\nprint('listening', flush=True)\n"
+        f"[s.recv(65536) for _ in range({LARGE_DATAGRAMS})]\n")], stdout=subprocess.PIPE)
+    try:
+        assert server.stdout is not None and "listening" in server.stdout.readline()
+        pair.python_in(pair.ns_a, "import socket, time\ns = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n"
+                       f"for i in range({LARGE_DATAGRAMS}):\n"
+                       f"    s.sendto(b'x' * {LARGE_SIZE}, ('{pair.addr_b6}', {UDP_OPEN_PORT}))\n    time.sleep(0.05)\n")
         server.wait(timeout=30)
     finally:
         if server.poll() is None:
@@ -288,9 +307,10 @@ def test_udp_datagrams_read_by_a_socket_are_delivered(manifest_run: Traffic) -> 
     assert all(p["outcome"] == "delivered" for p in datagrams), [(p["outcome"], names(p)) for p in datagrams]
 
 
-def _fragments_are_children_of_their_datagram(run: Traffic) -> None:
+def _fragments_are_children_of_their_datagram(run: Traffic, version: int = 4) -> None:
     pair = run.pair
-    datagrams = paths_of(run, "UDP", pair.addr_a4, pair.addr_b4, UDP_OPEN_PORT)
+    source, destination = (pair.addr_a4, pair.addr_b4) if version == 4 else (pair.addr_a6, pair.addr_b6)
+    datagrams = paths_of(run, "UDP", source, destination, UDP_OPEN_PORT)
     large = [p for p in datagrams if any(child["relation"] == "fragment" for child in p["children"])]
     assert len(large) == LARGE_DATAGRAMS, [(names(p), [c["relation"] for c in p["children"]]) for p in datagrams]
     for path in large:
@@ -298,6 +318,8 @@ def _fragments_are_children_of_their_datagram(run: Traffic) -> None:
         assert len(fragments) >= 3, [names(child) for child in fragments]  # the three later fragments at least
     alone = [p for p in run.paths if p.get("relation") == "fragment"]
     assert not alone, [names(p) for p in alone]
+    if version == 6:
+        assert all(path["outcome"] == "delivered" for path in large), [path["outcome"] for path in large]
 
 
 def test_ipv4_fragments_are_children_of_their_datagram(manifest_run: Traffic) -> None:
@@ -306,6 +328,14 @@ def test_ipv4_fragments_are_children_of_their_datagram(manifest_run: Traffic) ->
 
 def test_ipv4_fragments_are_children_of_their_datagram_on_tracepoints(tracepoint_run: Traffic) -> None:
     _fragments_are_children_of_their_datagram(tracepoint_run)
+
+
+def test_ipv6_fragments_are_children_of_their_datagram(manifest_run: Traffic) -> None:
+    _fragments_are_children_of_their_datagram(manifest_run, 6)
+
+
+def test_ipv6_fragments_are_children_of_their_datagram_on_tracepoints(tracepoint_run: Traffic) -> None:
+    _fragments_are_children_of_their_datagram(tracepoint_run, 6)
 
 
 def _neighbour_probe_copy(run: Traffic) -> dict:

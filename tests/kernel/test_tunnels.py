@@ -7,43 +7,56 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from .netns import NetPair
 
-OVERLAY_A, OVERLAY_B = "10.197.0.1", "10.197.0.2"
+OVERLAY = {4: ("10.197.0.1", "10.197.0.2"), 6: ("fd00:197::1", "fd00:197::2")}
 VXLAN_PORT = 4789
 PINGS = 3
+# an overlay ping's underlay packet: ICMP (84 bytes) or ICMPv6 (104), with 14 of inner Ethernet, 8 of VXLAN, 8 of
+# UDP and 20 of IPv4
+UNDERLAY_LENGTH = {4: 134, 6: 154}
 
 
-def vxlan_overlay(netpair: NetPair) -> None:
-    """vx0 in each namespace, VNI 42 over the veth pair, with OVERLAY_A/B."""
-    for ns, local, remote, overlay in ((netpair.ns_a, netpair.addr_a4, netpair.addr_b4, OVERLAY_A),
-                                       (netpair.ns_b, netpair.addr_b4, netpair.addr_a4, OVERLAY_B)):
+def vxlan_overlay(netpair: NetPair, version: int) -> None:
+    """vx0 in each namespace, VNI 42 over the veth pair (IPv4), with the OVERLAY addresses of `version`."""
+    for ns, local, remote, overlay in ((netpair.ns_a, netpair.addr_a4, netpair.addr_b4, OVERLAY[version][0]),
+                                       (netpair.ns_b, netpair.addr_b4, netpair.addr_a4, OVERLAY[version][1])):
         netpair.exec_in(ns, ["ip", "link", "add", "vx0", "type", "vxlan", "id", "42", "local", local,
                              "remote", remote, "dstport", str(VXLAN_PORT)])
-        # no IPv6 on the overlay: its link-local chatter would cross the underlay too (and the drop counter)
-        netpair.exec_in(ns, ["sysctl", "-qw", "net.ipv6.conf.vx0.disable_ipv6=1"])
-        netpair.exec_in(ns, ["ip", "addr", "add", f"{overlay}/24", "dev", "vx0"])
+        if version == 4:  # no IPv6 on the overlay: its link-local chatter would cross the underlay too
+            netpair.exec_in(ns, ["sysctl", "-qw", "net.ipv6.conf.vx0.disable_ipv6=1"])
+            netpair.exec_in(ns, ["ip", "addr", "add", f"{overlay}/24", "dev", "vx0"])
+        else:  # no link-local address, router solicitations or duplicate address detection: the least chatter
+            for setting in ("addr_gen_mode=1", "autoconf=0", "accept_ra=0", "accept_dad=0"):
+                netpair.exec_in(ns, ["sysctl", "-qw", f"net.ipv6.conf.vx0.{setting}"])
+            netpair.exec_in(ns, ["ip", "addr", "add", f"{overlay}/64", "dev", "vx0", "nodad"])
         netpair.exec_in(ns, ["ip", "link", "set", "vx0", "up"])
-    netpair.exec_in(netpair.ns_a, ["ping", "-c", "1", "-W", "3", OVERLAY_B])  # neighbours resolved
+    netpair.exec_in(netpair.ns_a, ["ping", "-c", "1", "-W", "3", OVERLAY[version][1]])  # neighbours resolved
 
 
-def trace_pings(start_tool, netpair: NetPair) -> list[dict]:  # type: ignore[no-untyped-def]
-    tool = start_tool("ipftrace", "-b", "tracepoint", "-o", "json", "-l4", "ICMP", "-s4", OVERLAY_A, "-d4", OVERLAY_B)
-    netpair.exec_in(netpair.ns_a, ["ping", "-c", str(PINGS), "-i", "0.2", "-W", "1", OVERLAY_B], check=False)
+def trace_pings(start_tool, netpair: NetPair, version: int) -> list[dict]:  # type: ignore[no-untyped-def]
+    source, destination = OVERLAY[version]
+    tool = start_tool("ipftrace", "-b", "tracepoint", "-o", "json", "-l4", "ICMP" if version == 4 else "ICMPv6",
+                      f"-s{version}", source, f"-d{version}", destination)
+    netpair.exec_in(netpair.ns_a, ["ping", "-c", str(PINGS), "-i", "0.2", "-W", "1", destination], check=False)
     time.sleep(0.3)
     code, out, err = tool.stop()
     assert code == 130, err
     return [json.loads(line) for line in out.splitlines()]
 
 
-def test_a_packet_dropped_in_the_underlay_of_a_vxlan_tunnel_is_dropped(start_tool, netpair: NetPair) -> None:  # type: ignore[no-untyped-def]
-    vxlan_overlay(netpair)
+@pytest.mark.parametrize("version", [4, 6])
+def test_a_packet_dropped_in_the_underlay_of_a_vxlan_tunnel_is_dropped(start_tool, netpair: NetPair,  # type: ignore[no-untyped-def]
+                                                                      version: int) -> None:
+    vxlan_overlay(netpair, version)
     netpair.exec_in(netpair.ns_b, ["nft", "-f", "-"], input=(
         "table ip ipft_tunnel {\n  chain in { type filter hook input priority 0; policy accept;\n"
-        # the pings' underlay packets, counted (134 bytes: 84 of ICMP, 14 of inner Ethernet, 8 VXLAN, 8 UDP, 20 IP);
-        # the rest (the overlay's ARP probes) dropped too
-        f"    udp dport {VXLAN_PORT} ip length 134 counter drop\n    udp dport {VXLAN_PORT} drop\n  }}\n}}\n"))
-    paths = trace_pings(start_tool, netpair)
+        # the pings' underlay packets, counted; the rest (the overlay's ARP or ND probes) dropped too
+        f"    udp dport {VXLAN_PORT} ip length {UNDERLAY_LENGTH[version]} counter drop\n"
+        f"    udp dport {VXLAN_PORT} drop\n  }}\n}}\n"))
+    paths = trace_pings(start_tool, netpair, version)
     ruleset = json.loads(netpair.exec_in(netpair.ns_b, ["nft", "-j", "list", "table", "ip", "ipft_tunnel"]).stdout)
     counter = next(item["rule"]["expr"][2]["counter"] for item in ruleset["nftables"] if "rule" in item)
     assert counter["packets"] == PINGS
@@ -55,10 +68,12 @@ def test_a_packet_dropped_in_the_underlay_of_a_vxlan_tunnel_is_dropped(start_too
             netpair.addr_a4, netpair.addr_b4, VXLAN_PORT, "UDP"), encap
 
 
-def test_a_packet_through_a_vxlan_tunnel_is_one_path_to_the_overlay_receiver(start_tool, netpair: NetPair) -> None:  # type: ignore[no-untyped-def]
-    vxlan_overlay(netpair)
+@pytest.mark.parametrize("version", [4, 6])
+def test_a_packet_through_a_vxlan_tunnel_is_one_path_to_the_overlay_receiver(start_tool, netpair: NetPair,  # type: ignore[no-untyped-def]
+                                                                            version: int) -> None:
+    vxlan_overlay(netpair, version)
     vx0_b = int(netpair.exec_in(netpair.ns_b, ["cat", "/sys/class/net/vx0/ifindex"]).stdout)
-    paths = trace_pings(start_tool, netpair)
+    paths = trace_pings(start_tool, netpair, version)
     assert len(paths) == PINGS, [p["outcome"] for p in paths]
     for path in paths:
         assert path["outcome"] == "delivered", path

@@ -8,8 +8,8 @@ from .helpers import RECEIVE, event
 
 
 def test_record_size_matches_the_c_struct() -> None:
-    # struct ipft_event: 3*u64 + 5*u32 + u16 + 2*u8 + 2*16 + 2*u16 + u32 + 64 + u64 = 160
-    assert RECORD_SIZE == 160
+    # struct ipft_event: 3*u64 + 5*u32 + u16 + 2*u8 + 2*16 + 2*u16 + u32 + 64 + 2*u64 = 168
+    assert RECORD_SIZE == 168
 
 
 def test_decode_round_trips_every_field() -> None:
@@ -27,7 +27,7 @@ def test_decode_many_reads_back_to_back_records_in_order() -> None:
 
 
 def test_decode_rejects_a_record_of_the_wrong_size() -> None:
-    with pytest.raises(ValueError, match="160"):
+    with pytest.raises(ValueError, match="168"):
         decode(b"\0" * 100)
     with pytest.raises(ValueError, match="whole number"):
         list(decode_many(b"\0" * (RECORD_SIZE + 1)))

@@ -374,3 +374,31 @@ def test_a_datagram_with_a_dropped_fragment_is_dropped_unless_it_was_delivered()
     (read,) = paths.expire()
     assert sorted(child.relation for child in read.children) == ["clone", "fragment"]
     assert read.packet_outcome == "delivered"
+
+
+def test_a_late_clone_joins_the_packet_its_parent_timestamp_names_though_the_address_was_reused() -> None:
+    # datagram 1 at SKB_A ends and waits for its open fragment; datagram 2 is then traced at SKB_A; datagram 1's
+    # reassembled skb (a clone of its first fragment) is freed when datagram 2 arrives
+    clock = Clock()
+    paths = assembler(clock)
+    fragment = 0xFFFF888000003000
+    late_clone = clone_event(12, RECEIVE, skb=SKB_B)._replace(parent_ts=1)
+    paths.add_many([event(1, RECEIVE, first=True), fragment_event(2, RECEIVE, fragment)._replace(parent_ts=1),
+                    event(3, CONSUME), event(10, RECEIVE, first=True, dst="10.0.0.9"), late_clone,
+                    event(13, CONSUME, skb=SKB_B), event(14, CONSUME, skb=fragment), event(15, CONSUME)])
+    clock.now = 2000
+    first, second = sorted(paths.expire(), key=lambda path: path.events[0].timestamp_ns)
+    assert sorted((child.relation, child.skb) for child in first.children) == [("clone", SKB_B),
+                                                                                ("fragment", fragment)]
+    assert second.describe().daddr == "10.0.0.9" and second.children == []
+
+
+def test_a_clone_whose_parent_timestamp_names_no_held_path_goes_alone() -> None:
+    clock = Clock()
+    paths = assembler(clock)
+    paths.add_many([event(10, RECEIVE, first=True), clone_event(12, RECEIVE, skb=SKB_B)._replace(parent_ts=1),
+                    event(13, CONSUME, skb=SKB_B), event(15, CONSUME)])
+    clock.now = 2000
+    done = paths.expire()
+    assert sorted((path.skb, path.relation, path.parent_skb) for path in done) == [
+        (SKB_A, "", 0), (SKB_B, "clone", SKB_A)]

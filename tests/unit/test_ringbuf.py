@@ -16,7 +16,7 @@ def frames(*lengths: int, stride: int = FRAME_SIZE) -> bytes:
 
 
 def test_frame_size_is_header_plus_record_rounded_to_8() -> None:
-    assert frame_size(RECORD_SIZE) == FRAME_SIZE == 168
+    assert frame_size(RECORD_SIZE) == FRAME_SIZE == 176
     assert frame_size(1) == 16
     assert frame_size(8) == 16
     assert frame_size(9) == 24
