@@ -26,7 +26,9 @@ from ipftrace_exporter.plan import function_backend_unavailable
 from tests.support.otlp_receiver import GrpcOtlpReceiver, attributes
 
 from .conftest import BIN, Running
-from .netns import NetPair, create_pair, delete_pair
+from .netns import NetChain, NetPair, create_chain, create_pair, delete_chain, delete_pair
+from .test_identity import CLIENT_PORT, FRONT_PORT, SERVER_PORT, nat_rules, send_datagrams
+from .test_tunnels import OVERLAY, UNDERLAY_LENGTH, VXLAN_PORT, vxlan_overlay
 
 READY_TIMEOUT = float(os.environ.get("IPFTRACE_TEST_READY_TIMEOUT", "300"))
 UDP_CLOSED_PORT = 9999
@@ -36,6 +38,8 @@ LARGE_DATAGRAMS, LARGE_SIZE = 2, 5000  # four IPv4 (or IPv6) fragments each at t
 TCP_PORT = 8080
 PINGS = 3
 PAIR_INDEX = {"kprobe": 91, "kfunc": 92, "auto": 93, "tracepoint": 94}  # 10.199.N.0/24 of each run's namespaces
+CHAIN_INDEX = {"kprobe": 81, "kfunc": 83, "tracepoint": 85}  # 10.199.N and N+1 of each run's NAT chain
+NAT_DATAGRAMS = 3
 
 
 def keep(name: str, text: str) -> None:
@@ -77,6 +81,8 @@ class Traffic:
     paths: list[dict]  # those that started after the warm-up (see drive_traffic)
     stderr: str
     ready_s: float
+    chain: NetChain | None = None  # with the identity traffic (drive_identity_traffic)
+    tunnel_from: int = 0  # the kernel monotonic time when its VXLAN underlay drop was in place
 
 
 def drive_traffic(pair: NetPair) -> int:
@@ -142,6 +148,30 @@ def _datagrams_read_by_a_socket(pair: NetPair) -> None:
             server.wait()
 
 
+def drive_identity_traffic(pair: NetPair, chain: NetChain) -> int:
+    """Packets whose headers change on the way: NAT_DATAGRAMS datagrams DNAT-ed and masqueraded by the chain's
+    router to the server's closed port, and PINGS pings over a VXLAN overlay on the pair whose underlay packets
+    the receiver's nftables drop (and count). Returns the kernel monotonic time when that drop was in place."""
+    chain.exec_in(chain.ns_router, ["nft", "-f", "-"], input=nat_rules(chain))
+    send_datagrams(chain.exec_in, chain.ns_client, chain.router_client_side4, FRONT_PORT, NAT_DATAGRAMS,
+                   source_port=CLIENT_PORT)
+    vxlan_overlay(pair, 4)
+    pair.exec_in(pair.ns_b, ["nft", "-f", "-"], input=(
+        "table ip ipft_tunnel {\n  chain in { type filter hook input priority 0; policy accept;\n"
+        f"    udp dport {VXLAN_PORT} ip length {UNDERLAY_LENGTH[4]} counter drop\n"
+        f"    udp dport {VXLAN_PORT} drop\n  }}\n}}\n"))
+    tunnel_from = time.monotonic_ns()
+    pair.exec_in(pair.ns_a, ["ping", "-c", str(PINGS), "-i", "0.2", "-W", "1", OVERLAY[4][1]], check=False)
+    time.sleep(3)  # the last drops and the assembler's settle time
+    return tunnel_from
+
+
+def underlay_drops(pair: NetPair) -> int:
+    """Packets the VXLAN underlay rule of drive_identity_traffic dropped, by nftables' own counter."""
+    ruleset = json.loads(pair.exec_in(pair.ns_b, ["nft", "-j", "list", "table", "ip", "ipft_tunnel"]).stdout)
+    return next(item["rule"]["expr"][-2]["counter"]["packets"] for item in ruleset["nftables"] if "rule" in item)
+
+
 def _large_ipv6_datagrams_read_by_a_socket(pair: NetPair) -> None:
     """LARGE_DATAGRAMS IPv6 datagrams of LARGE_SIZE bytes (sent as fragments), each read by the server."""
     server = pair.popen_in(pair.ns_b, ["python3", "-c", (
@@ -164,6 +194,7 @@ def _run_cli(backend: str, tmp_path: Path, cache_dir: str, manifest: str | None)
     if backend != "tracepoint":
         _skip_unless(backend if backend != "auto" else "kprobe")
     pair = create_pair(PAIR_INDEX[backend])
+    chain = create_chain(CHAIN_INDEX[backend]) if backend in CHAIN_INDEX else None
     ready = tmp_path / "ready"
     argv = [str(BIN / "ipftrace"), "-b", backend, "-o", "json", "-t", "240", "--ready-file", str(ready)]
     if manifest:
@@ -175,6 +206,7 @@ def _run_cli(backend: str, tmp_path: Path, cache_dir: str, manifest: str | None)
         ready_s = time.monotonic() - started
         record(f"ready_s {backend} {'manifest' if manifest else 'discovery'}", round(ready_s, 1))
         counted_from = drive_traffic(pair)
+        tunnel_from = drive_identity_traffic(pair, chain) if chain is not None else 0
         stopping = time.monotonic()
         code, out, err = tool.stop(timeout=300)
         record(f"stop_s {backend} {'manifest' if manifest else 'discovery'}", round(time.monotonic() - stopping, 1))
@@ -184,10 +216,12 @@ def _run_cli(backend: str, tmp_path: Path, cache_dir: str, manifest: str | None)
         assert code in (0, 130), err
         paths = [path for path in (json.loads(line) for line in out.splitlines() if line.startswith("{"))
                  if path["events"][0]["timestamp_ns"] >= counted_from]
-        yield Traffic(pair, paths, err, ready_s)
+        yield Traffic(pair, paths, err, ready_s, chain, tunnel_from)
     finally:
         tool.stop()
         delete_pair(pair)
+        if chain is not None:
+            delete_chain(chain)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -328,6 +362,52 @@ def test_ipv4_fragments_are_children_of_their_datagram(manifest_run: Traffic) ->
 
 def test_ipv4_fragments_are_children_of_their_datagram_on_tracepoints(tracepoint_run: Traffic) -> None:
     _fragments_are_children_of_their_datagram(tracepoint_run)
+
+
+def _nat_rewritten_packets_are_one_path_to_their_drop(run: Traffic) -> None:
+    chain = run.chain
+    assert chain is not None
+    paths = paths_of(run, "UDP", chain.client4, chain.router_client_side4, FRONT_PORT)
+    assert len(paths) == NAT_DATAGRAMS, [(names(p), p["outcome"]) for p in paths]
+    for path in paths:
+        # to the server's closed port (5.10 has no drop reasons), on the path of the flow as first matched
+        assert path["outcome"] == "dropped", (names(path), path["outcome"])
+        assert path["drop"]["reason"] in ("NO_SOCKET", "NOT_SPECIFIED", "0"), path["drop"]
+        rewrites = [event["rewrite"] for event in path["events"] if "rewrite" in event]
+        # DNAT at the router's prerouting, masquerade at its postrouting: one rewrite or two, by where probes sit
+        assert 1 <= len(rewrites) <= 2, names(path)
+        assert (rewrites[-1]["saddr"], rewrites[-1]["daddr"], rewrites[-1]["dport"]) == (
+            chain.router_server_side4, chain.server4, SERVER_PORT), rewrites
+
+
+def _vxlan_underlay_drops_end_the_overlay_packets(run: Traffic) -> None:
+    pair = run.pair
+    paths = [p for p in paths_of(run, "ICMP", *OVERLAY[4]) if (p["icmp"] or {}).get("name") == "echo-request"
+             and p["events"][0]["timestamp_ns"] >= run.tunnel_from]  # not the overlay's first ping, delivered
+    assert underlay_drops(pair) == PINGS
+    assert len(paths) == PINGS, [(names(p), p["outcome"]) for p in paths]
+    for path in paths:
+        assert path["outcome"] == "dropped", (names(path), path["outcome"])
+        encaps = [event["encap"] for event in path["events"] if "encap" in event]
+        assert len(encaps) == 1, names(path)
+        assert (encaps[0]["saddr"], encaps[0]["daddr"], encaps[0]["dport"], encaps[0]["protocol"]) == (
+            pair.addr_a4, pair.addr_b4, VXLAN_PORT, "UDP"), encaps
+
+
+def test_a_nat_rewritten_packet_is_one_path_to_its_drop(manifest_run: Traffic) -> None:
+    _nat_rewritten_packets_are_one_path_to_their_drop(manifest_run)
+
+
+def test_a_nat_rewritten_packet_is_one_path_to_its_drop_on_tracepoints(tracepoint_run: Traffic) -> None:
+    _nat_rewritten_packets_are_one_path_to_their_drop(tracepoint_run)
+
+
+def test_a_vxlan_packet_dropped_in_the_underlay_is_dropped(manifest_run: Traffic) -> None:
+    _vxlan_underlay_drops_end_the_overlay_packets(manifest_run)
+
+
+def test_a_vxlan_packet_dropped_in_the_underlay_is_dropped_on_tracepoints(tracepoint_run: Traffic) -> None:
+    _vxlan_underlay_drops_end_the_overlay_packets(tracepoint_run)
 
 
 def test_ipv6_fragments_are_children_of_their_datagram(manifest_run: Traffic) -> None:
