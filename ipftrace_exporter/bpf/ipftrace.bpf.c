@@ -508,8 +508,8 @@ static __always_inline int ipft_parse_ipv6(unsigned char *l3, const u8 *raw, int
 }
 
 /* Parse the packet's IP and L4 headers. from_data: the IP header is at skb->data at this probe (receive
- * entry points, before the network header offset is set); otherwise head + network_header is tried first.
- * The IP version must agree with skb->protocol when that is set. */
+ * entry points, before the network header offset is set); otherwise head + network_header is tried first, and
+ * skb->data alone only when skb->protocol is set. The IP version must agree with skb->protocol when that is set. */
 static __always_inline int ipft_parse(const struct ipft_skb *s, struct ipft_tuple *t, int from_data,
                                       unsigned char **l3_out)
 {
@@ -517,6 +517,8 @@ static __always_inline int ipft_parse(const struct ipft_skb *s, struct ipft_tupl
     if (!from_data && s->network_header != (u16)~0U && s->network_header != 0) {
         first = s->head + s->network_header;
         second = s->data;
+    } else if (!from_data && !s->protocol) {
+        return 0; /* no network header and no protocol: not through the IP layer (a unix or netlink socket's data) */
     }
 #pragma unroll
     for (int attempt = 0; attempt < 2; attempt++) {

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -188,3 +189,26 @@ def test_the_daemon_sends_a_delivered_ping_reply_as_one_trace_with_its_clone(sta
         dropping = [span for span in under_root if span.name == "skb:kfree_skb"]
         assert attributes(dropping[0].attributes)["ipftrace.drop.reason"] == "NO_SOCKET"
         assert dropping[0].status.code != 2
+
+
+def test_bytes_that_look_like_an_ipv4_header_in_a_unix_socket_are_not_a_packet(start_tool, netpair: NetPair) -> None:  # type: ignore[no-untyped-def]
+    # A unix socket's skb has no protocol and no network header: at consume_skb only its data could be read as IP,
+    # and these messages begin with an IPv4 + UDP header from a to b (what a local IPC payload may well hold).
+    fake = (bytes.fromhex("4500003c12344000401100") + bytes(1) + socket.inet_aton(netpair.addr_a4)
+            + socket.inet_aton(netpair.addr_b4) + (40000).to_bytes(2, "big") + (9).to_bytes(2, "big")
+            + bytes.fromhex("00280000") + b"x" * 32)
+    netpair.ping_b(count=1)
+    tool = start_tool("ipftrace", "-b", "tracepoint", "-o", "json", "-l4", "UDP", "-s4", netpair.addr_a4,
+                      "-d4", netpair.addr_b4, "-dp", "9")
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with left, right:
+        for _ in range(20):
+            left.send(fake)
+            assert right.recv(256) == fake
+    send_datagrams(netpair.exec_in, netpair.ns_a, netpair.addr_b4, 9, 1)  # one real packet: to a closed port
+    time.sleep(1.0)
+    code, out, err = tool.stop()
+    assert code == 130, err
+    paths = [json.loads(line) for line in out.splitlines()]
+    assert [(p["outcome"], p["events"][0]["function"]) for p in paths] == [("dropped", "net:net_dev_queue")], [
+        [e["function"] for e in p["events"]] for p in paths]
