@@ -144,6 +144,11 @@ class NetChain:
         return self.ns_client, self.ns_router, self.ns_server
 
     @property
+    def router_client_dev(self) -> str:
+        """The router's device towards the client."""
+        return f"{self.tag}r0"[:15]
+
+    @property
     def router_server_dev(self) -> str:
         """The router's device towards the server."""
         return f"{self.tag}r1"[:15]
@@ -167,7 +172,7 @@ def create_chain(index: int) -> NetChain:
         for ns in chain.namespaces:
             ip("netns", "add", ns)
             ip("-n", ns, "link", "set", "lo", "up")
-        links = ((chain.ns_client, f"{tag}c0"[:15], chain.client4, chain.ns_router, f"{tag}r0"[:15],
+        links = ((chain.ns_client, f"{tag}c0"[:15], chain.client4, chain.ns_router, chain.router_client_dev,
                   chain.router_client_side4),
                  (chain.ns_router, chain.router_server_dev, chain.router_server_side4, chain.ns_server,
                   chain.server_dev, chain.server4))

@@ -7,10 +7,13 @@ from __future__ import annotations
 import json
 import re
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+
+import pytest
 
 from tests.support.otlp_receiver import GrpcOtlpReceiver, attributes
 
@@ -63,15 +66,33 @@ def udp_server(netpair: NetPair, family: str, address: str) -> Iterator[None]:
         server.wait()
 
 
-def test_a_nat_rewritten_packet_is_one_path_to_its_drop_with_the_new_headers(start_tool, netchain: NetChain) -> None:  # type: ignore[no-untyped-def]
+@contextmanager
+def tcpdump(ns: str, device: str) -> Iterator[None]:
+    """tcpdump capturing on `device` in namespace `ns` while the block runs: every packet there is cloned for it."""
+    capture = subprocess.Popen(["ip", "netns", "exec", ns, "tcpdump", "-n", "-i", device, "-w", "/dev/null"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert capture.stderr is not None and "listening on" in capture.stderr.readline()
+        yield
+    finally:
+        capture.terminate()
+        capture.wait(timeout=10)
+
+
+@pytest.mark.parametrize("tapped", [False, True], ids=["alone", "with-tcpdump"])
+def test_a_nat_rewritten_packet_is_one_path_to_its_drop_with_the_new_headers(start_tool, netchain: NetChain,  # type: ignore[no-untyped-def]
+                                                                            tapped: bool) -> None:
+    # with tcpdump on the router's ingress, each packet is cloned for it, so NAT writing its headers first copies
+    # them to a new buffer (pskb_expand_head): the same skb and packet in another buffer
     run = netchain.exec_in
     run(netchain.ns_router, ["nft", "-f", "-"], input=nat_rules(netchain))
     tool = start_tool("ipftrace", "-b", "tracepoint", "-o", "json", "-l4", "UDP", "-d4",
                       netchain.router_client_side4, "-dp", str(FRONT_PORT))
     before = nstat(run, netchain.ns_server)
-    send_datagrams(run, netchain.ns_client, netchain.router_client_side4, FRONT_PORT, DATAGRAMS,
-                   source_port=CLIENT_PORT)
-    time.sleep(1.0)
+    with tcpdump(netchain.ns_router, netchain.router_client_dev) if tapped else nullcontext():
+        send_datagrams(run, netchain.ns_client, netchain.router_client_side4, FRONT_PORT, DATAGRAMS,
+                       source_port=CLIENT_PORT)
+        time.sleep(1.0)
     no_ports = nstat(run, netchain.ns_server)["UdpNoPorts"] - before.get("UdpNoPorts", 0)
     code, out, err = tool.stop()
     assert code == 130, err
