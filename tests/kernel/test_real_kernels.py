@@ -278,6 +278,16 @@ def in_order(seen: list[str], wanted: list[str]) -> bool:
 
 
 FREES = ("skb:consume_skb", "skb:kfree_skb")
+# what consume_skb and kfree_skb call after their tracepoint, on the skb they free
+FREE_TAIL = ("__kfree_skb", "skb_release_all", "skb_release_head_state", "skb_release_data", "skb_free_head",
+             "kfree_skbmem")
+
+
+def with_children(path: dict) -> Iterator[dict]:
+    """The path and its child paths, theirs too."""
+    yield path
+    for child in path.get("children", ()):
+        yield from with_children(child)
 
 
 def test_ping_over_veth_is_one_path_from_sender_to_receiver(manifest_run: Traffic) -> None:
@@ -476,6 +486,11 @@ def test_full_discovery_attaches_what_is_traceable_and_traces_a_ping(discovery_r
     whole = [p for p in paths_of(discovery_run, "ICMP", pair.addr_a4, pair.addr_b4)
              if in_order(names(p), ["ip_output", "ip_rcv", "icmp_rcv"])]
     assert len(whole) >= PINGS, [names(p)[:12] for p in discovery_run.paths][:3]
+    # the functions a free runs after its probe (consume_skb, kfree_skb) see the ended skb: no path starts there
+    addresses = {pair.addr_a4, pair.addr_b4, pair.addr_a6, pair.addr_b6}
+    in_a_free = [names(p) for top in discovery_run.paths if {top["saddr"], top["daddr"]} <= addresses
+                 for p in with_children(top) if names(p)[0] in FREE_TAIL]
+    assert not in_a_free, in_a_free[:5]
     print(f"discovery ready after {discovery_run.ready_s:.0f} s: {summary}")
 
 
