@@ -213,7 +213,7 @@ def bpf_source() -> str:
 
 
 # The splice points of bpf/ipftrace.bpf.c, in the order they stand there.
-SPLICE_POINTS = ("settings", "module_declarations", "module_match", "module_data", "flows", "functions", "entries")
+SPLICE_POINTS = ("settings", "functions", "module_declarations", "module_match", "module_data", "flows", "entries")
 _MARKER = re.compile(r"^[ \t]*/\* @ipft:(\w+) \*/[ \t]*\n?", re.MULTILINE)
 
 

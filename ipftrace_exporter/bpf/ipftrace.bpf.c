@@ -5,13 +5,14 @@
  *   settings: IPFT_NUM_PROBES, IPFT_NUM_FLOWS, IPFT_MAX_INFLIGHT, IPFT_RINGBUF_PAGES, IPFT_MAX_DROP_KEYS,
  *     IPFT_WAKEUP_EVERY, IPFT_CLONED_BIT and IPFT_SAMPLED() (the per-packet sampling decision: 1, 0, or a prandom
  *     comparison); the modules' compile check (modules/check.py) defines IPFT_MODULE_CHECK here instead;
+ *   functions: with kernel-function probes, IPFT_HAS_FUNCTIONS, IPFT_FUNC_SLOTS and how an entry point learns its
+ *     function's address (IPFT_KPROBE_IP(ctx), IPFT_KFUNC_IP(ctx)); right after the settings, since
+ *     ipft_handle() keeps what only function backends need under IPFT_HAS_FUNCTIONS too;
  *   module_declarations, module_match, module_data: the modules' C (modules/loader.py), in and before the hooks
  *     ipft_module_match(skb, t) (0 rejects) and ipft_module_data(skb, t, data) (fills 64 bytes);
  *   flows: the flow filter (numbers only, flows.py): ipft_match_headers(t) (first flow whose header keys match),
  *     ipft_flow_headers(flow, t) (a tracked packet's headers still match its flow), ipft_match_first(t, skb, dev,
  *     data, l3) (first flow whose keys, pcap filter and device/netns match, at first match), ipft_match_where();
- *   functions: with kernel-function probes, IPFT_HAS_FUNCTIONS, IPFT_FUNC_SLOTS and how an entry point learns its
- *     function's address (IPFT_KPROBE_IP(ctx), IPFT_KFUNC_IP(ctx));
  *   entries: one small entry point per probe (per skb position for kernel functions) that calls ipft_handle()
  *     or ipft_function().
  *
@@ -21,6 +22,7 @@
  */
 
 /* @ipft:settings */
+/* @ipft:functions */
 
 #ifndef __always_inline
 #define __always_inline inline __attribute__((always_inline))
@@ -927,7 +929,6 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
 
 /* Kernel functions (kprobe, kfunc) share one entry point per skb argument position, which finds its probe by the
  * traced function's address (IPFT_KPROBE_IP / IPFT_KFUNC_IP) in ipft_funcs, filled from kallsyms by the collector. */
-/* @ipft:functions */
 #ifdef IPFT_HAS_FUNCTIONS
 struct ipft_func {
     u32 probe_id;
