@@ -441,6 +441,10 @@ static __always_inline void ipft_ports_from(const u8 *raw, struct ipft_tuple *t)
     t->has_ports = 1;
 }
 
+/* A UDP header whose length field is under 8 is one not written yet (probed at udp_send_skb's entry, which
+ * writes it): such headers are not parsed, so a packet is first matched where its ports are there. */
+#define IPFT_UDP_UNWRITTEN(l4proto, l4) ((l4proto) == 17 && (((u16)(l4)[4] << 8) | (l4)[5]) < 8)
+
 /* An IPv4 packet's fingerprint: its identification and its L4 word (ipft_l4_word). */
 static __always_inline u32 ipft_ipv4_fp(u16 id, u8 l4proto, const u8 *l4)
 {
@@ -469,6 +473,8 @@ static __always_inline int ipft_parse_ipv4(unsigned char *l3, const u8 *raw, int
         t->fp = (u32)t->ip_id << 16; /* no L4 header: the datagram's identification */
     if ((frag_off & 0x1fff) == 0) {
         if (iph->ihl == 5 && full) {
+            if (IPFT_UDP_UNWRITTEN(t->l4proto, raw + 20))
+                return 0;
             ipft_ports_from(raw + 20, t);
             t->fp = ipft_ipv4_fp(t->ip_id, t->l4proto, raw + 20);
         } else {
@@ -490,6 +496,8 @@ static __always_inline int ipft_parse_ipv6(unsigned char *l3, const u8 *raw, int
     if (next != 0 && next != 43 && next != 60 && next != 51 && next != 44) { /* no extension header */
         t->l4proto = next;
         if (full) {
+            if (IPFT_UDP_UNWRITTEN(next, raw + 40))
+                return 0;
             ipft_ports_from(raw + 40, t);
             t->fp = ipft_l4_word(next, raw + 40);
             t->l4_read = 1;
@@ -536,6 +544,8 @@ static __always_inline int ipft_parse_ipv6(unsigned char *l3, const u8 *raw, int
     /* clang turns `l4 + 7` on an 8-aligned stack array into `l4 | 7`, which the verifier refuses on a pointer */
     const u8 *l4 = l4_bytes;
     asm volatile("" : "+r"(l4));
+    if (IPFT_UDP_UNWRITTEN(next, l4))
+        return 0;
     ipft_ports_from(l4, t);
     t->fp = ipft_l4_word(next, l4);
     t->l4_read = 1;

@@ -362,7 +362,8 @@ def _fragments_are_children_of_their_datagram(run: Traffic, version: int = 4) ->
         assert len(fragments) >= 3, [names(child) for child in fragments]  # the three later fragments at least
     alone = [p for p in run.paths if p.get("relation") == "fragment"]
     assert not alone, [names(p) for p in alone]
-    if version == 6:
+    if version == 6:  # one path per datagram (its reassembled skb a clone child), each delivered
+        assert len(datagrams) == LARGE_DATAGRAMS, [(names(p)[:3], p["outcome"]) for p in datagrams]
         assert all(path["outcome"] == "delivered" for path in large), [path["outcome"] for path in large]
 
 
