@@ -47,14 +47,15 @@ def test_udp_datagrams_read_by_a_socket_are_delivered(start_tool, netpair: NetPa
     assert set(outcomes) <= {"delivered", "timeout"}, outcomes
     # A datagram's skb is freed where no tracepoint sees it (a deferred free shows as consume_skb): when a later
     # datagram reuses the address, the kernel knows it was freed, and not dropped (drops always fire kfree_skb).
-    # One whose address was not reused in this run has no end to see: it times out.
+    # One whose address was not reused in this run has no end to see: it times out. (Whether the allocator reuses
+    # an address within the run is its own affair: a CI run under load had none freed unseen, so this is not
+    # required; tests/unit/test_paths.py covers the reuse rule itself.)
     for index, path in enumerate(packets):
         reused = any(later["skb"] == path["skb"] for later in packets[index + 1:])
         if reused:
             assert path["outcome"] == "delivered", path
         if path["freed_unseen"]:
             assert reused and path["outcome"] == "delivered", path
-    assert any(path["freed_unseen"] for path in packets), outcomes
 
 
 @pytest.mark.parametrize("v6", [False, True], ids=["arp", "nd"])

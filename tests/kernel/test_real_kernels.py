@@ -116,8 +116,10 @@ def drive_traffic(pair: NetPair) -> int:
         if server.poll() is None:
             server.kill()
             server.wait()
-    _datagrams_read_by_a_socket(pair)
-    _large_ipv6_datagrams_read_by_a_socket(pair)
+    # UDP_DATAGRAMS small datagrams, then LARGE_DATAGRAMS of LARGE_SIZE bytes (sent as fragments), IPv4 and IPv6
+    large = [b"x" * LARGE_SIZE] * LARGE_DATAGRAMS
+    _datagrams_read_by_a_socket(pair, "AF_INET", pair.addr_b4, [b"dg %d" % i for i in range(UDP_DATAGRAMS)] + large)
+    _datagrams_read_by_a_socket(pair, "AF_INET6", pair.addr_b6, large)
     # One ping to a neighbour both ends forgot: it waits in the neighbour's queue while ARP resolves the address,
     # and the neighbour probe sends (and frees) a clone of it.
     pair.exec_in(pair.ns_a, ["ip", "-4", "neigh", "flush", "dev", pair.veth_a])
@@ -127,20 +129,17 @@ def drive_traffic(pair: NetPair) -> int:
     return counted_from
 
 
-def _datagrams_read_by_a_socket(pair: NetPair) -> None:
-    """UDP_DATAGRAMS datagrams to an open port, then LARGE_DATAGRAMS of LARGE_SIZE bytes (sent as fragments), each
-    read by the server."""
+def _datagrams_read_by_a_socket(pair: NetPair, family: str, address: str, payloads: list[bytes]) -> None:
+    """`payloads` as UDP datagrams 50 ms apart from a to `address` in b, each read by a server there."""
     server = pair.popen_in(pair.ns_b, ["python3", "-c", (
-        f"import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-        f"s.bind(('{pair.addr_b4}', {UDP_OPEN_PORT}))\nprint('listening', flush=True)\n"
-        f"[s.recv(65536) for _ in range({UDP_DATAGRAMS + LARGE_DATAGRAMS})]\n")], stdout=subprocess.PIPE)
+        f"import socket\ns = socket.socket(socket.{family}, socket.SOCK_DGRAM)\n"
+        f"s.bind(('{address}', {UDP_OPEN_PORT}))\nprint('listening', flush=True)\n"
+        f"[s.recv(65536) for _ in range({len(payloads)})]\n")], stdout=subprocess.PIPE)
     try:
         assert server.stdout is not None and "listening" in server.stdout.readline()
-        pair.python_in(pair.ns_a, "import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-                       f"for i in range({UDP_DATAGRAMS}):\n"
-                       f"    s.sendto(b'dg %d' % i, ('{pair.addr_b4}', {UDP_OPEN_PORT}))\n    time.sleep(0.05)\n"
-                       f"for i in range({LARGE_DATAGRAMS}):\n"
-                       f"    s.sendto(b'x' * {LARGE_SIZE}, ('{pair.addr_b4}', {UDP_OPEN_PORT}))\n    time.sleep(0.05)\n")
+        pair.python_in(pair.ns_a, f"import socket, time\ns = socket.socket(socket.{family}, socket.SOCK_DGRAM)\n"
+                       f"for payload in {payloads!r}:\n"
+                       f"    s.sendto(payload, ('{address}', {UDP_OPEN_PORT}))\n    time.sleep(0.05)\n")
         server.wait(timeout=30)
     finally:
         if server.poll() is None:
@@ -170,24 +169,6 @@ def underlay_drops(pair: NetPair) -> int:
     """Packets the VXLAN underlay rule of drive_identity_traffic dropped, by nftables' own counter."""
     ruleset = json.loads(pair.exec_in(pair.ns_b, ["nft", "-j", "list", "table", "ip", "ipft_tunnel"]).stdout)
     return next(item["rule"]["expr"][-2]["counter"]["packets"] for item in ruleset["nftables"] if "rule" in item)
-
-
-def _large_ipv6_datagrams_read_by_a_socket(pair: NetPair) -> None:
-    """LARGE_DATAGRAMS IPv6 datagrams of LARGE_SIZE bytes (sent as fragments), each read by the server."""
-    server = pair.popen_in(pair.ns_b, ["python3", "-c", (
-        f"import socket\ns = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n"
-        f"s.bind(('{pair.addr_b6}', {UDP_OPEN_PORT}))\nprint('listening', flush=True)\n"
-        f"[s.recv(65536) for _ in range({LARGE_DATAGRAMS})]\n")], stdout=subprocess.PIPE)
-    try:
-        assert server.stdout is not None and "listening" in server.stdout.readline()
-        pair.python_in(pair.ns_a, "import socket, time\ns = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n"
-                       f"for i in range({LARGE_DATAGRAMS}):\n"
-                       f"    s.sendto(b'x' * {LARGE_SIZE}, ('{pair.addr_b6}', {UDP_OPEN_PORT}))\n    time.sleep(0.05)\n")
-        server.wait(timeout=30)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
 
 
 def _run_cli(backend: str, tmp_path: Path, cache_dir: str, manifest: str | None) -> Iterator[Traffic]:
