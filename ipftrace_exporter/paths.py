@@ -25,6 +25,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import chain
 
 from .events import (
     FLAG_ADOPT,
@@ -346,11 +347,9 @@ class PathAssembler:
         newest = (self._open.get(skb), settled[0] if settled is not None else None)
         if not first_ts:
             return newest[0] or newest[1]
-        for path in newest:
-            if path is not None and path.events[0].timestamp_ns == first_ts:
-                return path
-        return next((path for path in self._parents.values()
-                     if path.skb == skb and path.events[0].timestamp_ns == first_ts), None)
+        waiting = (path for path in self._parents.values() if path.skb == skb)
+        return next((path for path in chain(newest, waiting)
+                     if path is not None and path.events[0].timestamp_ns == first_ts), None)
 
     def _adopt_orphan(self, packet: SkbPath, clone_skb: int, clone_ts: int) -> None:
         """A packet first seen after its clone ended (a neighbour probe's copy): that clone, still waiting for it,
