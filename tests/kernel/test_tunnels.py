@@ -36,6 +36,20 @@ def vxlan_overlay(netpair: NetPair, version: int) -> None:
     netpair.exec_in(netpair.ns_a, ["ping", "-c", "1", "-W", "3", OVERLAY[version][1]])  # neighbours resolved
 
 
+def drop_underlay(netpair: NetPair, version: int) -> None:
+    """nftables in b drops the overlay's underlay packets, counting the pings' (the rest: its ARP or ND probes)."""
+    netpair.exec_in(netpair.ns_b, ["nft", "-f", "-"], input=(
+        "table ip ipft_tunnel {\n  chain in { type filter hook input priority 0; policy accept;\n"
+        f"    udp dport {VXLAN_PORT} ip length {UNDERLAY_LENGTH[version]} counter drop\n"
+        f"    udp dport {VXLAN_PORT} drop\n  }}\n}}\n"))
+
+
+def underlay_drops(netpair: NetPair) -> int:
+    """The pings' underlay packets drop_underlay dropped, by nftables' own counter."""
+    ruleset = json.loads(netpair.exec_in(netpair.ns_b, ["nft", "-j", "list", "table", "ip", "ipft_tunnel"]).stdout)
+    return next(item["rule"]["expr"][2]["counter"]["packets"] for item in ruleset["nftables"] if "rule" in item)
+
+
 def trace_pings(start_tool, netpair: NetPair, version: int) -> list[dict]:  # type: ignore[no-untyped-def]
     source, destination = OVERLAY[version]
     tool = start_tool("ipftrace", "-b", "tracepoint", "-o", "json", "-l4", "ICMP" if version == 4 else "ICMPv6",
@@ -51,15 +65,9 @@ def trace_pings(start_tool, netpair: NetPair, version: int) -> list[dict]:  # ty
 def test_a_packet_dropped_in_the_underlay_of_a_vxlan_tunnel_is_dropped(start_tool, netpair: NetPair,  # type: ignore[no-untyped-def]
                                                                       version: int) -> None:
     vxlan_overlay(netpair, version)
-    netpair.exec_in(netpair.ns_b, ["nft", "-f", "-"], input=(
-        "table ip ipft_tunnel {\n  chain in { type filter hook input priority 0; policy accept;\n"
-        # the pings' underlay packets, counted; the rest (the overlay's ARP or ND probes) dropped too
-        f"    udp dport {VXLAN_PORT} ip length {UNDERLAY_LENGTH[version]} counter drop\n"
-        f"    udp dport {VXLAN_PORT} drop\n  }}\n}}\n"))
+    drop_underlay(netpair, version)
     paths = trace_pings(start_tool, netpair, version)
-    ruleset = json.loads(netpair.exec_in(netpair.ns_b, ["nft", "-j", "list", "table", "ip", "ipft_tunnel"]).stdout)
-    counter = next(item["rule"]["expr"][2]["counter"] for item in ruleset["nftables"] if "rule" in item)
-    assert counter["packets"] == PINGS
+    assert underlay_drops(netpair) == PINGS
     assert len(paths) == PINGS, [p["outcome"] for p in paths]
     for path in paths:
         assert path["outcome"] == "dropped" and path["drop"]["reason"] == "NETFILTER_DROP", path
