@@ -228,7 +228,8 @@ class PathAssembler:
         self.evicted = 0
         self.unknown_probe_events = 0
         self._held = 0  # events in open paths
-        self._roles = tuple(probe.role for probe in probes)  # by probe id
+        # by probe id; a release function (inside a free) is a step here: the kernel never starts a packet there
+        self._roles = tuple(ProbeRole.STEP if probe.role is ProbeRole.RELEASE else probe.role for probe in probes)
 
     @property
     def inflight(self) -> int:

@@ -30,6 +30,16 @@ EGRESS_TRACEPOINTS = {
 # auto: above this many functions, kprobes (kprobe-multi where the kernel has it) are chosen over kfunc (fentry loads,
 # attaches and detaches one program per function: minutes for thousands; bench/RESULTS.md, "Start-up on real kernels").
 AUTO_KFUNC_MAX_FUNCTIONS = 200
+# Functions that run inside a free, after its tracepoint (consume_skb, kfree_skb -> __kfree_skb -> skb_release_all
+# -> skb_release_head_state (the skb's destructor) / skb_release_data (its frag list) -> kfree_skbmem), on the skb
+# that free just ended: they never start a packet (ProbeRole.RELEASE). Some also run on live skbs
+# (pskb_expand_head releases the old data, skb_orphan calls the destructor): there they are a tracked packet's steps.
+RELEASE_FUNCTIONS = frozenset((
+    "skb_release_all", "skb_release_head_state", "skb_release_data", "skb_free_head", "kfree_skbmem",
+    "kfree_skb_list", "kfree_skb_list_reason", "napi_skb_cache_put", "skb_zcopy_clear",
+    "sock_rfree", "sock_wfree", "__sock_wfree", "tcp_wfree", "sock_efree", "sock_edemux", "sock_pfree",
+    "sock_ofree", "unix_destruct_scm", "netlink_skb_destructor", "tpacket_destruct_skb", "xsk_destruct_skb",
+))
 
 
 @dataclass
@@ -98,10 +108,17 @@ def plan_probes(view: KernelView, backend: str, manifest_path: str | None) -> Pr
                 log.warning("manifest %s: %s cannot be traced on this kernel (%s); skipped", manifest_path, spec.name,
                             why)
             continue
-        role = ProbeRole.EGRESS if spec.egress else ProbeRole.STEP
-        sources.append(ProbeSource(Probe(len(sources), spec.name, kind, spec.skb_pos, role), spec.name, spec.skb_pos - 1))
+        probe = Probe(len(sources), spec.name, kind, spec.skb_pos, function_role(spec.name, spec.egress))
+        sources.append(ProbeSource(probe, spec.name, spec.skb_pos - 1))
     sources.extend(_tracepoint_sources(view, FREE_TRACEPOINTS, frozenset(), first_id=len(sources)))
     return ProbePlan(backend, sources, missing, untraceable)
+
+
+def function_role(name: str, egress: bool) -> ProbeRole:
+    """A kernel function's role: a manifest's egress function, a function inside a free, or a step."""
+    if egress:
+        return ProbeRole.EGRESS
+    return ProbeRole.RELEASE if name.split(".")[0] in RELEASE_FUNCTIONS else ProbeRole.STEP
 
 
 def function_backend_unavailable(backend: str, view: KernelView | None = None) -> str | None:

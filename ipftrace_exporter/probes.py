@@ -24,6 +24,7 @@ class ProbeRole(str, Enum):
     CONSUME = "consume"  # the skb was freed normally: the path ends, consumed
     DROP = "drop"  # the skb was freed with a drop reason: the path ends, dropped
     EGRESS = "egress"  # a manifest egress function: the packet left the host, the path ends
+    RELEASE = "release"  # a function that runs inside a free: a step of a tracked packet, never a packet's start
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from .events import FRAME_SIZE
 from .flows import FlowSpec, filter_function, where_function
 from .probes import Probe, ProbeKind, ProbeRole
 
-ROLE_CODES = {ProbeRole.STEP: 0, ProbeRole.CONSUME: 1, ProbeRole.DROP: 2, ProbeRole.EGRESS: 3}
+ROLE_CODES = {ProbeRole.STEP: 0, ProbeRole.CONSUME: 1, ProbeRole.DROP: 2, ProbeRole.EGRESS: 3, ProbeRole.RELEASE: 4}
 MAX_KPROBE_ARG = 5
 FUNCTION_KINDS = frozenset({ProbeKind.KPROBE, ProbeKind.KFUNC})
 # helper: bpf_get_func_ip (5.15+); regs: the instruction pointer (kprobe) and one kfunc entry point per function;

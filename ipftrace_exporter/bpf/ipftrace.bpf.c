@@ -32,6 +32,9 @@
 #define IPFT_ROLE_CONSUME 1
 #define IPFT_ROLE_DROP 2
 #define IPFT_ROLE_EGRESS 3
+/* a function that runs inside a free (skb_release_data, kfree_skbmem, a destructor...): a step of a tracked skb; on
+ * any other skb it is the free of a packet that just ended or was never ours, never a packet's start */
+#define IPFT_ROLE_RELEASE 4
 
 #define IPFT_FLAG_TUPLE 1 /* first event of a packet: headers parsed and matched here */
 #define IPFT_FLAG_SAMPLED 2
@@ -48,10 +51,6 @@
 #define IPFT_LOST_SHIFT 16
 
 #define IPFT_CLONE_WINDOW_NS 1000000000ULL
-/* How long after a free probe the functions of that free (skb_release_head_state, skb_release_data, kfree_skbmem
- * under consume_skb and kfree_skb) may still see the skb: ipft_in_free_tail(). Microseconds on hardware; 11 ms was
- * measured under TCG with 1,600 kprobes (5.10, full discovery). */
-#define IPFT_FREE_TAIL_NS 100000000ULL
 
 #define IPFT_STAT_EVENTS 0
 #define IPFT_STAT_LOST 1
@@ -213,17 +212,6 @@ BPF_ARRAY(ipft_armed, u32, 1);
 BPF_ARRAY(ipft_tracked_filter, u32, IPFT_TRACKED_BUCKETS);
 BPF_TABLE("lru_hash", u64, struct ipft_buffer_owner, ipft_buffers, IPFT_MAX_INFLIGHT);
 BPF_TABLE("lru_hash", struct ipft_datagram_key, struct ipft_datagram, ipft_datagrams, 16384);
-/* The skbs free probes saw end lately (traced packets'): the functions that free them run next, and their probes
- * (full discovery probes every skb function) must not take them for new packets. By address, not one per CPU: a
- * free frees others within it (a reassembled datagram its fragments). Function backends only: a tracepoint
- * backend has no probe inside a free. */
-struct ipft_freed {
-    u64 head;
-    u64 ts;
-    u32 fp;
-    u32 pad;
-};
-BPF_TABLE("lru_hash", u64, struct ipft_freed, ipft_freed, 4096);
 
 static __always_inline void ipft_stat(u32 index)
 {
@@ -377,20 +365,6 @@ static __always_inline void ipft_forget(u64 *key, u64 head)
     u32 *count = ipft_filter_bucket(head);
     if (count)
         __sync_fetch_and_add(count, (u32)-1);
-}
-
-static __always_inline void ipft_note_freed(u64 *skb, u64 head, u32 fp)
-{
-    struct ipft_freed freed = {.head = head, .ts = bpf_ktime_get_ns(), .fp = fp};
-    ipft_freed.update(skb, &freed);
-}
-
-/* Whether an untracked skb is one a free probe ended a moment ago, its buffer and fingerprint unchanged: that
- * free's own functions (a new packet at a reused address has another fingerprint). */
-static __always_inline int ipft_in_free_tail(u64 *skb, u64 head, u32 fp, u64 now)
-{
-    struct ipft_freed *freed = ipft_freed.lookup(skb);
-    return freed && freed->head == head && freed->fp == fp && now - freed->ts < IPFT_FREE_TAIL_NS;
 }
 
 static __always_inline int ipft_has_ports(u8 l4proto)
@@ -672,6 +646,8 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     if (ipft_skb_read(skb, &fields) < 0)
         return 0;
     unsigned char *head = fields.head;
+    if (role == IPFT_ROLE_RELEASE && !ipft_maybe_tracked((u64)head))
+        return 0; /* a free's own function on an skb surely not tracked: not parsed */
     unsigned char *l3 = 0;
     int parsed = ipft_parse(&fields, &t, from_data, &l3);
     int flow = parsed ? ipft_match_headers(&t) : -1;
@@ -744,6 +720,8 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
             role = IPFT_ROLE_STEP; /* a virtual device: the packet goes on */
     }
     if (track) {
+        if (role == IPFT_ROLE_RELEASE)
+            role = IPFT_ROLE_STEP;
         flow_id = track->flow_id;
         sampled = track->sampled;
         gap = track->lost;
@@ -754,7 +732,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
             ipft_datagrams.update(&datagram_key, &whole);
         }
     } else {
-        if (flow < 0)
+        if (flow < 0 || role == IPFT_ROLE_RELEASE)
             return 0;
         u32 armed_index = 0;
         u32 *armed = ipft_armed.lookup(&armed_index);
@@ -762,10 +740,6 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
             return 0; /* no packet starts before every probe is attached */
         if (!now)
             now = bpf_ktime_get_ns();
-#ifdef IPFT_HAS_FUNCTIONS
-        if (role == IPFT_ROLE_STEP && ipft_in_free_tail(&key, (u64)head, t.fp, now))
-            return 0; /* the free of a packet that just ended: not a packet of its own */
-#endif
         if (datagram) {
             flow = datagram->flow_id; /* a fragment: its datagram passed the flow's filters */
         } else {
@@ -848,10 +822,6 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
         if (drop_count)
             *drop_count += 1;
     }
-#ifdef IPFT_HAS_FUNCTIONS
-    if (role != IPFT_ROLE_STEP)
-        ipft_note_freed(&key, (u64)head, t.fp); /* the free's own functions are probed next (ipft_in_free_tail) */
-#endif
     if (role != IPFT_ROLE_STEP && !first && track)
         ipft_forget(&key, track->head);
     if (!sampled) {

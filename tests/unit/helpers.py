@@ -13,8 +13,9 @@ PROBES = ProbeTable([
     Probe(2, "skb:consume_skb", ProbeKind.TRACEPOINT, role=ProbeRole.CONSUME),
     Probe(3, "skb:kfree_skb", ProbeKind.TRACEPOINT, role=ProbeRole.DROP),
     Probe(4, "dev_hard_start_xmit", ProbeKind.KFUNC, role=ProbeRole.EGRESS),
+    Probe(5, "skb_release_data", ProbeKind.KPROBE, role=ProbeRole.RELEASE),
 ])
-RECEIVE, IP_RCV, CONSUME, DROP, EGRESS = range(5)
+RECEIVE, IP_RCV, CONSUME, DROP, EGRESS, RELEASE = range(6)
 
 
 def event(ts: int, probe: int, skb: int = 0xFFFF888000001000, *, first: bool = False, src: str = "10.0.0.1",

@@ -14,7 +14,7 @@ from ipftrace_exporter.events import (
 from ipftrace_exporter.names import Names
 from ipftrace_exporter.paths import ORPHAN_WAIT_NS, PathAssembler, PathLimits
 
-from .helpers import CONSUME, DROP, EGRESS, IP_RCV, PROBES, RECEIVE, event
+from .helpers import CONSUME, DROP, EGRESS, IP_RCV, PROBES, RECEIVE, RELEASE, event
 
 SKB_A, SKB_B = 0xFFFF888000001000, 0xFFFF888000002000
 
@@ -59,6 +59,16 @@ def test_a_freed_address_reused_starts_a_new_path() -> None:
     assert [e.timestamp_ns for e in first.events] == [1, 2]
     assert [e.timestamp_ns for e in second.events] == [3, 4]
     assert second.describe().daddr == "10.0.0.9"
+
+
+def test_a_function_inside_a_free_is_a_step_of_the_path_it_does_not_end_it() -> None:
+    clock = Clock()
+    paths = assembler(clock)
+    done = paths.add_many([event(1, RECEIVE, first=True), event(2, RELEASE), event(3, IP_RCV), event(4, CONSUME)])
+    clock.now = 100
+    (path,) = done + paths.expire()
+    assert [e.probe_id for e in path.events] == [RECEIVE, RELEASE, IP_RCV, CONSUME]
+    assert path.outcome == "delivered"
 
 
 def test_a_new_packet_at_an_open_address_ends_the_old_path_delivered_as_freed_unseen() -> None:

@@ -180,6 +180,20 @@ def test_the_kprobe_blacklist_does_not_bind_kfunc() -> None:
     assert view.asked == [("blacklisted_fn", ProbeKind.KFUNC), ("ip_rcv", ProbeKind.KFUNC)]
 
 
+def test_functions_inside_a_free_are_release_probes_and_egress_functions_stay_egress(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text("functions:\n  - name: ip_rcv\n    skb_pos: 1\n  - name: skb_release_data\n    skb_pos: 1\n"
+                        "  - name: kfree_skbmem\n    skb_pos: 1\n  - name: sock_wfree.isra.0\n    skb_pos: 1\n"
+                        "  - name: dev_hard_start_xmit\n    skb_pos: 1\n    egress: true\n")
+    view = FakeView({"ip_rcv": 1, "skb_release_data": 1, "kfree_skbmem": 1, "sock_wfree.isra.0": 1,
+                     "dev_hard_start_xmit": 1})
+    plan = plan_probes(view, "kprobe", str(manifest))  # type: ignore[arg-type]
+    roles = {s.probe.name: s.probe.role for s in plan.sources if s.is_function}
+    assert roles == {"ip_rcv": ProbeRole.STEP, "skb_release_data": ProbeRole.RELEASE,
+                     "kfree_skbmem": ProbeRole.RELEASE, "sock_wfree.isra.0": ProbeRole.RELEASE,
+                     "dev_hard_start_xmit": ProbeRole.EGRESS}
+
+
 def test_a_tracepoint_plan_holds_the_skb_tracepoints_the_kernel_has() -> None:
     plan = plan_probes(FakeView({"ip_rcv": 1}), "tracepoint", None)  # type: ignore[arg-type]
     assert plan.backend == "tracepoint" and plan.function_count == 0
