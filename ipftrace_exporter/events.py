@@ -31,6 +31,7 @@ FLAG_REWRITE = 1 << 5  # the headers were rewritten (NAT) before this probe: the
 FLAG_CLONE = 1 << 6  # first event of an skb sharing its data buffer with a traced packet: `parent` is that skb
 FLAG_ADOPT = 1 << 7  # first event of a packet whose clone (`parent`) ended before the packet was seen (neighbour probe)
 FLAG_FRAGMENT = 1 << 8  # first event of an IPv4 or IPv6 fragment of a traced datagram: `parent` is its first seen skb
+FLAG_SEGMENT = 1 << 10  # first event of a GSO segment of a traced TCP packet: `parent` is that packet's skb
 FLAG_ENCAP = 1 << 9  # the packet was encapsulated (a tunnel's headers pushed) before this probe: the event has them
 LOST_SHIFT = 16  # flags >> LOST_SHIFT: how many of this skb's events were lost before this one (at most 255)
 
@@ -57,7 +58,7 @@ class Event(NamedTuple):
     data: bytes  # module data, MODULE_DATA_SIZE bytes
     # with FLAG_CLONE: the skb address of the packet this skb is a clone of (0: a packet not seen yet); with
     # FLAG_ADOPT: the skb address of this packet's clone that ended before the packet was seen; with FLAG_FRAGMENT:
-    # the skb address where the fragment's datagram was first seen
+    # the skb address where the fragment's datagram was first seen; with FLAG_SEGMENT: the GSO packet's skb
     parent: int = 0
     parent_ts: int = 0  # with `parent`: the timestamp of that skb's first event (0: unknown)
 

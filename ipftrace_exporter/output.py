@@ -17,6 +17,7 @@ from .paths import (
     OUTCOME_LEFT,
     OUTCOME_TRUNCATED,
     RELATION_FRAGMENT,
+    RELATION_SEGMENT,
     FlowTuple,
     SkbPath,
 )
@@ -69,8 +70,22 @@ def _child_words(child: SkbPath) -> str:
     """What a child path is, for the line above its table."""
     if child.relation == RELATION_FRAGMENT:
         return "a fragment of the packet's datagram"
+    if child.relation == RELATION_SEGMENT:
+        return "a GSO segment of the packet"
     early = "; ended before the packet was first seen: a neighbour probe's copy" if child.before_packet else ""
     return f"shares the packet's data buffer{early}"
+
+
+def _packet_line(path: SkbPath) -> str:
+    """How the packet ended, when its child paths changed that: through a clone, or a fragment or segment of it."""
+    outcome = path.packet_outcome
+    if outcome == OUTCOME_DROPPED:
+        for relation in (RELATION_SEGMENT, RELATION_FRAGMENT):
+            if any(child.relation == relation and child.outcome == OUTCOME_DROPPED for child in path.children):
+                return f"(packet dropped: a {relation} of it was)"
+    if any(child.relation == RELATION_SEGMENT for child in path.children):
+        return f"(packet {outcome}: as its segments)"
+    return f"(packet {outcome}: through a clone)"
 
 
 def _drop_json(path: SkbPath) -> dict[str, str] | None:
@@ -112,7 +127,7 @@ class PathFormatter:
             lines.append(f"  {child.relation} {child.skb:#x} ({_child_words(child)}):")
             lines.extend(f"  {line}" for line in self._table(child))
         if path.children and path.packet_outcome != path.outcome:
-            lines.append(f"(packet {path.packet_outcome}: through a clone)")
+            lines.append(_packet_line(path))
         if path.relation and path.parent_path is None:
             lines.append(f"({path.relation} of skb {path.parent_skb:#x}, whose path was already printed)"
                          if path.parent_skb else

@@ -34,6 +34,7 @@ from .events import (
     FLAG_GAP,
     FLAG_LEFT,
     FLAG_PREV_LOST,
+    FLAG_SEGMENT,
     FLAG_TUPLE,
     LOST_SHIFT,
     Event,
@@ -50,7 +51,8 @@ OUTCOME_TRUNCATED = "truncated"
 OUTCOME_LEFT = "left"  # left the host through a hardware device
 OUTCOMES = (OUTCOME_DELIVERED, OUTCOME_DROPPED, OUTCOME_LEFT, OUTCOME_TIMEOUT, OUTCOME_TRUNCATED)
 RELATION_CLONE = "clone"  # an skb sharing the packet's data buffer (skb_clone)
-RELATION_FRAGMENT = "fragment"  # an IPv4 fragment of the packet's datagram (its own skb and buffer)
+RELATION_FRAGMENT = "fragment"  # an IP fragment of the packet's datagram (its own skb and buffer)
+RELATION_SEGMENT = "segment"  # a GSO segment of a TCP packet (skb_segment: its own skb and buffer)
 # How long a clone that ended before its packet was seen waits for it: the kernel's IPFT_CLONE_WINDOW_NS.
 ORPHAN_WAIT_NS = 1_000_000_000
 
@@ -128,10 +130,18 @@ class SkbPath:
         of a ping reply counts), else left if any left the host, dropped only if every one was dropped; otherwise how
         the first path that was not dropped ended (timeout, truncated). A datagram sent as fragments that was not
         delivered (its reassembled skb, a clone, was not) and did not leave is dropped when any of its fragments was:
-        it can no longer be reassembled. (Once reassembled, old kernels free the fragments with kfree_skb.)"""
+        it can no longer be reassembled. (Once reassembled, old kernels free the fragments with kfree_skb.) A TCP
+        packet cut into GSO segments ends as its segments (its own skb is freed once cut): dropped when any of them
+        was, its data did not all go through."""
         if not self.children:
             return self.outcome
-        outcomes = [self.outcome, *(child.packet_outcome for child in self.children)]
+        children = [(child.relation, child.packet_outcome) for child in self.children]
+        if any(relation == RELATION_SEGMENT for relation, _ in children):
+            if (RELATION_SEGMENT, OUTCOME_DROPPED) in children:
+                return OUTCOME_DROPPED
+            outcomes = [outcome for _, outcome in children]
+        else:
+            outcomes = [self.outcome, *(outcome for _, outcome in children)]
         for outcome in (OUTCOME_DELIVERED, OUTCOME_LEFT):
             if outcome in outcomes:
                 return outcome
@@ -321,6 +331,8 @@ class PathAssembler:
             self._adopt(path, event.parent, event.parent_ts)
         elif flags & FLAG_FRAGMENT:
             self._adopt(path, event.parent, event.parent_ts, RELATION_FRAGMENT)
+        elif flags & FLAG_SEGMENT:
+            self._adopt(path, event.parent, event.parent_ts, RELATION_SEGMENT)
         elif flags & FLAG_ADOPT:
             self._adopt_orphan(path, event.parent, event.parent_ts)
         else:

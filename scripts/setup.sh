@@ -13,7 +13,7 @@ packages=(python3-bpfcc libbpfcc bpftool iproute2 iputils-ping python3-venv pyth
 # compile the translated C with gcc; the privilege test drops root with setpriv (util-linux); the packet-identity
 # tests NAT through a router namespace with nftables; bench/bench_peers.py compares with bpftrace; strace shows
 # that --print-program makes no bpf() call that loads a program.
-case ",$extras," in *,test,*) packages+=(prometheus tcpdump gcc libc6-dev util-linux nftables bpftrace strace) ;; esac
+case ",$extras," in *,test,*) packages+=(prometheus tcpdump gcc libc6-dev util-linux nftables bpftrace strace ethtool) ;; esac
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

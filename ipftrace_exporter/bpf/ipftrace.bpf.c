@@ -47,6 +47,7 @@
 #define IPFT_FLAG_ADOPT 128 /* first event of a packet whose clone (`parent`) ended before the packet was seen */
 #define IPFT_FLAG_FRAGMENT 256 /* first event of an IP fragment of a traced datagram (`parent`: its first seen skb) */
 #define IPFT_FLAG_ENCAP 512 /* the packet was encapsulated (tunnel) before this probe: the event has the outer headers */
+#define IPFT_FLAG_SEGMENT 1024 /* first event of a GSO segment of a traced TCP packet (`parent`: that packet's skb) */
 /* flags >> IPFT_LOST_SHIFT: how many of this skb's events were lost before this one (ring buffer full; at most 255) */
 #define IPFT_LOST_SHIFT 16
 
@@ -81,7 +82,8 @@ struct ipft_tuple {
     u32 datagram_id; /* with a fragment state: IPv4's identification, or an IPv6 fragment header's */
     u16 l4_offset; /* with l4_read: the L4 header's offset from the IP header */
     u8 fragment; /* IPFT_FRAGMENT_* */
-    u8 pad;
+    u8 seq_read; /* TCP: tcp_seq was read */
+    u32 tcp_seq;
 };
 
 #define IPFT_FRAGMENT_NONE 0 /* a whole datagram: IPv4 sent with DF, or IPv6 without a fragment header */
@@ -143,6 +145,20 @@ struct ipft_datagram {
     u8 sampled;
     u8 ts_first; /* `ts` is the time of the skb's first event (it was noted there) */
     u8 pad[4];
+};
+
+/* A TCP packet the kernel will cut into segments (GSO: skb_segment makes new skbs and buffers), by its flow's
+ * addresses and ports (ipft_datagram_key, `id` the ports): a new skb of that flow whose sequence number is in the
+ * packet's range, within a second and while segments are still to come, is one of its segments. */
+struct ipft_segmented {
+    u64 skb;
+    u64 ts; /* the packet's first event */
+    u32 seq; /* its first sequence number: the range is [seq, seq + gso_size * gso_segs) */
+    u32 span;
+    u16 segs_left;
+    u16 flow_id;
+    u8 sampled;
+    u8 pad[3];
 };
 
 struct ipft_track {
@@ -212,6 +228,7 @@ BPF_ARRAY(ipft_armed, u32, 1);
 BPF_ARRAY(ipft_tracked_filter, u32, IPFT_TRACKED_BUCKETS);
 BPF_TABLE("lru_hash", u64, struct ipft_buffer_owner, ipft_buffers, IPFT_MAX_INFLIGHT);
 BPF_TABLE("lru_hash", struct ipft_datagram_key, struct ipft_datagram, ipft_datagrams, 16384);
+BPF_TABLE("lru_hash", struct ipft_datagram_key, struct ipft_segmented, ipft_segmented, 4096);
 
 static __always_inline void ipft_stat(u32 index)
 {
@@ -407,6 +424,10 @@ static __always_inline void ipft_ports_from(const u8 *raw, struct ipft_tuple *t)
     t->sport = ((u16)raw[0] << 8) | raw[1];
     t->dport = ((u16)raw[2] << 8) | raw[3];
     t->has_ports = 1;
+    if (t->l4proto == 6) {
+        t->tcp_seq = ((u32)raw[4] << 24) | ((u32)raw[5] << 16) | ((u32)raw[6] << 8) | raw[7];
+        t->seq_read = 1;
+    }
 }
 
 /* A UDP header whose length field is under 8 is one not written yet (probed at udp_send_skb's entry, which
@@ -417,6 +438,33 @@ static __always_inline void ipft_ports_from(const u8 *raw, struct ipft_tuple *t)
 static __always_inline u32 ipft_ipv4_fp(u16 id, u8 l4proto, const u8 *l4)
 {
     return ((u32)id << 16) ^ ipft_l4_word(l4proto, l4);
+}
+
+/* A TCP packet's flow, the key of ipft_segmented. */
+static __always_inline void ipft_segment_key(const struct ipft_tuple *t, struct ipft_datagram_key *key)
+{
+    __builtin_memcpy(key->saddr, t->saddr, sizeof(t->saddr));
+    __builtin_memcpy(key->daddr, t->daddr, sizeof(t->daddr));
+    key->id = ((u32)t->sport << 16) | t->dport;
+    key->protocol = t->l4proto;
+    key->ipversion = t->ipversion;
+}
+
+/* skb_shinfo(skb)->gso_size and gso_segs (0 on a read error). skb->end is an offset from head on 64-bit
+ * kernels (NET_SKBUFF_DATA_USES_OFFSET), a pointer elsewhere. */
+_Static_assert(__builtin_offsetof(struct skb_shared_info, gso_segs)
+               == __builtin_offsetof(struct skb_shared_info, gso_size) + 2, "gso_size and gso_segs are read at once");
+static __always_inline void ipft_gso(struct sk_buff *skb, unsigned char *head, u16 *size, u16 *segs)
+{
+    sk_buff_data_t end = 0;
+    u16 gso[2] = {};
+    IPFT_SKB_FIELD(end, skb, end);
+    unsigned char *shinfo = __builtin_types_compatible_p(sk_buff_data_t, unsigned char *)
+                                ? (unsigned char *)(unsigned long)end : head + (unsigned long)end;
+    if (end && IPFT_MOD_MEMBER(gso, shinfo, struct skb_shared_info, gso_size) == 0) {
+        *size = gso[0];
+        *segs = gso[1];
+    }
 }
 
 static __always_inline int ipft_parse_ipv4(unsigned char *l3, const u8 *raw, int full, struct ipft_tuple *t)
@@ -452,6 +500,20 @@ static __always_inline int ipft_parse_ipv4(unsigned char *l3, const u8 *raw, int
     return 1;
 }
 
+/* An IPv6 packet's L4 header (protocol t->l4proto), its first 8 bytes read at `l4`, at `offset` from the IP
+ * header: ports, fingerprint word and UDP length. 0: a UDP header not written yet (not parsed). */
+static __always_inline int ipft_ipv6_l4(const u8 *l4, u16 offset, struct ipft_tuple *t)
+{
+    if (IPFT_UDP_UNWRITTEN(t->l4proto, l4))
+        return 0;
+    ipft_ports_from(l4, t);
+    t->fp = ipft_l4_word(t->l4proto, l4);
+    t->l4_read = 1;
+    t->l4_offset = offset; /* a first fragment's fingerprint is its reassembled datagram's */
+    t->udp_len = ((u16)l4[4] << 8) | l4[5];
+    return 1;
+}
+
 static __always_inline int ipft_parse_ipv6(unsigned char *l3, const u8 *raw, int full, struct ipft_tuple *t)
 {
     const struct ipv6hdr *ip6 = (const struct ipv6hdr *)raw;
@@ -463,17 +525,9 @@ static __always_inline int ipft_parse_ipv6(unsigned char *l3, const u8 *raw, int
     u8 next = ip6->nexthdr;
     if (next != 0 && next != 43 && next != 60 && next != 51 && next != 44) { /* no extension header */
         t->l4proto = next;
-        if (full) {
-            if (IPFT_UDP_UNWRITTEN(next, raw + 40))
-                return 0;
-            ipft_ports_from(raw + 40, t);
-            t->fp = ipft_l4_word(next, raw + 40);
-            t->l4_read = 1;
-            t->l4_offset = 40;
-            t->udp_len = ((u16)raw[44] << 8) | raw[45];
-        } else {
-            ipft_ports(l3 + sizeof(*ip6), t);
-        }
+        if (full)
+            return ipft_ipv6_l4(raw + 40, 40, t);
+        ipft_ports(l3 + sizeof(*ip6), t);
         return 1;
     }
     unsigned char *cursor = l3 + sizeof(*ip6);
@@ -512,14 +566,7 @@ static __always_inline int ipft_parse_ipv6(unsigned char *l3, const u8 *raw, int
     /* clang turns `l4 + 7` on an 8-aligned stack array into `l4 | 7`, which the verifier refuses on a pointer */
     const u8 *l4 = l4_bytes;
     asm volatile("" : "+r"(l4));
-    if (IPFT_UDP_UNWRITTEN(next, l4))
-        return 0;
-    ipft_ports_from(l4, t);
-    t->fp = ipft_l4_word(next, l4);
-    t->l4_read = 1;
-    t->l4_offset = cursor - l3; /* a first fragment's fingerprint is its reassembled datagram's */
-    t->udp_len = ((u16)l4[4] << 8) | l4[5];
-    return 1;
+    return ipft_ipv6_l4(l4, cursor - l3, t);
 }
 
 /* Parse the packet's IP and L4 headers. from_data: the IP header is at skb->data at this probe (receive
@@ -640,7 +687,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     u32 flow_id = 0;
     u8 sampled = 0, gap = 0;
     u64 parent = 0, parent_ts = 0, now = 0;
-    u32 relation = 0; /* IPFT_FLAG_CLONE, IPFT_FLAG_ADOPT or IPFT_FLAG_FRAGMENT on a first event */
+    u32 relation = 0; /* IPFT_FLAG_CLONE, _ADOPT, _FRAGMENT or _SEGMENT on a first event */
     int counted = 0; /* a first event that the kernel counted as a packet matched */
     struct ipft_skb fields = {};
     if (ipft_skb_read(skb, &fields) < 0)
@@ -750,6 +797,23 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
             if (!ipft_module_match(skb, &t))
                 return 0;
         }
+        /* TCP: a GSO packet (noted below when it is a packet of its own), or else maybe one's segment */
+        u16 gso_size = 0, gso_segs = 0;
+        struct ipft_segmented *segmented = 0;
+        struct ipft_datagram_key flow_key = {};
+        if (!datagram && t.seq_read) {
+            ipft_segment_key(&t, &flow_key);
+            ipft_gso(skb, head, &gso_size, &gso_segs);
+            if (!gso_size) {
+                segmented = ipft_segmented.lookup(&flow_key);
+                if (segmented && !(segmented->segs_left && segmented->skb != key
+                                   && t.tcp_seq - segmented->seq < segmented->span
+                                   && now - segmented->ts < IPFT_CLONE_WINDOW_NS))
+                    segmented = 0;
+                if (segmented)
+                    flow = segmented->flow_id;
+            }
+        }
         fresh.head = (u64)head;
         fresh.fp = t.fp;
         fresh.tuple_hash = ipft_tuple_hash(&t);
@@ -764,6 +828,12 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
             parent_ts = datagram->ts_first ? datagram->ts : 0;
             relation = IPFT_FLAG_FRAGMENT;
             fresh.sampled = datagram->sampled;
+        } else if (segmented) {
+            parent = segmented->skb; /* a segment of a traced GSO packet: part of it, sampled as it was */
+            parent_ts = segmented->ts;
+            relation = IPFT_FLAG_SEGMENT;
+            fresh.sampled = segmented->sampled;
+            segmented->segs_left -= 1;
         } else if (same_packet && owner->orphan && role == IPFT_ROLE_STEP) {
             /* the packet of a clone that ended before it was seen (a neighbour probe's copy: the packet waited in
              * the neighbour's queue for ARP/ND): matched now, sampled as its clone was, and it adopts the clone */
@@ -802,6 +872,12 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
                 struct ipft_datagram whole = {.skb = key, .ts = now, .flow_id = flow, .sampled = fresh.sampled,
                                               .ts_first = 1};
                 ipft_datagrams.update(&datagram_key, &whole);
+            }
+            if (gso_size && gso_segs > 1) { /* its segments are found by it */
+                struct ipft_segmented whole = {.skb = key, .ts = now, .seq = t.tcp_seq,
+                                               .span = (u32)gso_size * gso_segs, .segs_left = gso_segs,
+                                               .flow_id = flow, .sampled = fresh.sampled};
+                ipft_segmented.update(&flow_key, &whole);
             }
         }
         flow_id = fresh.flow_id;

@@ -28,6 +28,7 @@ from tests.support.otlp_receiver import GrpcOtlpReceiver, attributes
 from .conftest import BIN, Running
 from .netns import NetChain, NetPair, create_chain, create_pair, delete_chain, delete_pair
 from .test_identity import CLIENT_PORT, FRONT_PORT, SERVER_PORT, nat_rules, send_datagrams
+from .test_segments import GSO_PORT, gso_packets, segmented_transfer, wire_packets
 from .test_tunnels import OVERLAY, VXLAN_PORT, drop_underlay, underlay_drops, vxlan_overlay
 
 READY_TIMEOUT = float(os.environ.get("IPFTRACE_TEST_READY_TIMEOUT", "300"))
@@ -83,6 +84,7 @@ class Traffic:
     ready_s: float
     chain: NetChain | None = None  # with the identity traffic (drive_identity_traffic)
     tunnel_from: int = 0  # the kernel monotonic time when its VXLAN underlay drop was in place
+    segments_sent: int = 0  # TCP segments of the GSO transfer (test_segments.segmented_transfer), by nstat
 
 
 def drive_traffic(pair: NetPair) -> int:
@@ -147,19 +149,21 @@ def _datagrams_read_by_a_socket(pair: NetPair, family: str, address: str, payloa
             server.wait()
 
 
-def drive_identity_traffic(pair: NetPair, chain: NetChain) -> int:
-    """Packets whose headers change on the way: NAT_DATAGRAMS datagrams DNAT-ed and masqueraded by the chain's
-    router to the server's closed port, and PINGS pings over a VXLAN overlay on the pair whose underlay packets
-    the receiver's nftables drop (and count). Returns the kernel monotonic time when that drop was in place."""
+def drive_identity_traffic(pair: NetPair, chain: NetChain) -> tuple[int, int]:
+    """Packets whose headers change on the way or that become other skbs: NAT_DATAGRAMS datagrams DNAT-ed and
+    masqueraded by the chain's router to the server's closed port, a TCP transfer cut into GSO segments in
+    software, and PINGS pings over a VXLAN overlay on the pair whose underlay packets the receiver's nftables drop
+    (and count). Returns the kernel monotonic time when that drop was in place, and the segments sent."""
     chain.exec_in(chain.ns_router, ["nft", "-f", "-"], input=nat_rules(chain))
     send_datagrams(chain.exec_in, chain.ns_client, chain.router_client_side4, FRONT_PORT, NAT_DATAGRAMS,
                    source_port=CLIENT_PORT)
+    segments_sent = segmented_transfer(pair)
     vxlan_overlay(pair, 4)
     drop_underlay(pair, 4)
     tunnel_from = time.monotonic_ns()
     pair.exec_in(pair.ns_a, ["ping", "-c", str(PINGS), "-i", "0.2", "-W", "1", OVERLAY[4][1]], check=False)
     time.sleep(3)  # the last drops and the assembler's settle time
-    return tunnel_from
+    return tunnel_from, segments_sent
 
 
 def _run_cli(backend: str, tmp_path: Path, cache_dir: str, manifest: str | None) -> Iterator[Traffic]:
@@ -178,7 +182,7 @@ def _run_cli(backend: str, tmp_path: Path, cache_dir: str, manifest: str | None)
         ready_s = time.monotonic() - started
         record(f"ready_s {backend} {'manifest' if manifest else 'discovery'}", round(ready_s, 1))
         counted_from = drive_traffic(pair)
-        tunnel_from = drive_identity_traffic(pair, chain) if chain is not None else 0
+        tunnel_from, segments_sent = drive_identity_traffic(pair, chain) if chain is not None else (0, 0)
         stopping = time.monotonic()
         code, out, err = tool.stop(timeout=300)
         record(f"stop_s {backend} {'manifest' if manifest else 'discovery'}", round(time.monotonic() - stopping, 1))
@@ -188,7 +192,7 @@ def _run_cli(backend: str, tmp_path: Path, cache_dir: str, manifest: str | None)
         assert code in (0, 130), err
         paths = [path for path in (json.loads(line) for line in out.splitlines() if line.startswith("{"))
                  if path["events"][0]["timestamp_ns"] >= counted_from]
-        yield Traffic(pair, paths, err, ready_s, chain, tunnel_from)
+        yield Traffic(pair, paths, err, ready_s, chain, tunnel_from, segments_sent)
     finally:
         tool.stop()
         delete_pair(pair)
@@ -378,6 +382,24 @@ def _vxlan_underlay_drops_end_the_overlay_packets(run: Traffic) -> None:
         assert len(encaps) == 1, names(path)
         assert (encaps[0]["saddr"], encaps[0]["daddr"], encaps[0]["dport"], encaps[0]["protocol"]) == (
             pair.addr_a4, pair.addr_b4, VXLAN_PORT, "UDP"), encaps
+
+
+def _gso_segments_are_children_of_their_packet(run: Traffic) -> None:
+    pair = run.pair
+    paths = paths_of(run, "TCP", pair.addr_a4, pair.addr_b4, GSO_PORT)
+    alone = [(p["relation"], names(p)) for p in paths if p.get("relation")]
+    assert not alone, alone
+    cut = gso_packets(paths)
+    assert len(cut) >= 3, [(names(p)[:6], len(p["children"])) for p in paths][:10]
+    assert wire_packets(paths) == run.segments_sent, (wire_packets(paths), run.segments_sent, len(paths))
+
+
+def test_a_tcp_packet_cut_into_gso_segments_is_one_path_with_them(manifest_run: Traffic) -> None:
+    _gso_segments_are_children_of_their_packet(manifest_run)
+
+
+def test_a_tcp_packet_cut_into_gso_segments_is_one_path_with_them_on_tracepoints(tracepoint_run: Traffic) -> None:
+    _gso_segments_are_children_of_their_packet(tracepoint_run)
 
 
 def test_a_nat_rewritten_packet_is_one_path_to_its_drop(manifest_run: Traffic) -> None:

@@ -12,6 +12,7 @@ from ipftrace_exporter.events import (
     FLAG_ENCAP,
     FLAG_GAP,
     FLAG_REWRITE,
+    FLAG_SEGMENT,
     FLAG_TUPLE,
     LOST_SHIFT,
 )
@@ -19,7 +20,7 @@ from ipftrace_exporter.names import Names
 from ipftrace_exporter.output import PathFormatter, TextStyle, use_colour
 from ipftrace_exporter.paths import PathAssembler, PathLimits
 
-from .helpers import CONSUME, DROP, IP_RCV, PROBES, RECEIVE, event
+from .helpers import CONSUME, DROP, EGRESS, IP_RCV, PROBES, RECEIVE, event
 
 NAMES = Names(["default"], PROBES, {3: "NO_SOCKET"}, lambda address: "__udp4_lib_rcv")
 
@@ -230,3 +231,15 @@ def test_text_and_json_say_where_a_packet_was_encapsulated_and_in_what() -> None
             in formatter.text(path).splitlines())
     (marked,) = [item for item in json.loads(formatter.json(path))["events"] if "encap" in item]
     assert (marked["encap"]["daddr"], marked["encap"]["dport"]) == ("10.199.1.2", 4789)
+
+
+def test_text_says_a_gso_packet_was_dropped_by_its_segment() -> None:
+    segment = event(3, EGRESS, skb=0xFFFF888000002000, first=True, proto=6, flags=FLAG_SEGMENT)._replace(
+        parent=0xFFFF888000001000, parent_ts=1)
+    paths = PathAssembler(PROBES, PathLimits(settle_ns=0), NAMES, clock=lambda: 10**12)
+    done = paths.add_many([event(1, RECEIVE, first=True, proto=6), event(2, CONSUME), segment,
+                           event(4, DROP, skb=0xFFFF888000002000, reason=3)])
+    (packet,) = done + paths.expire()
+    lines = PathFormatter(NAMES).text(packet).splitlines()
+    assert "  segment 0xffff888000002000 (a GSO segment of the packet):" in lines
+    assert lines[-1] == "(packet dropped: a segment of it was)"

@@ -9,6 +9,7 @@ from ipftrace_exporter.events import (
     FLAG_GAP,
     FLAG_LEFT,
     FLAG_PREV_LOST,
+    FLAG_SEGMENT,
     LOST_SHIFT,
 )
 from ipftrace_exporter.names import Names
@@ -412,3 +413,33 @@ def test_a_clone_whose_parent_timestamp_names_no_held_path_goes_alone() -> None:
     done = paths.expire()
     assert sorted((path.skb, path.relation, path.parent_skb) for path in done) == [
         (SKB_A, "", 0), (SKB_B, "clone", SKB_A)]
+
+
+# ---- GSO segments: child paths of their TCP packet ----
+
+def segment_event(ts: int, probe: int, skb: int):  # type: ignore[no-untyped-def]
+    return event(ts, probe, skb=skb, first=True, proto=6, flags=FLAG_SEGMENT)._replace(parent=SKB_A, parent_ts=1)
+
+
+def test_a_gso_packet_ends_as_its_segments_dropped_when_any_of_them_was() -> None:
+    clock = Clock()
+    paths = assembler(clock)
+    first, second = 0xFFFF888000003000, 0xFFFF888000004000
+    # the GSO skb is freed once cut (consume_skb): that is not its delivery
+    paths.add_many([event(1, RECEIVE, first=True, proto=6), event(2, CONSUME), segment_event(3, EGRESS, first),
+                    segment_event(4, EGRESS, second), event(5, CONSUME, skb=first), event(6, DROP, skb=second)])
+    clock.now = 100
+    (packet,) = paths.expire()
+    assert [(child.relation, child.skb) for child in packet.children] == [("segment", first), ("segment", second)]
+    assert packet.outcome == "delivered" and packet.packet_outcome == "dropped"
+    paths.add_many([event(200, RECEIVE, first=True, proto=6), event(201, CONSUME),
+                    segment_event(202, EGRESS, first)._replace(parent_ts=200), event(203, CONSUME, skb=first)])
+    clock.now = 300
+    (whole,) = paths.expire()
+    assert whole.starts_packet and whole.packet_outcome == "delivered"
+    # a segment never seen to end: the packet is not delivered by its own skb's free
+    paths.add_many([event(400, RECEIVE, first=True, proto=6), event(401, CONSUME),
+                    segment_event(402, EGRESS, first)._replace(parent_ts=400)])
+    clock.now = 5000
+    (unknown,) = paths.expire()
+    assert unknown.children[0].outcome == "timeout" and unknown.packet_outcome == "timeout"

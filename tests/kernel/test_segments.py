@@ -1,0 +1,110 @@
+"""GSO segments: a TCP packet the kernel cuts into segments in software (TSO off, GSO on: skb_segment makes new
+skbs and buffers) is one path whose segments are its child paths (`relation: segment`). Counted against the
+kernel's own count of segments sent (nstat TcpOutSegs and TcpRetransSegs in the sending namespace) and the
+receiver's nftables drop counter."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import pytest
+
+from .netns import NetPair
+from .test_identity import nstat
+
+GSO_PORT = 7100
+TRANSFER = 256 * 1024
+
+
+def segmented_transfer(pair: NetPair, version: int = 4, size: int = TRANSFER) -> int:
+    """`size` bytes over TCP (IPv4 or IPv6) from a to b:GSO_PORT, written 64 KiB at a time, with TSO off and GSO on at veth_a (so
+    the kernel segments in software). Returns the TCP segments a sent meanwhile (nstat TcpOutSegs, which leaves out
+    retransmissions, plus TcpRetransSegs): every packet of the connection from a, the SYN and the ACKs included."""
+    address, family = (pair.addr_b4, "AF_INET") if version == 4 else (pair.addr_b6, "AF_INET6")
+    pair.exec_in(pair.ns_a, ["ethtool", "-K", pair.veth_a, "tso", "off", "gso", "on"])
+    server = pair.popen_in(pair.ns_b, ["python3", "-c", (
+        f"import socket\ns = socket.socket(socket.{family})\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        f"s.bind(('{address}', {GSO_PORT}))\ns.listen(1)\nprint('listening', flush=True)\n"
+        "c, _ = s.accept()\nn = 0\nwhile True:\n    d = c.recv(65536)\n    if not d: break\n    n += len(d)\n"
+        "c.sendall(b'%d' % n)\nc.close()\n")], stdout=subprocess.PIPE)
+    try:
+        assert server.stdout is not None and "listening" in server.stdout.readline()
+        before = _segments_sent(pair)
+        pair.python_in(pair.ns_a, (
+            f"import socket\nc = socket.create_connection(('{address}', {GSO_PORT}), timeout=20)\n"
+            f"for _ in range({size // 65536}): c.sendall(b'x' * 65536)\n"
+            f"c.shutdown(socket.SHUT_WR)\nassert c.recv(16) == b'{size}'\nc.close()\n"), timeout=120)
+        server.wait(timeout=30)
+        return _segments_sent(pair) - before
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        pair.exec_in(pair.ns_a, ["ethtool", "-K", pair.veth_a, "tso", "on"])
+
+
+def _segments_sent(pair: NetPair) -> int:
+    counters = nstat(pair.exec_in, pair.ns_a)
+    return counters.get("TcpOutSegs", 0) + counters.get("TcpRetransSegs", 0)
+
+
+def gso_packets(paths: list[dict]) -> list[dict]:
+    """The paths that hold segment children."""
+    return [path for path in paths if any(child["relation"] == "segment" for child in path["children"])]
+
+
+def wire_packets(paths: list[dict]) -> int:
+    """Packets on the wire: a path's segments, or the path itself when it was not cut."""
+    return sum(sum(child["relation"] == "segment" for child in path["children"]) or 1 for path in paths)
+
+
+@pytest.mark.parametrize("version", [4, 6], ids=["ipv4", "ipv6"])
+def test_a_tcp_packet_cut_into_gso_segments_is_one_path_with_its_segments(start_tool, netpair: NetPair,  # type: ignore[no-untyped-def]
+                                                                         version: int) -> None:
+    address = netpair.addr_b4 if version == 4 else netpair.addr_b6
+    tool = start_tool("ipftrace", "-b", "tracepoint", "-o", "json", "-l4", "TCP", f"-d{version}", address,
+                      "-dp", str(GSO_PORT))
+    sent = segmented_transfer(netpair, version)
+    code, out, err = tool.stop()
+    assert code == 130, err
+    paths = [json.loads(line) for line in out.splitlines()]
+    alone = [(p["relation"], p["parent"]) for p in paths if p.get("relation")]
+    assert not alone, alone  # no segment (or clone) came without its packet
+    cut = gso_packets(paths)
+    assert len(cut) >= 3, [(len(p["children"]), [e["function"] for e in p["events"]]) for p in paths][:10]
+    for path in cut:
+        names = [event["function"] for event in path["events"]]
+        assert names[0] == "net:net_dev_queue" and names[-1] == "skb:consume_skb", names  # cut, then freed
+        for segment in path["children"]:
+            assert segment["events"][0]["function"] == "net:net_dev_start_xmit", segment
+            assert segment["events"][0]["len"] <= 1514 and segment["outcome"] != "dropped", segment
+    assert wire_packets(paths) == sent, (wire_packets(paths), sent, len(paths))
+    # the kernel counted each packet once, its segments not again
+    summary = re.search(r"the kernel matched ([\d,]+) packets", err)
+    assert summary and int(summary[1].replace(",", "")) == len(paths), err
+
+
+def test_a_gso_packet_whose_segment_the_receiver_drops_is_dropped(start_tool, netpair: NetPair) -> None:  # type: ignore[no-untyped-def]
+    # the receiver drops the first full-size segments (about 4 KB of them), by nftables' own count
+    netpair.exec_in(netpair.ns_b, ["nft", "-f", "-"], input=(
+        "table ip ipft_gso {\n  chain in { type filter hook input priority 0; policy accept;\n"
+        f"    tcp dport {GSO_PORT} ip length > 1000 quota until 4000 bytes counter drop\n  }}\n}}\n"))
+    tool = start_tool("ipftrace", "-b", "tracepoint", "-o", "json", "-l4", "TCP", "-d4", netpair.addr_b4,
+                      "-dp", str(GSO_PORT))
+    sent = segmented_transfer(netpair)
+    code, out, err = tool.stop()
+    assert code == 130, err
+    ruleset = json.loads(netpair.exec_in(netpair.ns_b, ["nft", "-j", "list", "table", "ip", "ipft_gso"]).stdout)
+    dropped = next(item["rule"]["expr"][-2]["counter"]["packets"] for item in ruleset["nftables"] if "rule" in item)
+    paths = [json.loads(line) for line in out.splitlines()]
+    assert wire_packets(paths) == sent
+    segments = [child for path in gso_packets(paths) for child in path["children"]]
+    lost = [segment for segment in segments if segment["outcome"] == "dropped"]
+    # every drop the receiver made was of a segment (the first data is sent as GSO packets), each on its path
+    assert dropped >= 2 and len(lost) == dropped, (dropped, len(lost))
+    for path in gso_packets(paths):
+        cut_short = any(child["outcome"] == "dropped" for child in path["children"])
+        assert (path["outcome"] == "dropped") == cut_short, (path["outcome"], [c["outcome"] for c in path["children"]])
+        assert path["skb_outcome"] == "delivered"  # its own skb was freed once cut
