@@ -406,6 +406,9 @@ class SpanEncoder:
         self._encode_events(path, trace_id, root_id, raw[24:], drop_pieces, out)
         for child in path.children:
             self._encode_child(child, trace_id, root_id, out, dropped)
+        if dropped and path.outcome != OUTCOME_DROPPED:  # dropped through a fragment or segment of it
+            dropping = next((child for child in path.children if child.outcome == OUTCOME_DROPPED), path)
+            drop_pieces = self._drop_pieces(dropping)
         out.append(_length_delimited(_SPANS, self._root(path, trace_id, root_id, self.clock.offset_ns,
                                                         drop_pieces if dropped else b"")))
 

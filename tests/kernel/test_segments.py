@@ -8,10 +8,14 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 
+from tests.support.otlp_receiver import GrpcOtlpReceiver, attributes
+
 from .netns import NetPair
+from .test_exporter import free_port, sample, scrape, wait_for
 from .test_identity import nstat
 
 GSO_PORT = 7100
@@ -86,25 +90,74 @@ def test_a_tcp_packet_cut_into_gso_segments_is_one_path_with_its_segments(start_
     assert summary and int(summary[1].replace(",", "")) == len(paths), err
 
 
-def test_a_gso_packet_whose_segment_the_receiver_drops_is_dropped(start_tool, netpair: NetPair) -> None:  # type: ignore[no-untyped-def]
-    # the receiver drops the first full-size segments (about 4 KB of them), by nftables' own count
-    netpair.exec_in(netpair.ns_b, ["nft", "-f", "-"], input=(
+def drop_first_segments(pair: NetPair) -> None:
+    """The receiver drops the first full-size segments to GSO_PORT (about 4 KB of them), and counts them."""
+    pair.exec_in(pair.ns_b, ["nft", "-f", "-"], input=(
         "table ip ipft_gso {\n  chain in { type filter hook input priority 0; policy accept;\n"
         f"    tcp dport {GSO_PORT} ip length > 1000 quota until 4000 bytes counter drop\n  }}\n}}\n"))
+
+
+def segments_dropped(pair: NetPair) -> int:
+    """What drop_first_segments dropped, by nftables' counter."""
+    ruleset = json.loads(pair.exec_in(pair.ns_b, ["nft", "-j", "list", "table", "ip", "ipft_gso"]).stdout)
+    return next(item["rule"]["expr"][-2]["counter"]["packets"] for item in ruleset["nftables"] if "rule" in item)
+
+
+def test_a_gso_packet_whose_segment_the_receiver_drops_is_dropped(start_tool, netpair: NetPair) -> None:  # type: ignore[no-untyped-def]
+    drop_first_segments(netpair)
     tool = start_tool("ipftrace", "-b", "tracepoint", "-o", "json", "-l4", "TCP", "-d4", netpair.addr_b4,
                       "-dp", str(GSO_PORT))
     sent = segmented_transfer(netpair)
     code, out, err = tool.stop()
     assert code == 130, err
-    ruleset = json.loads(netpair.exec_in(netpair.ns_b, ["nft", "-j", "list", "table", "ip", "ipft_gso"]).stdout)
-    dropped = next(item["rule"]["expr"][-2]["counter"]["packets"] for item in ruleset["nftables"] if "rule" in item)
+    dropped = segments_dropped(netpair)
     paths = [json.loads(line) for line in out.splitlines()]
     assert wire_packets(paths) == sent
     segments = [child for path in gso_packets(paths) for child in path["children"]]
-    lost = [segment for segment in segments if segment["outcome"] == "dropped"]
-    # every drop the receiver made was of a segment (the first data is sent as GSO packets), each on its path
-    assert dropped >= 2 and len(lost) == dropped, (dropped, len(lost))
+    # every drop nftables made was of a segment (the first data is sent as GSO packets), each on its path (the
+    # receiver's TCP may drop more: TCP_OFOMERGE, an out-of-order segment merged into the one before)
+    lost = [segment for segment in segments if segment["outcome"] == "dropped"
+            and segment["drop"]["reason"] == "NETFILTER_DROP"]
+    assert dropped >= 2 and len(lost) == dropped, (dropped, [s["drop"] for s in segments if s["drop"]])
     for path in gso_packets(paths):
         cut_short = any(child["outcome"] == "dropped" for child in path["children"])
         assert (path["outcome"] == "dropped") == cut_short, (path["outcome"], [c["outcome"] for c in path["children"]])
         assert path["skb_outcome"] == "delivered"  # its own skb was freed once cut
+
+
+def test_the_daemon_sends_a_gso_packet_as_one_trace_with_a_span_per_segment(start_tool, netpair: NetPair,  # type: ignore[no-untyped-def]
+                                                                            tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"backend: tracepoint\nflows:\n  - {{name: bulk, l4proto: TCP, daddr: {netpair.addr_b4}, "
+                      f"dport: {GSO_PORT}}}\n")
+    port = free_port()
+    drop_first_segments(netpair)
+    with GrpcOtlpReceiver() as receiver:
+        daemon = start_tool("ipftrace-exporter", "--config", str(config), "--metrics-address", f"127.0.0.1:{port}",
+                            env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint})
+        segmented_transfer(netpair)
+        matched = lambda: sample(scrape(port), "ipftrace_packets_matched_total", flow="bulk")
+        assert wait_for(lambda: sum(sample(scrape(port), "ipftrace_paths_total", flow="bulk", outcome=outcome)
+                                    for outcome in ("delivered", "dropped", "timeout")) >= matched() > 0)
+        metrics = scrape(port)
+        code, _, err = daemon.stop(sig=15)
+        assert code == 0, err
+        spans = receiver.spans()
+    dropped = segments_dropped(netpair)
+    roots = [span for span in spans if not span.parent_span_id]
+    assert len(roots) == sample(metrics, "ipftrace_packets_matched_total", flow="bulk")  # segments are no packets
+    segment_spans = [span for span in spans if span.name == "segment"]
+    assert all(attributes(span.attributes)["ipftrace.relation"] == "segment" for span in segment_spans)
+    by_trace = {root.trace_id: root for root in roots}
+    cut = {span.trace_id for span in segment_spans}
+    assert len(cut) >= 3 and cut <= set(by_trace)  # each segment under its packet's root
+    by_segment = {span.span_id: span for span in segment_spans}
+    nft_drops = [span for span in spans if span.parent_span_id in by_segment
+                 and attributes(span.attributes).get("ipftrace.drop.reason") == "NETFILTER_DROP"]
+    assert len(nft_drops) == dropped >= 2
+    # a packet with a dropped segment is an ERROR trace, and only such a packet
+    dropped_roots = [root for root in roots if attributes(root.attributes)["ipftrace.outcome"] == "dropped"]
+    assert {span.trace_id for span in nft_drops} <= {root.trace_id for root in dropped_roots}
+    assert all(root.status.code == 2 for root in dropped_roots)
+    assert not [root for root in roots if root.status.code == 2 and root not in dropped_roots]
+    assert sample(metrics, "ipftrace_paths_total", flow="bulk", outcome="dropped") == len(dropped_roots)

@@ -459,6 +459,21 @@ def test_new_headers_mark_their_span_with_the_relation_and_the_headers(flag: int
     assert not any("relation" in attributes(child.attributes) for child in (children[0], children[2]))
 
 
+def test_a_packet_dropped_through_its_segment_is_an_error_trace_naming_that_drop() -> None:
+    packet = SkbPath(SKB, flow_id=1, events=[event(1_000, 0, l4proto=6), event(1_100, 4, tuple_=False)],
+                     outcome=OUTCOME_DELIVERED, end_ts=1_100)  # freed once cut into segments
+    segment = SkbPath(SKB + 0x100, flow_id=1, events=[event(1_200, 0, l4proto=6), event(1_300, 3, tuple_=False)],
+                      outcome=OUTCOME_DROPPED, drop=Drop("NETFILTER_DROP", "nf_hook_slow", "skb:kfree_skb"),
+                      end_ts=1_300, relation="segment", parent_skb=SKB)
+    packet.children.append(segment)
+    spans = spans_of(encoder().encode([packet]))
+    root = next(span for span in spans if not span.parent_span_id)
+    assert attributes(root.attributes)["ipftrace.outcome"] == "dropped"
+    assert root.status.code == Status.STATUS_CODE_ERROR and root.status.message == "NETFILTER_DROP at nf_hook_slow"
+    (segment_span,) = [span for span in spans if span.name == "segment"]
+    assert attributes(segment_span.attributes)["ipftrace.relation"] == "segment"
+
+
 def test_a_packet_delivered_through_a_clone_is_one_trace_without_error() -> None:
     original = SkbPath(SKB, flow_id=1, events=[event(1_000, 0), event(1_500, 3, tuple_=False)],
                        outcome=OUTCOME_DROPPED, drop=Drop("NO_SOCKET", "ping_rcv", "skb:kfree_skb"), end_ts=1_500)
