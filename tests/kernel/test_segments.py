@@ -60,8 +60,10 @@ def gso_packets(paths: list[dict]) -> list[dict]:
 
 
 def wire_packets(paths: list[dict]) -> int:
-    """Packets on the wire: a path's segments, or the path itself when it was not cut."""
-    return sum(sum(child["relation"] == "segment" for child in path["children"]) or 1 for path in paths)
+    """Packets on the wire: a path's segments, or the path itself when it was not cut. A continuation (the free
+    of a packet whose path had timed out: a 6.1 matrix run had one) is no packet of its own."""
+    return sum(sum(child["relation"] == "segment" for child in path["children"]) or 1 for path in paths
+               if not path["continued"])
 
 
 @pytest.mark.parametrize("version", [4, 6], ids=["ipv4", "ipv6"])
@@ -87,7 +89,7 @@ def test_a_tcp_packet_cut_into_gso_segments_is_one_path_with_its_segments(start_
     assert wire_packets(paths) == sent, (wire_packets(paths), sent, len(paths))
     # the kernel counted each packet once, its segments not again
     summary = re.search(r"the kernel matched ([\d,]+) packets", err)
-    assert summary and int(summary[1].replace(",", "")) == len(paths), err
+    assert summary and int(summary[1].replace(",", "")) == sum(not p["continued"] for p in paths), err
 
 
 def drop_first_segments(pair: NetPair) -> None:
