@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -15,6 +16,13 @@ SUBNET6 = "fd00:199::"  # fd00:199::/64
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run `ip` (iproute2)."""
     return subprocess.run(["ip", *args], check=check, capture_output=True, text=True)
+
+
+def nft_counter(ns: str, table: str) -> int:
+    """Packets counted by the first `counter` of nftables table `ip <table>` in namespace `ns`."""
+    ruleset = json.loads(exec_in(ns, ["nft", "-j", "list", "table", "ip", table]).stdout)["nftables"]
+    return next(expr["counter"]["packets"] for item in ruleset if "rule" in item
+                for expr in item["rule"]["expr"] if "counter" in expr)
 
 
 def exec_in(ns: str, argv: Sequence[str], timeout: float = 30, check: bool = True,

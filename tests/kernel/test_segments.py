@@ -14,7 +14,7 @@ import pytest
 
 from tests.support.otlp_receiver import GrpcOtlpReceiver, attributes
 
-from .netns import NetPair
+from .netns import NetPair, nft_counter
 from .test_exporter import free_port, sample, scrape, wait_for
 from .test_identity import nstat
 
@@ -101,8 +101,7 @@ def drop_first_segments(pair: NetPair) -> None:
 
 def segments_dropped(pair: NetPair) -> int:
     """What drop_first_segments dropped, by nftables' counter."""
-    ruleset = json.loads(pair.exec_in(pair.ns_b, ["nft", "-j", "list", "table", "ip", "ipft_gso"]).stdout)
-    return next(item["rule"]["expr"][-2]["counter"]["packets"] for item in ruleset["nftables"] if "rule" in item)
+    return nft_counter(pair.ns_b, "ipft_gso")
 
 
 def test_a_gso_packet_whose_segment_the_receiver_drops_is_dropped(start_tool, netpair: NetPair) -> None:  # type: ignore[no-untyped-def]

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from .netns import NetPair
+from .netns import NetPair, nft_counter
 
 OVERLAY = {4: ("10.197.0.1", "10.197.0.2"), 6: ("fd00:197::1", "fd00:197::2")}
 VXLAN_PORT = 4789
@@ -46,8 +46,7 @@ def drop_underlay(netpair: NetPair, version: int) -> None:
 
 def underlay_drops(netpair: NetPair) -> int:
     """The pings' underlay packets drop_underlay dropped, by nftables' own counter."""
-    ruleset = json.loads(netpair.exec_in(netpair.ns_b, ["nft", "-j", "list", "table", "ip", "ipft_tunnel"]).stdout)
-    return next(item["rule"]["expr"][2]["counter"]["packets"] for item in ruleset["nftables"] if "rule" in item)
+    return nft_counter(netpair.ns_b, "ipft_tunnel")
 
 
 def trace_pings(start_tool, netpair: NetPair, version: int) -> list[dict]:  # type: ignore[no-untyped-def]
