@@ -440,12 +440,13 @@ static __always_inline u32 ipft_ipv4_fp(u16 id, u8 l4proto, const u8 *l4)
     return ((u32)id << 16) ^ ipft_l4_word(l4proto, l4);
 }
 
-/* A TCP packet's flow, the key of ipft_segmented. */
-static __always_inline void ipft_segment_key(const struct ipft_tuple *t, struct ipft_datagram_key *key)
+/* The key of ipft_datagrams (`id`: the datagram's identification) and of ipft_segmented (`id`: the ports): the
+ * packet's addresses, protocol and IP version. */
+static __always_inline void ipft_datagram_key_of(const struct ipft_tuple *t, u32 id, struct ipft_datagram_key *key)
 {
     __builtin_memcpy(key->saddr, t->saddr, sizeof(t->saddr));
     __builtin_memcpy(key->daddr, t->daddr, sizeof(t->daddr));
-    key->id = ((u32)t->sport << 16) | t->dport;
+    key->id = id;
     key->protocol = t->l4proto;
     key->ipversion = t->ipversion;
 }
@@ -704,11 +705,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     struct ipft_datagram_key datagram_key = {};
     int datagram_noted = 0; /* this skb is the one its datagram was noted for */
     if (parsed && t.fragment != IPFT_FRAGMENT_NONE) {
-        __builtin_memcpy(datagram_key.saddr, t.saddr, sizeof(t.saddr));
-        __builtin_memcpy(datagram_key.daddr, t.daddr, sizeof(t.daddr));
-        datagram_key.id = t.datagram_id;
-        datagram_key.protocol = t.l4proto;
-        datagram_key.ipversion = t.ipversion;
+        ipft_datagram_key_of(&t, t.datagram_id, &datagram_key);
         if (t.fragment >= IPFT_FRAGMENT_FIRST) {
             datagram = ipft_datagrams.lookup(&datagram_key);
             now = bpf_ktime_get_ns();
@@ -802,7 +799,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
         struct ipft_segmented *segmented = 0;
         struct ipft_datagram_key flow_key = {};
         if (!datagram && t.seq_read) {
-            ipft_segment_key(&t, &flow_key);
+            ipft_datagram_key_of(&t, ((u32)t.sport << 16) | t.dport, &flow_key);
             ipft_gso(skb, head, &gso_size, &gso_segs);
             if (!gso_size) {
                 segmented = ipft_segmented.lookup(&flow_key);
