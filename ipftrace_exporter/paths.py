@@ -132,10 +132,11 @@ class SkbPath:
         delivered (its reassembled skb, a clone, was not) and did not leave is dropped when any of its fragments was:
         it can no longer be reassembled. (Once reassembled, old kernels free the fragments with kfree_skb.) A TCP
         packet cut into GSO segments ends as its segments (its own skb is freed once cut): dropped when any of them
-        was, its data did not all go through."""
-        if not self.children:
+        was, its data did not all go through. A neighbour probe's copy (before_packet) is no part of how the packet
+        ended: the kernel consumes it once the probe is sent, whatever becomes of the packet."""
+        children = [(child.relation, child.packet_outcome) for child in self.children if not child.before_packet]
+        if not children:
             return self.outcome
-        children = [(child.relation, child.packet_outcome) for child in self.children]
         if any(relation == RELATION_SEGMENT for relation, _ in children):
             if (RELATION_SEGMENT, OUTCOME_DROPPED) in children:
                 return OUTCOME_DROPPED

@@ -311,6 +311,18 @@ def test_a_packet_adopts_its_clone_that_ended_before_it_was_seen() -> None:
     assert (clone.skb, clone.relation, clone.before_packet, clone.parent_skb) == (SKB_B, "clone", True, SKB_A)
 
 
+def test_a_dropped_packet_that_adopted_its_neighbour_probe_copy_is_dropped() -> None:
+    """The probe's copy is consumed once the probe is sent: no delivery of the packet."""
+    clock = Clock()
+    paths = assembler(clock)
+    paths.add(orphan_event(1))
+    paths.add_many([event(600, RECEIVE, first=True, flags=FLAG_ADOPT)._replace(parent=SKB_B), event(700, DROP)])
+    clock.now = 800
+    (packet,) = paths.expire()
+    assert [child.before_packet for child in packet.children] == [True]
+    assert (packet.outcome, packet.packet_outcome) == ("dropped", "dropped")
+
+
 def test_an_orphan_clone_whose_packet_never_comes_stands_alone_and_is_not_a_packet() -> None:
     clock = Clock()
     paths = assembler(clock)
