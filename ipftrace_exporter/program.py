@@ -26,6 +26,9 @@ from .flows import FlowSpec, filter_function, where_function
 from .probes import Probe, ProbeKind, ProbeRole
 
 ROLE_CODES = {ProbeRole.STEP: 0, ProbeRole.CONSUME: 1, ProbeRole.DROP: 2, ProbeRole.EGRESS: 3, ProbeRole.RELEASE: 4}
+# The tracepoint where a socket reads a packet (IPFT_TP_SOCKET_READ in the C file; other tracepoints: IPFT_TP_OTHER).
+SOCKET_READ_TRACEPOINT = "skb:skb_copy_datagram_iovec"
+TP_KIND_OTHER, TP_KIND_SOCKET_READ = 1, 2
 MAX_KPROBE_ARG = 5
 FUNCTION_KINDS = frozenset({ProbeKind.KPROBE, ProbeKind.KFUNC})
 # helper: bpf_get_func_ip (5.15+); regs: the instruction pointer (kprobe) and one kfunc entry point per function;
@@ -149,8 +152,9 @@ def entry_point(source: ProbeSource) -> str:
         location = _arg("ctx->args", source.location_arg, "u64")
         reason = _arg("ctx->args", source.reason_arg, "u32")
         device = _arg("ctx->args", source.device_arg, "struct net_device *")
+        tp_kind = TP_KIND_SOCKET_READ if probe.name == SOCKET_READ_TRACEPOINT else TP_KIND_OTHER
         return (f"int {source.entry_name}(struct bpf_raw_tracepoint_args *ctx)\n"
-                f"{{\n    return ipft_handle(ctx, {skb}, {tail}, {location}, {reason}, {device});\n}}\n")
+                f"{{\n    return ipft_handle(ctx, {skb}, {tail}, {location}, {reason}, {device}, {tp_kind});\n}}\n")
     if probe.kind is ProbeKind.KPROBE:
         if not 0 <= source.skb_arg < MAX_KPROBE_ARG:
             raise ValueError(f"{source.target}: kprobes reach arguments 1-{MAX_KPROBE_ARG}, skb is {source.skb_arg + 1}")

@@ -36,6 +36,15 @@
  * any other skb it is the free of a packet that just ended or was never ours, never a packet's start */
 #define IPFT_ROLE_RELEASE 4
 
+/* What kind of tracepoint a probe is (0 for kernel functions): a packet read by a socket (skb_copy_datagram_iovec)
+ * is at its end; the same skb at any other tracepoint but a free or another read is a new packet in it (the read
+ * one was freed where no tracepoint sees it: __consume_stateless_skb, a deferred free...), however alike the two
+ * look (IPv6 UDP segments of one size whose payload sits outside the linear buffer have no fingerprint of their
+ * own). Function probes run inside recvmsg after the read, so the rule holds for tracepoints only. */
+#define IPFT_TP_NONE 0
+#define IPFT_TP_OTHER 1
+#define IPFT_TP_SOCKET_READ 2
+
 #define IPFT_FLAG_TUPLE 1 /* first event of a packet: headers parsed and matched here */
 #define IPFT_FLAG_SAMPLED 2
 #define IPFT_FLAG_GAP 4 /* an earlier event of this skb was lost (ring buffer full) */
@@ -47,7 +56,7 @@
 #define IPFT_FLAG_ADOPT 128 /* first event of a packet whose clone (`parent`) ended before the packet was seen */
 #define IPFT_FLAG_FRAGMENT 256 /* first event of an IP fragment of a traced datagram (`parent`: its first seen skb) */
 #define IPFT_FLAG_ENCAP 512 /* the packet was encapsulated (tunnel) before this probe: the event has the outer headers */
-#define IPFT_FLAG_SEGMENT 1024 /* first event of a GSO segment of a traced TCP packet (`parent`: that packet's skb) */
+#define IPFT_FLAG_SEGMENT 1024 /* first event of a GSO segment of a traced TCP or UDP packet (`parent`: that packet's skb) */
 /* flags >> IPFT_LOST_SHIFT: how many of this skb's events were lost before this one (ring buffer full; at most 255) */
 #define IPFT_LOST_SHIFT 16
 
@@ -77,7 +86,7 @@ struct ipft_tuple {
     u8 has_ports;
     u8 l4_read; /* IPv6: its L4 header was read in full, at l4_offset from the IP header */
     u32 fp; /* fingerprint of this packet among packets of its flow (0: unknown), see ipft_l4_word() */
-    u16 udp_len; /* with l4_read: the UDP (or UDP-Lite) length field */
+    u16 udp_len; /* with l4_read, or UDP read with its ports (ipft_ports_from): the UDP (or UDP-Lite) length field */
     u16 ip_id; /* IPv4: the identification field (fragments of one datagram share it) */
     u32 datagram_id; /* with a fragment state: IPv4's identification, or an IPv6 fragment header's */
     u16 l4_offset; /* with l4_read: the L4 header's offset from the IP header */
@@ -147,18 +156,21 @@ struct ipft_datagram {
     u8 pad[4];
 };
 
-/* A TCP packet the kernel will cut into segments (GSO: skb_segment makes new skbs and buffers), by its flow's
- * addresses and ports (ipft_datagram_key, `id` the ports): a new skb of that flow whose sequence number is in the
- * packet's range, within a second and while segments are still to come, is one of its segments. */
+/* A TCP or UDP packet the kernel will cut into segments (GSO: skb_segment makes new skbs and buffers), by its
+ * flow's addresses and ports (ipft_datagram_key, `id` the ports): a new skb of that flow, within a second and while
+ * segments are still to come, is one of its segments when (TCP) its sequence number is in the packet's range, or
+ * (UDP) its payload is at most gso_size and (IPv4) its identification one of the packet's segments' (each segment
+ * takes the next one, from the packet's own). */
 struct ipft_segmented {
     u64 skb;
     u64 ts; /* the packet's first event */
-    u32 seq; /* its first sequence number: the range is [seq, seq + gso_size * gso_segs) */
-    u32 span;
+    u32 seq; /* TCP: its first sequence number; UDP: its IPv4 identification (0 with IPv6), the first segment's */
+    u32 span; /* TCP: the range is [seq, seq + gso_size * gso_segs); UDP: gso_segs identifications from seq */
     u16 segs_left;
     u16 flow_id;
     u8 sampled;
-    u8 pad[3];
+    u8 pad;
+    u16 gso_size;
 };
 
 struct ipft_track {
@@ -170,6 +182,8 @@ struct ipft_track {
     u32 fp; /* the packet's fingerprint when first matched: another one at the same address is another packet */
     u32 tuple_hash; /* a hash of its current headers: a change with the same buffer and fingerprint is a rewrite */
     u32 outer_hash; /* once encapsulated (a tunnel's headers pushed before it): a hash of the outer headers */
+    u8 read; /* read by a socket (seen at the skb_copy_datagram_iovec tracepoint) */
+    u8 pad[3];
 };
 
 struct ipft_drop_key {
@@ -427,6 +441,8 @@ static __always_inline void ipft_ports_from(const u8 *raw, struct ipft_tuple *t)
     if (t->l4proto == 6) {
         t->tcp_seq = ((u32)raw[4] << 24) | ((u32)raw[5] << 16) | ((u32)raw[6] << 8) | raw[7];
         t->seq_read = 1;
+    } else if (t->l4proto == 17) {
+        t->udp_len = ((u16)raw[4] << 8) | raw[5];
     }
 }
 
@@ -449,6 +465,12 @@ static __always_inline void ipft_datagram_key_of(const struct ipft_tuple *t, u32
     key->id = id;
     key->protocol = t->l4proto;
     key->ipversion = t->ipversion;
+}
+
+/* A noted GSO packet's first sequence number or identification (ipft_segmented.seq), 0 without one. */
+static __always_inline u32 ipft_segmented_seq(const struct ipft_segmented *segmented)
+{
+    return segmented ? segmented->seq : 0;
 }
 
 /* skb_shinfo(skb)->gso_size and gso_segs (0 on a read error). skb->end is an offset from head on 64-bit
@@ -677,7 +699,7 @@ static __always_inline int ipft_leaves_host(struct net_device *dev)
 }
 
 static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe_id, int from_data, int role,
-                                       u64 location, u32 reason, struct net_device *dev)
+                                       u64 location, u32 reason, struct net_device *dev, int tp_kind)
 {
     if (!skb)
         return 0;
@@ -698,6 +720,11 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
         return 0; /* a free's own function on an skb surely not tracked: not parsed */
     unsigned char *l3 = 0;
     int parsed = ipft_parse(&fields, &t, from_data, &l3);
+    /* `t` stays in memory from here on (its address escapes into an empty asm): otherwise the compiler keeps each
+     * field it compares in a register of its own, and a flow with both IPv6 addresses and a port (ten fields,
+     * compared in three inlined filter functions) spilled them past the 512-byte BPF stack, which LLVM reports by
+     * ending the process */
+    __asm__ __volatile__("" : : "r"(&t) : "memory");
     int flow = parsed ? ipft_match_headers(&t) : -1;
     /* A fragment of a datagram traced in the last second belongs to it, ports or not (only the first fragment has
      * the L4 header): one lookup, for fragments only. */
@@ -750,6 +777,11 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
             track = 0;
         }
     }
+    /* Read by a socket, then at a tracepoint that is neither a free nor another read: a new packet (IPFT_TP_*). */
+    if (track && track->read && tp_kind == IPFT_TP_OTHER && role != IPFT_ROLE_CONSUME && role != IPFT_ROLE_DROP) {
+        ipft_forget(&key, track->head);
+        track = 0;
+    }
     /* Headers that do not parse as IP at an address tracked for an IP packet of another protocol (an ARP
      * request in the skb of a datagram freed unseen): not ours. */
     if (track && !parsed && fields.protocol && track->protocol && fields.protocol != track->protocol) {
@@ -766,6 +798,8 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     if (track) {
         if (role == IPFT_ROLE_RELEASE)
             role = IPFT_ROLE_STEP;
+        if (tp_kind == IPFT_TP_SOCKET_READ)
+            track->read = 1;
         flow_id = track->flow_id;
         sampled = track->sampled;
         gap = track->lost;
@@ -794,18 +828,20 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
             if (!ipft_module_match(skb, &t))
                 return 0;
         }
-        /* TCP: a GSO packet (noted below when it is a packet of its own), or else maybe one's segment */
+        /* TCP or UDP: a GSO packet (noted below when it is a packet of its own), or else maybe one's segment */
         u16 gso_size = 0, gso_segs = 0;
         struct ipft_segmented *segmented = 0;
         struct ipft_datagram_key flow_key = {};
-        if (!datagram && t.seq_read) {
+        if (!datagram && (t.seq_read || (t.l4proto == 17 && t.udp_len >= 8))) {
             ipft_datagram_key_of(&t, ((u32)t.sport << 16) | t.dport, &flow_key);
             ipft_gso(skb, head, &gso_size, &gso_segs);
             if (!gso_size) {
                 segmented = ipft_segmented.lookup(&flow_key);
-                if (segmented && !(segmented->segs_left && segmented->skb != key
-                                   && t.tcp_seq - segmented->seq < segmented->span
-                                   && now - segmented->ts < IPFT_CLONE_WINDOW_NS))
+                /* TCP: the sequence number's offset in the range; UDP: the identification's among the segments' */
+                u32 offset = t.seq_read ? t.tcp_seq - ipft_segmented_seq(segmented) : (u16)(t.ip_id - ipft_segmented_seq(segmented));
+                if (segmented && !(segmented->segs_left && segmented->skb != key && offset < segmented->span
+                                   && now - segmented->ts < IPFT_CLONE_WINDOW_NS
+                                   && (t.seq_read || (t.udp_len > 8 && t.udp_len - 8 <= segmented->gso_size))))
                     segmented = 0;
                 if (segmented)
                     flow = segmented->flow_id;
@@ -865,21 +901,24 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
                                                  .sampled = fresh.sampled};
                 ipft_buffers.update(&buffer, &mine);
             }
-            if (datagram_key.ipversion) { /* a datagram that is or may become fragments */
-                struct ipft_datagram whole = {.skb = key, .ts = now, .flow_id = flow, .sampled = fresh.sampled,
-                                              .ts_first = 1};
-                ipft_datagrams.update(&datagram_key, &whole);
-            }
-            if (gso_size && gso_segs > 1) { /* its segments are found by it */
-                struct ipft_segmented whole = {.skb = key, .ts = now, .seq = t.tcp_seq,
-                                               .span = (u32)gso_size * gso_segs, .segs_left = gso_segs,
-                                               .flow_id = flow, .sampled = fresh.sampled};
-                ipft_segmented.update(&flow_key, &whole);
-            }
+        }
+        /* A packet of its own (new, or one adopting its neighbour probe's copy: the first packet to a neighbour) */
+        if (counted && datagram_key.ipversion) { /* a datagram that is or may become fragments */
+            struct ipft_datagram whole = {.skb = key, .ts = now, .flow_id = flow, .sampled = fresh.sampled,
+                                          .ts_first = 1};
+            ipft_datagrams.update(&datagram_key, &whole);
+        }
+        if (counted && gso_size && gso_segs > 1) { /* its segments are found by it */
+            struct ipft_segmented whole = {.skb = key, .ts = now, .seq = t.seq_read ? t.tcp_seq : t.ip_id,
+                                           .span = t.seq_read ? (u32)gso_size * gso_segs : gso_segs,
+                                           .segs_left = gso_segs, .flow_id = flow, .sampled = fresh.sampled,
+                                           .gso_size = gso_size};
+            ipft_segmented.update(&flow_key, &whole);
         }
         flow_id = fresh.flow_id;
         sampled = fresh.sampled;
         first = 1;
+        fresh.read = tp_kind == IPFT_TP_SOCKET_READ;
         if (role == IPFT_ROLE_STEP)
             ipft_start_tracking(&key, &fresh);
     }
@@ -996,7 +1035,7 @@ static __always_inline int ipft_function(void *ctx, struct sk_buff *skb, u64 ip)
     }
     u32 probe_id = func->probe_id;
     int role = func->role;
-    return ipft_handle(ctx, skb, probe_id, 0, role, 0, 0, 0);
+    return ipft_handle(ctx, skb, probe_id, 0, role, 0, 0, 0, IPFT_TP_NONE);
 }
 #endif /* IPFT_HAS_FUNCTIONS */
 

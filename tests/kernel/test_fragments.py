@@ -41,12 +41,19 @@ def send_large_datagrams(netpair: NetPair, family: Family, count: int) -> None:
         "    time.sleep(0.05)\n"), timeout=60)
 
 
+@pytest.mark.parametrize("neighbour", ["resolved", "new"])
 @pytest.mark.parametrize("version", [4, 6])
 def test_a_fragmented_datagram_is_one_packet_with_its_fragments_as_children(start_tool, netpair: NetPair,  # type: ignore[no-untyped-def]
-                                                                           version: int) -> None:
+                                                                           version: int, neighbour: str) -> None:
+    """`new`: the first datagram goes to a neighbour not resolved yet, so its first fragment waits for ARP or ND,
+    and the kernel's copy of it for the neighbour probe may be freed before the fragment is first seen (the
+    datagram then adopts that copy, and its fragments are still its own)."""
     family = Family(version, netpair)
     with udp_server(netpair, family.socket_family, family.address):
-        netpair.ping_b(count=1, v6=version == 6)
+        if neighbour == "resolved":
+            netpair.ping_b(count=1, v6=version == 6)
+        else:
+            netpair.exec_in(netpair.ns_a, ["ip", "neigh", "flush", "dev", netpair.veth_a])
         tool = start_tool("ipftrace", "-b", "tracepoint", "-o", "json", "-l4", "UDP", family.address_flag,
                           family.address, "-dp", str(SERVER_PORT))
         sent, received = nstat(netpair.exec_in, netpair.ns_a), nstat(netpair.exec_in, netpair.ns_b)
@@ -72,8 +79,12 @@ def test_a_fragmented_datagram_is_one_packet_with_its_fragments_as_children(star
         # the reassembled datagram is the completing fragment's skb in the first one's buffer (skb_morph), freed
         # when the next datagram comes, when the first fragment's address often holds that next one's: it is this
         # datagram's clone all the same (the kernel names the parent's first event's time)
-        reassembled_skbs = [child["skb"] for child in path["children"] if child["relation"] == "clone"]
+        reassembled_skbs = [child["skb"] for child in path["children"] if child["relation"] == "clone"
+                            and child["events"][0]["timestamp_ns"] > path["events"][0]["timestamp_ns"]]
         assert set(reassembled_skbs) <= {child["skb"] for child in fragments}, path
+        probe_copies = [child for child in path["children"] if child["relation"] == "clone"
+                        and child["events"][0]["timestamp_ns"] < path["events"][0]["timestamp_ns"]]
+        assert len(probe_copies) <= (neighbour == "new"), path  # the neighbour probe's copy, freed before
     assert sent_fragments == created
 
 

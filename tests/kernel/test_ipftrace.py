@@ -7,6 +7,8 @@ import json
 import re
 import socket
 
+import pytest
+
 from .netns import NetPair
 
 TRACEPOINT = ["-b", "tracepoint"]
@@ -75,6 +77,27 @@ def test_udp_to_a_closed_port_is_a_drop_with_reason_and_location(netpair: NetPai
     assert path["drop"]["function"] in ("__udp4_lib_rcv", "udp_rcv", "__udp_lib_rcv")
     assert functions(path)[-1] == "skb:kfree_skb"
     assert "DROPPED" not in out  # JSON, not text
+
+
+@pytest.mark.parametrize("l4proto", ["UDP", "TCP"])
+def test_a_whole_ipv6_five_tuple_filter_loads_and_matches(netpair: NetPair, start_tool, l4proto: str) -> None:
+    """Both IPv6 addresses and both ports: the largest header filter (its program once went past the BPF stack
+    limit, and the compiler ended the tool without a word)."""
+    tool = start_tool("ipftrace", *TRACEPOINT, "-l4", l4proto, "-s6", netpair.addr_a6, "-d6", netpair.addr_b6,
+                      "-sp", "40123", "-dp", "9999", "--count", "1", "-o", "json", "--timeout", "60")
+    kind = "SOCK_DGRAM" if l4proto == "UDP" else "SOCK_STREAM"
+    netpair.python_in(netpair.ns_a, "import socket\n"
+                      f"s = socket.socket(socket.AF_INET6, socket.{kind})\n"
+                      "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+                      f"s.bind(('{netpair.addr_a6}', 40123))\ns.settimeout(2)\n"
+                      f"try: s.sendto(b'x', ('{netpair.addr_b6}', 9999)) if {kind == 'SOCK_DGRAM'} "
+                      f"else s.connect(('{netpair.addr_b6}', 9999))\nexcept OSError: pass\n")
+    code, out, err = tool.finish()
+    assert code == 0, err
+    (path,) = json_paths(out)
+    assert (path["saddr"], path["sport"], path["daddr"], path["dport"]) == (netpair.addr_a6, 40123, netpair.addr_b6,
+                                                                          9999)
+    assert path["outcome"] == "dropped", path  # a closed port: NO_SOCKET, or TCP's reset of the SYN
 
 
 def test_ipv6_ping_is_traced(netpair: NetPair, start_tool) -> None:

@@ -28,7 +28,8 @@ from tests.support.otlp_receiver import GrpcOtlpReceiver, attributes
 from .conftest import BIN, Running
 from .netns import NetChain, NetPair, create_chain, create_pair, delete_chain, delete_pair
 from .test_identity import CLIENT_PORT, FRONT_PORT, SERVER_PORT, nat_rules, send_datagrams
-from .test_segments import GSO_PORT, gso_packets, segmented_transfer, wire_packets
+from .test_segments import (GSO_PORT, UDP_GSO_PORT, UDP_GSO_SEGMENTS, UDP_GSO_SENDS, gso_packets, segmented_transfer,
+                            udp_gso_sends, wire_packets)
 from .test_tunnels import OVERLAY, VXLAN_PORT, drop_underlay, underlay_drops, vxlan_overlay
 
 READY_TIMEOUT = float(os.environ.get("IPFTRACE_TEST_READY_TIMEOUT", "300"))
@@ -85,6 +86,7 @@ class Traffic:
     chain: NetChain | None = None  # with the identity traffic (drive_identity_traffic)
     tunnel_from: int = 0  # the kernel monotonic time when its VXLAN underlay drop was in place
     segments_sent: int = 0  # TCP segments of the GSO transfer (test_segments.segmented_transfer), by nstat
+    udp_segments_received: int = 0  # UDP GSO segments b's socket received (test_segments.udp_gso_sends), by nstat
 
 
 def drive_traffic(pair: NetPair) -> int:
@@ -153,17 +155,19 @@ def drive_identity_traffic(pair: NetPair, chain: NetChain) -> tuple[int, int]:
     """Packets whose headers change on the way or that become other skbs: NAT_DATAGRAMS datagrams DNAT-ed and
     masqueraded by the chain's router to the server's closed port, a TCP transfer cut into GSO segments in
     software, and PINGS pings over a VXLAN overlay on the pair whose underlay packets the receiver's nftables drop
-    (and count). Returns the kernel monotonic time when that drop was in place, and the segments sent."""
+    (and count), and UDP GSO sends. Returns the kernel monotonic time when that drop was in place, the TCP segments
+    sent and the UDP segments received."""
     chain.exec_in(chain.ns_router, ["nft", "-f", "-"], input=nat_rules(chain))
     send_datagrams(chain.exec_in, chain.ns_client, chain.router_client_side4, FRONT_PORT, NAT_DATAGRAMS,
                    source_port=CLIENT_PORT)
     segments_sent = segmented_transfer(pair)
+    udp_segments_received = udp_gso_sends(pair)
     vxlan_overlay(pair, 4)
     drop_underlay(pair, 4)
     tunnel_from = time.monotonic_ns()
     pair.exec_in(pair.ns_a, ["ping", "-c", str(PINGS), "-i", "0.2", "-W", "1", OVERLAY[4][1]], check=False)
     time.sleep(3)  # the last drops and the assembler's settle time
-    return tunnel_from, segments_sent
+    return tunnel_from, segments_sent, udp_segments_received
 
 
 def _run_cli(backend: str, tmp_path: Path, cache_dir: str, manifest: str | None) -> Iterator[Traffic]:
@@ -182,7 +186,8 @@ def _run_cli(backend: str, tmp_path: Path, cache_dir: str, manifest: str | None)
         ready_s = time.monotonic() - started
         record(f"ready_s {backend} {'manifest' if manifest else 'discovery'}", round(ready_s, 1))
         counted_from = drive_traffic(pair)
-        tunnel_from, segments_sent = drive_identity_traffic(pair, chain) if chain is not None else (0, 0)
+        tunnel_from, segments_sent, udp_segments_received = (drive_identity_traffic(pair, chain)
+                                                             if chain is not None else (0, 0, 0))
         stopping = time.monotonic()
         code, out, err = tool.stop(timeout=300)
         record(f"stop_s {backend} {'manifest' if manifest else 'discovery'}", round(time.monotonic() - stopping, 1))
@@ -192,7 +197,7 @@ def _run_cli(backend: str, tmp_path: Path, cache_dir: str, manifest: str | None)
         assert code in (0, 130), err
         paths = [path for path in (json.loads(line) for line in out.splitlines() if line.startswith("{"))
                  if path["events"][0]["timestamp_ns"] >= counted_from]
-        yield Traffic(pair, paths, err, ready_s, chain, tunnel_from, segments_sent)
+        yield Traffic(pair, paths, err, ready_s, chain, tunnel_from, segments_sent, udp_segments_received)
     finally:
         tool.stop()
         delete_pair(pair)
@@ -392,6 +397,29 @@ def _gso_segments_are_children_of_their_packet(run: Traffic) -> None:
     cut = gso_packets(paths)
     assert len(cut) >= 3, [(names(p)[:6], len(p["children"])) for p in paths][:10]
     assert wire_packets(paths) == run.segments_sent, (wire_packets(paths), run.segments_sent, len(paths))
+
+
+def _udp_gso_segments_are_children_of_their_packet(run: Traffic) -> None:
+    pair = run.pair
+    paths = paths_of(run, "UDP", pair.addr_a4, pair.addr_b4, UDP_GSO_PORT)
+    alone = [(p["relation"], names(p)) for p in paths if p.get("relation")]
+    assert not alone, alone
+    assert run.udp_segments_received == UDP_GSO_SENDS * UDP_GSO_SEGMENTS
+    assert len(paths) == UDP_GSO_SENDS, [(names(p)[:6], len(p["children"])) for p in paths][:10]
+    assert wire_packets(paths) == run.udp_segments_received
+    for path in paths:
+        relations = [child["relation"] for child in path["children"]]
+        # (the first packet to a neighbour not resolved yet also holds the neighbour probe's copy of it: a clone)
+        assert relations.count("segment") == UDP_GSO_SEGMENTS and set(relations) <= {"segment", "clone"}, names(path)
+        assert all(child["outcome"] != "dropped" for child in path["children"]), names(path)
+
+
+def test_a_udp_gso_packet_is_one_path_with_its_segments(manifest_run: Traffic) -> None:
+    _udp_gso_segments_are_children_of_their_packet(manifest_run)
+
+
+def test_a_udp_gso_packet_is_one_path_with_its_segments_on_tracepoints(tracepoint_run: Traffic) -> None:
+    _udp_gso_segments_are_children_of_their_packet(tracepoint_run)
 
 
 def test_a_tcp_packet_cut_into_gso_segments_is_one_path_with_them(manifest_run: Traffic) -> None:

@@ -162,3 +162,80 @@ def test_the_daemon_sends_a_gso_packet_as_one_trace_with_a_span_per_segment(star
     assert all(root.status.code == 2 for root in dropped_roots)
     assert not [root for root in roots if root.status.code == 2 and root not in dropped_roots]
     assert sample(metrics, "ipftrace_paths_total", flow="bulk", outcome="dropped") == len(dropped_roots)
+
+
+UDP_GSO_PORT = 7101
+UDP_GSO_SIZE = 1000  # payload bytes per segment (UDP_SEGMENT)
+UDP_GSO_SENDS = 12
+UDP_GSO_SEGMENTS = 8  # segments per send: the payload is UDP_GSO_SEGMENTS * UDP_GSO_SIZE bytes
+UDP_SEGMENT = 103  # linux/udp.h: the socket option that makes each send a GSO packet
+
+
+def udp_gso_sends(pair: NetPair, version: int = 4) -> int:
+    """UDP_GSO_SENDS sends from a to b:UDP_GSO_PORT with UDP_SEGMENT, each a GSO packet of UDP_GSO_SEGMENTS
+    segments, with UDP segmentation offload off at veth_a (so the kernel segments in software), read by a socket in
+    b. Returns the datagrams b received meanwhile (nstat Udp(6)InDatagrams): one per segment."""
+    address, family, counter = ((pair.addr_b4, "AF_INET", "UdpInDatagrams") if version == 4
+                                else (pair.addr_b6, "AF_INET6", "Udp6InDatagrams"))
+    expected = UDP_GSO_SENDS * UDP_GSO_SEGMENTS
+    # (a kernel whose veth lacks UDP segmentation offload segments in software anyway)
+    pair.exec_in(pair.ns_a, ["ethtool", "-K", pair.veth_a, "tx-udp-segmentation", "off", "gso", "on"], check=False)
+    receiver = pair.popen_in(pair.ns_b, ["python3", "-c", (
+        f"import socket\ns = socket.socket(socket.{family}, socket.SOCK_DGRAM)\ns.bind(('{address}', {UDP_GSO_PORT}))\n"
+        "s.settimeout(10)\nprint('bound', flush=True)\n"
+        f"for _ in range({expected}): assert len(s.recv(65536)) == {UDP_GSO_SIZE}\nprint('read', flush=True)\n")],
+        stdout=subprocess.PIPE)
+    try:
+        assert receiver.stdout is not None and "bound" in receiver.stdout.readline()
+        before = nstat(pair.exec_in, pair.ns_b).get(counter, 0)
+        pair.python_in(pair.ns_a, (
+            f"import socket, time\ns = socket.socket(socket.{family}, socket.SOCK_DGRAM)\n"
+            f"s.setsockopt(socket.IPPROTO_UDP, {UDP_SEGMENT}, {UDP_GSO_SIZE})\n"
+            f"for i in range({UDP_GSO_SENDS}):\n"
+            f"    s.sendto(b''.join(b'%04d%04d' % (i, j) * {UDP_GSO_SIZE // 8} for j in range({UDP_GSO_SEGMENTS})),"
+            f" ('{address}', {UDP_GSO_PORT}))\n"
+            "    time.sleep(0.02)\n"), timeout=60)
+        assert receiver.stdout.readline().strip() == "read"
+        receiver.wait(timeout=30)
+        return nstat(pair.exec_in, pair.ns_b).get(counter, 0) - before
+    finally:
+        if receiver.poll() is None:
+            receiver.kill()
+            receiver.wait()
+        pair.exec_in(pair.ns_a, ["ethtool", "-K", pair.veth_a, "tx-udp-segmentation", "on"], check=False)
+
+
+@pytest.mark.parametrize("version", [4, 6], ids=["ipv4", "ipv6"])
+def test_a_udp_gso_packet_is_one_path_with_its_segments(start_tool, netpair: NetPair,  # type: ignore[no-untyped-def]
+                                                        version: int) -> None:
+    address = netpair.addr_b4 if version == 4 else netpair.addr_b6
+    tool = start_tool("ipftrace", "-b", "tracepoint", "-o", "json", "-l4", "UDP", f"-d{version}", address,
+                      "-dp", str(UDP_GSO_PORT))
+    received = udp_gso_sends(netpair, version)
+    code, out, err = tool.stop()
+    assert code == 130, err
+    assert received == UDP_GSO_SENDS * UDP_GSO_SEGMENTS  # the kernel's count: every segment reached the socket
+    paths = [json.loads(line) for line in out.splitlines()]
+    alone = [(p["relation"], p["parent"], [e["function"] for e in p["events"]]) for p in paths if p.get("relation")]
+    assert not alone, alone  # no segment came without its packet
+    # one path per send, each with a segment child per datagram the receiver counted
+    assert len(paths) == UDP_GSO_SENDS, [(len(p["children"]), [e["function"] for e in p["events"]]) for p in paths]
+    assert wire_packets(paths) == received
+    first_send = min(paths, key=lambda path: path["events"][0]["timestamp_ns"])
+    for path in paths:
+        names = [event["function"] for event in path["events"]]
+        assert names[0] == "net:net_dev_queue" and names[-1] == "skb:consume_skb", names  # cut, then freed
+        # read by recvmsg, a datagram is freed where no tracepoint sees it: delivered once its skb is reused (freed
+        # unseen), timeout otherwise (README), never dropped
+        outcomes = [child["outcome"] for child in path["children"] if child["relation"] == "segment"]
+        assert set(outcomes) <= {"delivered", "timeout"} and path["outcome"] in outcomes, (path["outcome"], outcomes)
+        relations = [child["relation"] for child in path["children"]]
+        # the first send to b (IPv6: its neighbour not resolved yet) may also hold the copy the kernel made of it
+        # for the neighbour probe (a clone freed before the packet was seen, adopted by it)
+        clones = relations.count("clone") if path is first_send else 0
+        assert sorted(relations) == ["clone"] * min(clones, 1) + ["segment"] * UDP_GSO_SEGMENTS, relations
+        for segment in (child for child in path["children"] if child["relation"] == "segment"):
+            assert segment["events"][0]["function"] == "net:net_dev_start_xmit", segment
+            assert segment["events"][0]["len"] == UDP_GSO_SIZE + 8 + (20 if version == 4 else 40) + 14, segment
+    summary = re.search(r"the kernel matched ([\d,]+) packets", err)
+    assert summary and int(summary[1].replace(",", "")) == UDP_GSO_SENDS, err
