@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Self
 
+from .compilerexit import first_error, watched_compile
 from .errors import AttachError, KernelError
 from .events import RECORD_SIZE, UNTRACED_REASONS
 from .kernel.headers import HeaderTree
@@ -182,26 +183,24 @@ def raise_open_file_limit(needed: int) -> None:
 
 
 @contextlib.contextmanager
-def _captured_stderr() -> Iterator[list[str]]:
-    """Capture what the C library (clang inside BCC) writes to fd 2; yields a list filled with its lines."""
+def _captured_stderr(compiling: str = "") -> Iterator[list[str]]:
+    """Capture what the C library (clang inside BCC) writes to fd 2; yields a list filled with its lines. With
+    `compiling` (what is compiled), should the compiler end the process meanwhile, that is said in one line."""
     lines: list[str] = []
     with tempfile.TemporaryFile() as sink:
         saved = os.dup(2)
-        os.dup2(sink.fileno(), 2)
+        watch = watched_compile(sink.fileno(), saved, compiling) if compiling else contextlib.nullcontext()
         try:
-            yield lines
+            with watch:
+                os.dup2(sink.fileno(), 2)
+                try:
+                    yield lines
+                finally:
+                    os.dup2(saved, 2)
         finally:
-            os.dup2(saved, 2)
             os.close(saved)
-            sink.seek(0)
-            lines.extend(sink.read().decode(errors="replace").splitlines())
-
-
-def _first_error(lines: list[str]) -> str:
-    for line in lines:
-        if "error:" in line:
-            return line.split("error:", 1)[1].strip()
-    return lines[-1].strip() if lines else "no compiler output"
+        sink.seek(0)
+        lines.extend(sink.read().decode(errors="replace").splitlines())
 
 
 def _import_bcc():  # type: ignore[no-untyped-def]
@@ -309,7 +308,7 @@ def compile_check(header_dir: str, text: str, cflags: Iterable[str] = ()) -> boo
     """True when BCC compiles `text` against the header tree (nothing is loaded into the kernel). The compiler's
     complaints are logged at debug level, not printed."""
     bcc = _import_bcc()
-    with _kernel_source(header_dir), _captured_stderr() as output:
+    with _kernel_source(header_dir), _captured_stderr("a compile check") as output:
         try:
             module = bcc.BPF(text=text.encode(), cflags=[*BASE_CFLAGS, *cflags])
             module.cleanup()
@@ -317,7 +316,7 @@ def compile_check(header_dir: str, text: str, cflags: Iterable[str] = ()) -> boo
         except Exception:  # noqa: BLE001 - BCC raises bare Exception on compile errors
             ok = False
     if not ok:
-        log.debug("compile check against %s failed: %s", header_dir, _first_error(output))
+        log.debug("compile check against %s failed: %s", header_dir, first_error(output))
     return ok
 
 
@@ -400,7 +399,7 @@ class Collector:
             def _trace_autoload(self) -> None:  # we load and attach explicitly (and can tell why it failed)
                 return None
 
-        with _kernel_source(self.headers.path), _captured_stderr() as output:
+        with _kernel_source(self.headers.path), _captured_stderr("the BPF program") as output:
             try:
                 self._bpf = _Module(text=self.program.text.encode(), cflags=[*BASE_CFLAGS, *self.headers.cflags])
                 failed = False
@@ -408,7 +407,7 @@ class Collector:
                 failed = True
         if failed:
             log.debug("compiler output:\n%s", "\n".join(output))
-            raise KernelError(f"the BPF program did not compile: {_first_error(output)} (headers: {self.headers.path})")
+            raise KernelError(f"the BPF program did not compile: {first_error(output)} (headers: {self.headers.path})")
         self.closed = False
 
     def _load(self, entry: str, kind: ProbeKind, name: str | None = None) -> int:

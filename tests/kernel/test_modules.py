@@ -242,3 +242,29 @@ def test_a_module_whose_c_does_not_compile_is_named_in_one_error(start_tool, tmp
     assert last.startswith("ipftrace: error: module 'broken': its C code does not compile: ")
     assert "no_such_field_anywhere" in last
     assert not tool.ready_file.exists()
+
+
+HUGE_MODULE = """
+from ipftrace_exporter.modules import Module
+
+class Huge(Module):
+    name = "huge"
+    data_size = 4
+
+    def c_data(self):
+        return ("volatile char big[1024];\\nfor (int i = 0; i < 1024; i += 64) big[i] = data[0];\\n"
+                "data[1] = big[100] + big[900];")
+"""
+
+
+def test_a_module_past_the_bpf_stack_limit_ends_the_tool_with_one_line_saying_so(start_tool, tmp_path: Path) -> None:
+    """LLVM ends the process on this error (exit 1) while BCC's output is captured: the tool still says why."""
+    (tmp_path / "huge.py").write_text(HUGE_MODULE)
+    tool = start_tool("ipftrace", *TRACEPOINT, "--module-dir", str(tmp_path), "-m", "huge", "--timeout", "5",
+                      wait=False)
+    code, _out, err = tool.finish(timeout=120)
+    assert code == 1, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("ipftrace: error: the BPF program: the BPF compiler ended the process: "), err
+    assert "stack limit" in last and "Traceback" not in err
+    assert not tool.ready_file.exists()

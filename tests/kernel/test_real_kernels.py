@@ -28,8 +28,16 @@ from tests.support.otlp_receiver import GrpcOtlpReceiver, attributes
 from .conftest import BIN, Running
 from .netns import NetChain, NetPair, create_chain, create_pair, delete_chain, delete_pair
 from .test_identity import CLIENT_PORT, FRONT_PORT, SERVER_PORT, nat_rules, send_datagrams
-from .test_segments import (GSO_PORT, UDP_GSO_PORT, UDP_GSO_SEGMENTS, UDP_GSO_SENDS, gso_packets, segmented_transfer,
-                            udp_gso_sends, wire_packets)
+from .test_segments import (
+    GSO_PORT,
+    UDP_GSO_PORT,
+    UDP_GSO_SEGMENTS,
+    UDP_GSO_SENDS,
+    gso_packets,
+    segmented_transfer,
+    udp_gso_sends,
+    wire_packets,
+)
 from .test_tunnels import OVERLAY, VXLAN_PORT, drop_underlay, underlay_drops, vxlan_overlay
 
 READY_TIMEOUT = float(os.environ.get("IPFTRACE_TEST_READY_TIMEOUT", "300"))

@@ -13,7 +13,7 @@ STAGES: dict[str, tuple[str, ...]] = {
     "shared": ("errors", "fsutil", "cache", "progress", "protocols", "probes", "names", "manifest", "ringbuf",
                "events"),
     "kernel side": ("kernel", "kernel.btf", "kernel.symbols", "kernel.headers", "kernel.privileges", "kernel.view",
-                    "tracepoints", "pcapfilter", "flows", "program", "collector", "modules", "modules.base",
+                    "tracepoints", "pcapfilter", "flows", "program", "compilerexit", "collector", "modules", "modules.base",
                     "modules.loader", "modules.check", "modules.gso", "modules.mark", "modules.netdev", "modules.tcp",
                     "plan"),
     "assembly": ("paths",),
