@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -66,18 +67,27 @@ def wire_packets(paths: list[dict]) -> int:
                if not path["continued"])
 
 
-@pytest.mark.parametrize("version", [4, 6], ids=["ipv4", "ipv6"])
-def test_a_tcp_packet_cut_into_gso_segments_is_one_path_with_its_segments(start_tool, netpair: NetPair,  # type: ignore[no-untyped-def]
-                                                                         version: int) -> None:
+def traced_sends(start_tool, netpair: NetPair, version: int, protocol: str, port: int,  # type: ignore[no-untyped-def]
+                 send: Callable[[], int]) -> tuple[int, list[dict], str]:
+    """`send()` traced by ipftrace for `protocol` to b's address of `version` and `port`: what send() returned, the
+    paths and the tool's stderr. Asserts that no segment or clone came without its packet."""
     address = netpair.addr_b4 if version == 4 else netpair.addr_b6
-    tool = start_tool("ipftrace", "-b", "tracepoint", "-o", "json", "-l4", "TCP", f"-d{version}", address,
-                      "-dp", str(GSO_PORT))
-    sent = segmented_transfer(netpair, version)
+    tool = start_tool("ipftrace", "-b", "tracepoint", "-o", "json", "-l4", protocol, f"-d{version}", address,
+                      "-dp", str(port))
+    sent = send()
     code, out, err = tool.stop()
     assert code == 130, err
     paths = [json.loads(line) for line in out.splitlines()]
-    alone = [(p["relation"], p["parent"]) for p in paths if p.get("relation")]
-    assert not alone, alone  # no segment (or clone) came without its packet
+    alone = [(p["relation"], p["parent"], [e["function"] for e in p["events"]]) for p in paths if p.get("relation")]
+    assert not alone, alone
+    return sent, paths, err
+
+
+@pytest.mark.parametrize("version", [4, 6], ids=["ipv4", "ipv6"])
+def test_a_tcp_packet_cut_into_gso_segments_is_one_path_with_its_segments(start_tool, netpair: NetPair,  # type: ignore[no-untyped-def]
+                                                                         version: int) -> None:
+    sent, paths, err = traced_sends(start_tool, netpair, version, "TCP", GSO_PORT,
+                                    lambda: segmented_transfer(netpair, version))
     cut = gso_packets(paths)
     assert len(cut) >= 3, [(len(p["children"]), [e["function"] for e in p["events"]]) for p in paths][:10]
     for path in cut:
@@ -208,16 +218,9 @@ def udp_gso_sends(pair: NetPair, version: int = 4) -> int:
 @pytest.mark.parametrize("version", [4, 6], ids=["ipv4", "ipv6"])
 def test_a_udp_gso_packet_is_one_path_with_its_segments(start_tool, netpair: NetPair,  # type: ignore[no-untyped-def]
                                                         version: int) -> None:
-    address = netpair.addr_b4 if version == 4 else netpair.addr_b6
-    tool = start_tool("ipftrace", "-b", "tracepoint", "-o", "json", "-l4", "UDP", f"-d{version}", address,
-                      "-dp", str(UDP_GSO_PORT))
-    received = udp_gso_sends(netpair, version)
-    code, out, err = tool.stop()
-    assert code == 130, err
+    received, paths, err = traced_sends(start_tool, netpair, version, "UDP", UDP_GSO_PORT,
+                                        lambda: udp_gso_sends(netpair, version))
     assert received == UDP_GSO_SENDS * UDP_GSO_SEGMENTS  # the kernel's count: every segment reached the socket
-    paths = [json.loads(line) for line in out.splitlines()]
-    alone = [(p["relation"], p["parent"], [e["function"] for e in p["events"]]) for p in paths if p.get("relation")]
-    assert not alone, alone  # no segment came without its packet
     # one path per send, each with a segment child per datagram the receiver counted
     assert len(paths) == UDP_GSO_SENDS, [(len(p["children"]), [e["function"] for e in p["events"]]) for p in paths]
     assert wire_packets(paths) == received
