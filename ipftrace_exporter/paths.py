@@ -240,7 +240,8 @@ class PathAssembler:
         self.unknown_probe_events = 0
         self._held = 0  # events in open paths
         # by probe id; a release function (inside a free) is a step here: the kernel never starts a packet there
-        self._roles = tuple(ProbeRole.STEP if probe.role is ProbeRole.RELEASE else probe.role for probe in probes)
+        self._roles = tuple(ProbeRole.STEP if probe.role in (ProbeRole.RELEASE, ProbeRole.PREPARE) else probe.role
+                            for probe in probes)
 
     @property
     def inflight(self) -> int:

@@ -41,6 +41,12 @@ RELEASE_FUNCTIONS = frozenset((
     "sock_ofree", "unix_destruct_scm", "netlink_skb_destructor", "tpacket_destruct_skb", "xsk_destruct_skb",
 ))
 
+# Functions that write the L4 header of the skb they are given (udp_send_skb, its IPv6 twin): at their entry the
+# header bytes are the buffer's leftovers, often the last datagram's of the same socket (the same ports and, for
+# sends of one size, the same length), and the skb is not a GSO packet yet (gso_size is set there too). They never
+# start a packet (ProbeRole.PREPARE): it starts at the next probe, headers and GSO fields written.
+HEADER_WRITERS = frozenset(("udp_send_skb", "udp_v6_send_skb"))
+
 
 @dataclass
 class ProbePlan:
@@ -115,10 +121,14 @@ def plan_probes(view: KernelView, backend: str, manifest_path: str | None) -> Pr
 
 
 def function_role(name: str, egress: bool) -> ProbeRole:
-    """A kernel function's role: a manifest's egress function, a function inside a free, or a step."""
+    """A kernel function's role: a manifest's egress function, a function inside a free, one that writes the
+    headers it is given, or a step."""
     if egress:
         return ProbeRole.EGRESS
-    return ProbeRole.RELEASE if name.split(".")[0] in RELEASE_FUNCTIONS else ProbeRole.STEP
+    base = name.split(".")[0]
+    if base in RELEASE_FUNCTIONS:
+        return ProbeRole.RELEASE
+    return ProbeRole.PREPARE if base in HEADER_WRITERS else ProbeRole.STEP
 
 
 def function_backend_unavailable(backend: str, view: KernelView | None = None) -> str | None:

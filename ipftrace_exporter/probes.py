@@ -25,6 +25,7 @@ class ProbeRole(str, Enum):
     DROP = "drop"  # the skb was freed with a drop reason: the path ends, dropped
     EGRESS = "egress"  # a manifest egress function: the packet left the host, the path ends
     RELEASE = "release"  # a function that runs inside a free: a step of a tracked packet, never a packet's start
+    PREPARE = "prepare"  # a function that writes the headers it is given: a step of a tracked packet, never its start
 
 
 @dataclass(frozen=True, slots=True)

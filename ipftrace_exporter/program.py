@@ -25,7 +25,9 @@ from .events import FRAME_SIZE
 from .flows import FlowSpec, filter_function, where_function
 from .probes import Probe, ProbeKind, ProbeRole
 
-ROLE_CODES = {ProbeRole.STEP: 0, ProbeRole.CONSUME: 1, ProbeRole.DROP: 2, ProbeRole.EGRESS: 3, ProbeRole.RELEASE: 4}
+# release and prepare probes are the same to the kernel: a step of a tracked skb, never a packet's start
+ROLE_CODES = {ProbeRole.STEP: 0, ProbeRole.CONSUME: 1, ProbeRole.DROP: 2, ProbeRole.EGRESS: 3, ProbeRole.RELEASE: 4,
+              ProbeRole.PREPARE: 4}
 # The tracepoint where a socket reads a packet (IPFT_TP_SOCKET_READ in the C file; other tracepoints: IPFT_TP_OTHER).
 SOCKET_READ_TRACEPOINT = "skb:skb_copy_datagram_iovec"
 TP_KIND_OTHER, TP_KIND_SOCKET_READ = 1, 2

@@ -32,9 +32,11 @@
 #define IPFT_ROLE_CONSUME 1
 #define IPFT_ROLE_DROP 2
 #define IPFT_ROLE_EGRESS 3
-/* a function that runs inside a free (skb_release_data, kfree_skbmem, a destructor...): a step of a tracked skb; on
- * any other skb it is the free of a packet that just ended or was never ours, never a packet's start */
-#define IPFT_ROLE_RELEASE 4
+/* a function that runs inside a free (skb_release_data, kfree_skbmem, a destructor...), or one that writes the
+ * headers of the skb it is given (udp_send_skb: at its entry they are leftovers): a step of a tracked skb; on any
+ * other skb it is the free of a packet that just ended, a packet whose headers are not there yet, or never ours:
+ * never a packet's start (ProbeRole.RELEASE and PREPARE) */
+#define IPFT_ROLE_NO_START 4
 
 /* What kind of tracepoint a probe is (0 for kernel functions): a packet read by a socket (skb_copy_datagram_iovec)
  * is at its end; the same skb at any other tracepoint but a free or another read is a new packet in it (the read
@@ -716,7 +718,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     if (ipft_skb_read(skb, &fields) < 0)
         return 0;
     unsigned char *head = fields.head;
-    if (role == IPFT_ROLE_RELEASE && !ipft_maybe_tracked((u64)head))
+    if (role == IPFT_ROLE_NO_START && !ipft_maybe_tracked((u64)head))
         return 0; /* a free's own function on an skb surely not tracked: not parsed */
     unsigned char *l3 = 0;
     int parsed = ipft_parse(&fields, &t, from_data, &l3);
@@ -796,7 +798,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
             role = IPFT_ROLE_STEP; /* a virtual device: the packet goes on */
     }
     if (track) {
-        if (role == IPFT_ROLE_RELEASE)
+        if (role == IPFT_ROLE_NO_START)
             role = IPFT_ROLE_STEP;
         if (tp_kind == IPFT_TP_SOCKET_READ)
             track->read = 1;
@@ -810,7 +812,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
             ipft_datagrams.update(&datagram_key, &whole);
         }
     } else {
-        if (flow < 0 || role == IPFT_ROLE_RELEASE)
+        if (flow < 0 || role == IPFT_ROLE_NO_START)
             return 0;
         u32 armed_index = 0;
         u32 *armed = ipft_armed.lookup(&armed_index);

@@ -17,6 +17,7 @@ from ipftrace_exporter.plan import (
     attach_summary,
     auto_passes_over_kfunc,
     choose_backend,
+    function_role,
     plan_probes,
 )
 from ipftrace_exporter.probes import Probe, ProbeKind, ProbeRole
@@ -192,6 +193,13 @@ def test_functions_inside_a_free_are_release_probes_and_egress_functions_stay_eg
     assert roles == {"ip_rcv": ProbeRole.STEP, "skb_release_data": ProbeRole.RELEASE,
                      "kfree_skbmem": ProbeRole.RELEASE, "sock_wfree.isra.0": ProbeRole.RELEASE,
                      "dev_hard_start_xmit": ProbeRole.EGRESS}
+
+
+def test_functions_that_write_the_udp_header_are_prepare_probes() -> None:
+    """At udp_send_skb's entry the UDP header is the buffer's leftovers and gso_size is not set: no packet starts."""
+    assert [function_role(name, egress=False) for name in ("udp_send_skb", "udp_v6_send_skb", "udp_rcv")] == [
+        ProbeRole.PREPARE, ProbeRole.PREPARE, ProbeRole.STEP]
+    assert function_role("udp_send_skb", egress=True) is ProbeRole.EGRESS
 
 
 def test_a_tracepoint_plan_holds_the_skb_tracepoints_the_kernel_has() -> None:
