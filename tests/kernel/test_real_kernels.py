@@ -419,7 +419,10 @@ def _udp_gso_segments_are_children_of_their_packet(run: Traffic) -> None:
         relations = [child["relation"] for child in path["children"]]
         # (the first packet to a neighbour not resolved yet also holds the neighbour probe's copy of it: a clone)
         assert relations.count("segment") == UDP_GSO_SEGMENTS and set(relations) <= {"segment", "clone"}, names(path)
-        assert all(child["outcome"] != "dropped" for child in path["children"]), names(path)
+        # every segment reached b's socket (the kernel may free one after the read with kfree_skb: the notes on the
+        # issue "Packet identity")
+        assert all(child["outcome"] != "dropped" or "skb:skb_copy_datagram_iovec" in names(child)
+                   for child in path["children"] if child["relation"] == "segment"), names(path)
 
 
 def test_a_udp_gso_packet_is_one_path_with_its_segments(manifest_run: Traffic) -> None:

@@ -229,9 +229,13 @@ def test_a_udp_gso_packet_is_one_path_with_its_segments(start_tool, netpair: Net
         names = [event["function"] for event in path["events"]]
         assert names[0] == "net:net_dev_queue" and names[-1] == "skb:consume_skb", names  # cut, then freed
         # read by recvmsg, a datagram is freed where no tracepoint sees it: delivered once its skb is reused (freed
-        # unseen), timeout otherwise (README), never dropped
-        outcomes = [child["outcome"] for child in path["children"] if child["relation"] == "segment"]
-        assert set(outcomes) <= {"delivered", "timeout"} and path["outcome"] in outcomes, (path["outcome"], outcomes)
+        # unseen), timeout otherwise (README); never dropped before b's socket read it (after the read, the kernel
+        # freed one with kfree_skb in a kernel-matrix run on this host: the notes on the issue "Packet identity")
+        segments = [child for child in path["children"] if child["relation"] == "segment"]
+        outcomes = [child["outcome"] for child in segments]
+        assert all(child["outcome"] in ("delivered", "timeout") or "skb:skb_copy_datagram_iovec" in
+                   [event["function"] for event in child["events"]] for child in segments), outcomes
+        assert path["outcome"] in outcomes, (path["outcome"], outcomes)
         relations = [child["relation"] for child in path["children"]]
         # the first send to b (IPv6: its neighbour not resolved yet) may also hold the copy the kernel made of it
         # for the neighbour probe (a clone freed before the packet was seen, adopted by it)
