@@ -385,6 +385,8 @@ class Collector:
         self._bpf = None  # type: ignore[var-annotated]
         self._reader: RingReader | None = None  # direct reader of the ring buffer's mapping (x86)
         self._records: list[bytes] = []  # frames from libbpf's callback (elsewhere)
+        # the last poll stopped at its batch limit (MAX_RECORDS_PER_POLL): older records may be waiting
+        self.backlog = False
         self._lock = threading.Lock()
         self.closed = False
 
@@ -736,11 +738,14 @@ class Collector:
         with self._lock:
             reader = self._reader
             if reader is not None:
-                return reader.read(MAX_RECORDS_PER_POLL) if reader.wait(timeout_ms) else b""
+                frames = reader.read(MAX_RECORDS_PER_POLL) if reader.wait(timeout_ms) else b""
+                self.backlog = len(frames) >= MAX_RECORDS_PER_POLL * reader.stride
+                return frames
             self._bpf.ring_buffer_poll(timeout_ms)
             if not self._records:  # the kernel wakes readers only past a fill threshold: look anyway
                 self._bpf.ring_buffer_consume()
             records, self._records = self._records, []
+            self.backlog = len(records) >= MAX_RECORDS_PER_POLL
         return b"".join(records)
 
     def drain(self) -> bytes:

@@ -257,6 +257,21 @@ class PathAssembler:
         """Take one event; returns the paths this event forced out (evicted or truncated)."""
         return self.add_many((event,))
 
+    def take(self, events: Iterable[Event], behind: bool = False) -> list[SkbPath]:
+        """A poll's batch of events, then the paths complete by now (`expire`). `behind`: the batch stopped at the
+        reader's limit, so older events may still wait unread; paths then go idle, and ended ones settle, by the
+        newest event read rather than by the clock (otherwise a path whose next events wait unread would time out,
+        its packet split in two)."""
+        if not behind:
+            done = self.add_many(events)
+            done.extend(self.expire())
+            return done
+        batch = list(events)
+        done = self.add_many(batch)
+        if batch:
+            done.extend(self.expire(min(self.clock(), batch[-1].timestamp_ns)))
+        return done
+
     def add_many(self, events: Iterable[Event]) -> list[SkbPath]:
         """Take a batch of events; returns the paths they forced out.
 

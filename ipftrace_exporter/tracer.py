@@ -237,11 +237,7 @@ class Tracer:
         if assembler is None or self._collector is None:
             return []
         frames = self._collector.poll(timeout_ms)
-        done: list[SkbPath] = []
-        if frames:
-            done.extend(assembler.add_many(decode_frames(frames)))
-        done.extend(assembler.expire())
-        return done
+        return assembler.take(decode_frames(frames), behind=self._collector.backlog)
 
     def flush(self) -> list[SkbPath]:
         """Drain the ring buffer, then return every path still held (on shutdown, before close())."""

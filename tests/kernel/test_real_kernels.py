@@ -413,7 +413,14 @@ def _udp_gso_segments_are_children_of_their_packet(run: Traffic) -> None:
     alone = [(p["relation"], names(p)) for p in paths if p.get("relation")]
     assert not alone, alone
     assert run.udp_segments_received == UDP_GSO_SENDS * UDP_GSO_SEGMENTS
-    assert len(paths) == UDP_GSO_SENDS, [(names(p)[:6], len(p["children"])) for p in paths][:10]
+    # a segment that waited in b's socket queue past the idle timeout (b's reader stalled) timed out, and its read
+    # continues it (README): no packet of its own
+    continuations = [p for p in paths if p["continued"]]
+    paths = [p for p in paths if not p["continued"]]
+    assert len(paths) == UDP_GSO_SENDS, [(names(p)[:6], p["outcome"], len(p["children"])) for p in paths
+                                         if len(p["children"]) != UDP_GSO_SEGMENTS]
+    timed_out = [child for p in paths for child in p["children"] if child["outcome"] == "timeout"]
+    assert len(continuations) <= len(timed_out), [names(p) for p in continuations]
     assert wire_packets(paths) == run.udp_segments_received
     for path in paths:
         relations = [child["relation"] for child in path["children"]]

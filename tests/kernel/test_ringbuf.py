@@ -3,6 +3,8 @@ order, also when the ring wraps around hundreds of times and the kernel wakes th
 
 from __future__ import annotations
 
+import ipaddress
+import subprocess
 import time
 
 import pytest
@@ -76,3 +78,65 @@ def test_a_quiet_ring_is_read_within_the_poll_interval_without_a_wakeup(
     paths, totals = trace_pings(netpair, cache_dir, pages=1024, count=1)
     assert totals["events"] > 0
     assert sum(len(skb.events) for path in paths for skb in path.skb_paths) == totals["events"]
+
+
+WAITING_PORT = 7201  # b's socket there reads its datagrams only seconds after they arrived
+UDP_SEGMENT = 103  # linux/udp.h
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_a_reader_that_fell_behind_splits_no_packet(
+        netpair: NetPair, cache_dir: str, monkeypatch: pytest.MonkeyPatch, reader: str) -> None:
+    """The collector does not poll for longer than the idle timeout (a stalled process) while a UDP GSO packet's
+    two segments wait in b's socket queue, then reads the ring in small batches: by the clock the segments are idle
+    after the first batch, but their reads and frees are among the records still waiting. The packet must come out
+    as one path with its two segments, each with its read (one a tracepoint sees: segments are not linear), and no continuation."""
+    use_reader(reader, monkeypatch)
+    monkeypatch.setattr(collector_module, "MAX_RECORDS_PER_POLL", 16)
+    flow = FlowSpec(name="udp", l4proto=17, daddr=ipaddress.ip_network(netpair.addr_b4))
+    tracer = Tracer(TraceRequest(flows=(flow,), backend="tracepoint"), cache_dir=cache_dir)
+    netpair.exec_in(netpair.ns_a, ["ethtool", "-K", netpair.veth_a, "tx-udp-segmentation", "off"], check=False)
+    receiver = netpair.popen_in(netpair.ns_b, ["python3", "-c", (
+        f"import socket, sys\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        f"s.bind(('{netpair.addr_b4}', {WAITING_PORT}))\nprint('bound', flush=True)\nsys.stdin.readline()\n"
+        "s.settimeout(10)\nprint(len(s.recv(2000)) + len(s.recv(2000)), flush=True)\n")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    paths = []
+    behind = 0
+    try:
+        assert receiver.stdout is not None and receiver.stdin is not None
+        assert "bound" in receiver.stdout.readline()
+        tracer.start()
+        tracer.poll(0)
+        netpair.python_in(netpair.ns_a, (
+            "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            f"s.setsockopt(socket.IPPROTO_UDP, {UDP_SEGMENT}, 1000)\n"
+            f"s.sendto(bytes(2000), ('{netpair.addr_b4}', {WAITING_PORT}))\ns.setsockopt(socket.IPPROTO_UDP, "
+            f"{UDP_SEGMENT}, 0)\nfor _ in range(20): s.sendto(b'x', ('{netpair.addr_b4}', {WAITING_PORT + 1}))\n"))
+        time.sleep(tracer.request.limits.idle_timeout_ns / 1e9 + 1)  # no poll meanwhile: the collector fell behind
+        receiver.stdin.write("read\n")
+        receiver.stdin.flush()
+        assert receiver.stdout.readline().strip() == "2000"
+        receiver.wait(timeout=10)
+        for _ in range(100):  # (the ring holds some 150 records: 10 batches)
+            paths.extend(tracer.poll(0))
+            behind += tracer.collector.backlog
+        paths.extend(tracer.flush())
+    finally:
+        if receiver.poll() is None:
+            receiver.kill()
+            receiver.wait()
+        tracer.close()
+        netpair.exec_in(netpair.ns_a, ["ethtool", "-K", netpair.veth_a, "tx-udp-segmentation", "on"], check=False)
+    assert behind, "the reader never fell behind: the test proves nothing"
+    waited = [path for path in paths if path.describe().dport == WAITING_PORT]
+    functions = [(path.continued, [tracer.names.probe(event.probe_id) for event in skb.events])
+                 for path in waited for skb in path.skb_paths]
+    assert len(waited) == 1 and not waited[0].continued, functions
+    segments = [child for child in waited[0].children if child.relation == "segment"]
+    assert len(segments) == 2, functions
+    for segment in segments:
+        names = [tracer.names.probe(event.probe_id) for event in segment.events]
+        # (read, a segment is freed where no tracepoint sees it: delivered once its skb is reused, else timeout)
+        assert "skb:skb_copy_datagram_iovec" in names and segment.outcome != "dropped", functions
+    assert not [path for path in paths if path.continued], functions

@@ -189,6 +189,37 @@ def test_a_path_that_went_idle_continues_with_its_headers() -> None:
     assert not first.continued
 
 
+def test_a_reader_that_fell_behind_times_out_no_path_whose_next_events_wait_unread() -> None:
+    """The collector stalled (CPU starved) and its poll stopped at the batch limit: by the clock the packet read so
+    far is idle, but its free is among the records still waiting. It is one path, delivered."""
+    clock = Clock()
+    paths = assembler(clock)
+    clock.now = 5000  # the batch read now holds events up to 100; the rest (from 2100 on) wait in the ring
+    assert paths.take([event(10, RECEIVE, first=True), event(100, IP_RCV, skb=SKB_B, first=True)], behind=True) == []
+    clock.now = 5001
+    done = paths.take([event(2100, CONSUME), event(2200, CONSUME, skb=SKB_B)], behind=False)
+    clock.now = 6000
+    done += paths.take([])
+    assert sorted((path.skb, path.outcome, path.continued) for path in done) == [
+        (SKB_A, "delivered", False), (SKB_B, "delivered", False)]
+
+
+def test_a_batch_that_emptied_the_ring_expires_by_the_clock() -> None:
+    clock = Clock()
+    paths = assembler(clock)
+    clock.now = 5000
+    (path,) = paths.take([event(10, RECEIVE, first=True)], behind=False)
+    assert path.outcome == "timeout"
+
+
+def test_a_reader_behind_still_times_out_what_is_idle_by_the_newest_event_read() -> None:
+    clock = Clock()
+    paths = assembler(clock)
+    clock.now = 9000
+    (path,) = paths.take([event(10, RECEIVE, first=True), event(3000, RECEIVE, skb=SKB_B, first=True)], behind=True)
+    assert (path.skb, path.outcome) == (SKB_A, "timeout")
+
+
 # ---- clones: an skb sharing a traced packet's data buffer is a child path of that packet ----
 
 def clone_event(ts: int, probe: int, parent: int = SKB_A, skb: int = SKB_B):  # type: ignore[no-untyped-def]
