@@ -41,8 +41,8 @@
 /* What kind of tracepoint a probe is (0 for kernel functions): a packet read by a socket (skb_copy_datagram_iovec)
  * is at its end; the same skb at any other tracepoint but a free or another read is a new packet in it (the read
  * one was freed where no tracepoint sees it: __consume_stateless_skb, a deferred free...), however alike the two
- * look (IPv6 UDP segments of one size whose payload sits outside the linear buffer have no fingerprint of their
- * own). Function probes run inside recvmsg after the read, so the rule holds for tracepoints only. */
+ * look (IPv6 UDP segments of one size, whose payload sits outside the linear buffer, all fingerprint alike: no
+ * identification, and the payload word is read from the stale tail of the buffer). Function probes run inside recvmsg after the read, so the rule holds for tracepoints only. */
 #define IPFT_TP_NONE 0
 #define IPFT_TP_OTHER 1
 #define IPFT_TP_SOCKET_READ 2
@@ -469,12 +469,6 @@ static __always_inline void ipft_datagram_key_of(const struct ipft_tuple *t, u32
     key->ipversion = t->ipversion;
 }
 
-/* A noted GSO packet's first sequence number or identification (ipft_segmented.seq), 0 without one. */
-static __always_inline u32 ipft_segmented_seq(const struct ipft_segmented *segmented)
-{
-    return segmented ? segmented->seq : 0;
-}
-
 /* skb_shinfo(skb)->gso_size and gso_segs (0 on a read error). skb->end is an offset from head on 64-bit
  * kernels (NET_SKBUFF_DATA_USES_OFFSET), a pointer elsewhere. */
 _Static_assert(__builtin_offsetof(struct skb_shared_info, gso_segs)
@@ -839,12 +833,15 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
             ipft_gso(skb, head, &gso_size, &gso_segs);
             if (!gso_size) {
                 segmented = ipft_segmented.lookup(&flow_key);
-                /* TCP: the sequence number's offset in the range; UDP: the identification's among the segments' */
-                u32 offset = t.seq_read ? t.tcp_seq - ipft_segmented_seq(segmented) : (u16)(t.ip_id - ipft_segmented_seq(segmented));
-                if (segmented && !(segmented->segs_left && segmented->skb != key && offset < segmented->span
-                                   && now - segmented->ts < IPFT_CLONE_WINDOW_NS
-                                   && (t.seq_read || (t.udp_len > 8 && t.udp_len - 8 <= segmented->gso_size))))
-                    segmented = 0;
+                if (segmented) {
+                    /* TCP: the sequence number's offset in the range; UDP: the identification's among the
+                     * segments' */
+                    u32 offset = t.seq_read ? t.tcp_seq - segmented->seq : (u16)(t.ip_id - segmented->seq);
+                    if (!(segmented->segs_left && segmented->skb != key && offset < segmented->span
+                          && now - segmented->ts < IPFT_CLONE_WINDOW_NS
+                          && (t.seq_read || (t.udp_len > 8 && t.udp_len - 8 <= segmented->gso_size))))
+                        segmented = 0;
+                }
                 if (segmented)
                     flow = segmented->flow_id;
             }
