@@ -269,16 +269,16 @@ static __always_inline void ipft_untraced(u32 flow_id, u32 reason)
         *value += 1;
 }
 
-/* The sk_buff fields every probe reads (protocol, network_header, head, data) sit together in every kernel
+/* The sk_buff fields every probe reads (protocol, network_header, tail, head, data) sit together in every kernel
  * since 4.x: they are read with one bpf_probe_read_kernel() of the span that covers them (offsets from the
  * running kernel's BTF, so the span is a compile-time constant), instead of one call per field. */
 #define IPFT_OFF(field) __builtin_offsetof(struct sk_buff, field)
 #define IPFT_END(field) (IPFT_OFF(field) + sizeof(((struct sk_buff *)0)->field))
 #define IPFT_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define IPFT_MAX(a, b) ((a) > (b) ? (a) : (b))
-#define IPFT_HOT_START IPFT_MIN(IPFT_MIN(IPFT_OFF(protocol), IPFT_OFF(network_header)), \
+#define IPFT_HOT_START IPFT_MIN(IPFT_MIN(IPFT_MIN(IPFT_OFF(protocol), IPFT_OFF(network_header)), IPFT_OFF(tail)), \
                                 IPFT_MIN(IPFT_OFF(head), IPFT_OFF(data)))
-#define IPFT_HOT_END IPFT_MAX(IPFT_MAX(IPFT_END(protocol), IPFT_END(network_header)), \
+#define IPFT_HOT_END IPFT_MAX(IPFT_MAX(IPFT_MAX(IPFT_END(protocol), IPFT_END(network_header)), IPFT_END(tail)), \
                               IPFT_MAX(IPFT_END(head), IPFT_END(data)))
 #define IPFT_HOT_SIZE 64
 #define IPFT_HOT_GET(dst, hot, field) \
@@ -287,27 +287,40 @@ static __always_inline void ipft_untraced(u32 flow_id, u32 reason)
 struct ipft_skb {
     unsigned char *head;
     unsigned char *data;
+    unsigned char *linear_end; /* the end of the linear data (skb->tail): bytes past it are not the packet's */
     u16 network_header;
     u16 protocol; /* host order */
 };
 
+/* skb->tail and skb->end are offsets from head on 64-bit kernels (NET_SKBUFF_DATA_USES_OFFSET), pointers
+ * elsewhere. */
+static __always_inline unsigned char *ipft_skb_pointer(unsigned char *head, sk_buff_data_t value)
+{
+    return __builtin_types_compatible_p(sk_buff_data_t, unsigned char *) ? (unsigned char *)(unsigned long)value
+                                                                         : head + (unsigned long)value;
+}
+
 static __always_inline int ipft_skb_read(struct sk_buff *skb, struct ipft_skb *out)
 {
+    sk_buff_data_t tail = 0;
     if (IPFT_HOT_END - IPFT_HOT_START <= IPFT_HOT_SIZE) {
         u8 hot[IPFT_HOT_SIZE];
         if (bpf_probe_read_kernel(hot, IPFT_HOT_END - IPFT_HOT_START, (char *)skb + IPFT_HOT_START) < 0)
             return -1;
+        IPFT_HOT_GET(tail, hot, tail);
         IPFT_HOT_GET(out->head, hot, head);
         IPFT_HOT_GET(out->data, hot, data);
         IPFT_HOT_GET(out->network_header, hot, network_header);
         IPFT_HOT_GET(out->protocol, hot, protocol);
     } else { /* a kernel with these fields far apart: one read each */
+        IPFT_SKB_FIELD(tail, skb, tail);
         IPFT_SKB_FIELD(out->head, skb, head);
         IPFT_SKB_FIELD(out->data, skb, data);
         IPFT_SKB_FIELD(out->network_header, skb, network_header);
         IPFT_SKB_FIELD(out->protocol, skb, protocol);
     }
     out->protocol = bpf_ntohs(out->protocol);
+    out->linear_end = ipft_skb_pointer(out->head, tail);
     return 0;
 }
 
@@ -333,15 +346,21 @@ static __always_inline u32 ipft_l4_word(u8 l4proto, const u8 *l4)
 
 /* IPv6 has no IP id: UDP datagrams of one flow with the same length differ in their payload. Its first 32 bytes
  * after the UDP header, folded (protocol headers often start with bytes that stay the same across a flow: a QUIC
- * connection id, a fixed magic). Read only for packets that match a flow or are tracked, not for other traffic. */
-static __always_inline u32 ipft_payload_word(u8 l4proto, u16 udp_len, unsigned char *payload_start)
+ * connection id, a fixed magic). Read only for packets that match a flow or are tracked, not for other traffic.
+ * 0 when those bytes are not all in the linear data (a received packet whose payload sits in page fragments, a
+ * GSO packet or segment): what lies past skb->tail is no part of the packet (often skb_shared_info, which changes
+ * along the path: a clone, GRO, segmentation), so reading it would make one packet look like two. */
+static __always_inline u32 ipft_payload_word(u8 l4proto, u16 udp_len, unsigned char *payload_start,
+                                             unsigned char *linear_end)
 {
     u32 words[8] = {};
     if ((l4proto != 17 && l4proto != 136) || udp_len <= 8)
         return 0;
+    u32 payload = udp_len - 8, hash = 2166136261u;
+    if (payload_start + (payload < sizeof(words) ? payload : sizeof(words)) > linear_end)
+        return 0;
     if (bpf_probe_read_kernel(words, sizeof(words), payload_start) < 0)
         return 0;
-    u32 payload = udp_len - 8, hash = 2166136261u;
 #pragma unroll
     for (int i = 0; i < 8; i++) { /* only the datagram's bytes: what lies past its end may change on the way */
         u32 word = words[i];
@@ -469,8 +488,7 @@ static __always_inline void ipft_datagram_key_of(const struct ipft_tuple *t, u32
     key->ipversion = t->ipversion;
 }
 
-/* skb_shinfo(skb)->gso_size and gso_segs (0 on a read error). skb->end is an offset from head on 64-bit
- * kernels (NET_SKBUFF_DATA_USES_OFFSET), a pointer elsewhere. */
+/* skb_shinfo(skb)->gso_size and gso_segs (0 on a read error). */
 _Static_assert(__builtin_offsetof(struct skb_shared_info, gso_segs)
                == __builtin_offsetof(struct skb_shared_info, gso_size) + 2, "gso_size and gso_segs are read at once");
 static __always_inline void ipft_gso(struct sk_buff *skb, unsigned char *head, u16 *size, u16 *segs)
@@ -478,8 +496,7 @@ static __always_inline void ipft_gso(struct sk_buff *skb, unsigned char *head, u
     sk_buff_data_t end = 0;
     u16 gso[2] = {};
     IPFT_SKB_FIELD(end, skb, end);
-    unsigned char *shinfo = __builtin_types_compatible_p(sk_buff_data_t, unsigned char *)
-                                ? (unsigned char *)(unsigned long)end : head + (unsigned long)end;
+    unsigned char *shinfo = ipft_skb_pointer(head, end);
     if (end && IPFT_MOD_MEMBER(gso, shinfo, struct skb_shared_info, gso_size) == 0) {
         *size = gso[0];
         *segs = gso[1];
@@ -681,7 +698,7 @@ static __always_inline int ipft_encapsulated(struct sk_buff *skb, const struct i
         return 0;
     u8 next = raw[6];
     u16 udp_len = ((u16)raw[44] << 8) | raw[45];
-    u32 fp = ipft_l4_word(next, raw + 40) ^ ipft_payload_word(next, udp_len, s->head + inner + 48);
+    u32 fp = ipft_l4_word(next, raw + 40) ^ ipft_payload_word(next, udp_len, s->head + inner + 48, s->linear_end);
     return fp == track->fp;
 }
 
@@ -748,7 +765,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
         return 0;
     struct ipft_track *track = tracked.lookup(&key);
     if (parsed && t.l4_read && (track || flow >= 0))
-        t.fp ^= ipft_payload_word(t.l4proto, t.udp_len, l3 + t.l4_offset + 8);
+        t.fp ^= ipft_payload_word(t.l4proto, t.udp_len, l3 + t.l4_offset + 8, fields.linear_end);
     u32 rewrite = 0, encap = 0;
     /* A tracked address whose headers changed is the same packet rewritten (NAT) when its data buffer and
      * fingerprint are the same (fingerprint words are ones NAT does not touch); otherwise, or with headers that no
