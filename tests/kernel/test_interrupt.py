@@ -20,6 +20,17 @@ def _orphan_ipft_programs(before: set[int]) -> list[dict]:
             if prog["id"] not in before and str(prog.get("name", "")).startswith("ipft_") and not prog.get("pids")]
 
 
+def _catches_sigint(pid: int) -> bool:
+    """The process has a SIGINT handler (the interpreter installs Python's early in its start; before that, the
+    kernel's default action ends the process by the signal, which is no part of the tool)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = next((line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), "0")
+    return bool(int(caught, 16) & (1 << (signal.SIGINT - 1)))
+
+
 def _program_ids() -> set[int]:
     listed = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
     return {prog["id"] for prog in json.loads(listed or "[]")}
@@ -32,6 +43,9 @@ def test_sigint_during_start_exits_130_at_once_with_nothing_left(delay: float, c
     ready = tmp_path / "ready"
     tool = Running([str(Path(__file__).resolve().parents[2] / ".venv/bin/ipftrace"), "-b", "tracepoint",
                     "--timeout", "60", "--ready-file", str(ready)], cache_dir, ready)
+    deadline = time.monotonic() + 10
+    while not _catches_sigint(tool.proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.005)
     time.sleep(delay)
     assert not ready.exists(), "probes attached before the interrupt: the test did not hit the start"
     tool.proc.send_signal(signal.SIGINT)
@@ -43,7 +57,9 @@ def test_sigint_during_start_exits_130_at_once_with_nothing_left(delay: float, c
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert out == ""
     assert not ready.exists()
-    time.sleep(0.2)
+    deadline = time.monotonic() + 10  # the kernel frees a closed program's memory asynchronously
+    while _orphan_ipft_programs(before) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert _orphan_ipft_programs(before) == []
 
 

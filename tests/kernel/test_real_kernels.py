@@ -252,9 +252,12 @@ def names(path: dict) -> list[str]:
     return [event["function"] for event in path["events"]]
 
 
-def paths_of(run: Traffic, protocol: str, src: str, dst: str, dport: int | None = None) -> list[dict]:
+def paths_of(run: Traffic, protocol: str, src: str, dst: str, dport: int | None = None,
+             continued: bool = False) -> list[dict]:
+    """The paths of packets with these headers; with `continued`, the continuations instead (the rest of a path
+    that timed out: its packet waited, in a socket queue, longer than the idle timeout), which are no packets."""
     return [p for p in run.paths if p["protocol"] == protocol and p["saddr"] == src and p["daddr"] == dst
-            and (dport is None or p["dport"] == dport)]
+            and (dport is None or p["dport"] == dport) and p["continued"] == continued]
 
 
 def in_order(seen: list[str], wanted: list[str]) -> bool:
@@ -415,8 +418,7 @@ def _udp_gso_segments_are_children_of_their_packet(run: Traffic) -> None:
     assert run.udp_segments_received == UDP_GSO_SENDS * UDP_GSO_SEGMENTS
     # a segment that waited in b's socket queue past the idle timeout (b's reader stalled) timed out, and its read
     # continues it (README): no packet of its own
-    continuations = [p for p in paths if p["continued"]]
-    paths = [p for p in paths if not p["continued"]]
+    continuations = paths_of(run, "UDP", pair.addr_a4, pair.addr_b4, UDP_GSO_PORT, continued=True)
     assert len(paths) == UDP_GSO_SENDS, [(names(p)[:6], p["outcome"], len(p["children"])) for p in paths
                                          if len(p["children"]) != UDP_GSO_SEGMENTS]
     timed_out = [child for p in paths for child in p["children"] if child["outcome"] == "timeout"]
