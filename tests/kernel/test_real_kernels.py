@@ -184,7 +184,8 @@ def _run_cli(backend: str, tmp_path: Path, cache_dir: str, manifest: str | None)
     pair = create_pair(PAIR_INDEX[backend])
     chain = create_chain(CHAIN_INDEX[backend]) if backend in CHAIN_INDEX else None
     ready = tmp_path / "ready"
-    argv = [str(BIN / "ipftrace"), "-b", backend, "-o", "json", "-t", "240", "--ready-file", str(ready)]
+    # (no --timeout: under TCG the traffic may take minutes; the tool traces until the traffic is done)
+    argv = [str(BIN / "ipftrace"), "-b", backend, "-o", "json", "--ready-file", str(ready)]
     if manifest:
         argv.append(manifest)
     started = time.monotonic()
@@ -202,7 +203,7 @@ def _run_cli(backend: str, tmp_path: Path, cache_dir: str, manifest: str | None)
         run_name = f"{backend}-{'manifest' if manifest else 'discovery'}"
         keep(f"{run_name}.out", out)
         keep(f"{run_name}.err", err)
-        assert code in (0, 130), err
+        assert code == 130, err
         paths = [path for path in (json.loads(line) for line in out.splitlines() if line.startswith("{"))
                  if path["events"][0]["timestamp_ns"] >= counted_from]
         yield Traffic(pair, paths, err, ready_s, chain, tunnel_from, segments_sent, udp_segments_received)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def segmented_transfer(pair: NetPair, version: int = 4, size: int = TRANSFER) ->
             f"for _ in range({size // 65536}): c.sendall(b'x' * 65536)\n"
             f"c.shutdown(socket.SHUT_WR)\nassert c.recv(16) == b'{size}'\nc.close()\n"), timeout=120)
         server.wait(timeout=30)
-        return _segments_sent(pair) - before
+        return _segments_sent(pair, settled=True) - before
     finally:
         if server.poll() is None:
             server.kill()
@@ -50,9 +51,17 @@ def segmented_transfer(pair: NetPair, version: int = 4, size: int = TRANSFER) ->
         pair.exec_in(pair.ns_a, ["ethtool", "-K", pair.veth_a, "tso", "on"])
 
 
-def _segments_sent(pair: NetPair) -> int:
+def _segments_sent(pair: NetPair, settled: bool = False) -> int:
+    """a's TCP segments sent so far; `settled`: once the count held for 0.2 s (a's ACK of b's FIN may still be on
+    its way, when softirq work waits for ksoftirqd)."""
     counters = nstat(pair.exec_in, pair.ns_a)
-    return counters.get("TcpOutSegs", 0) + counters.get("TcpRetransSegs", 0)
+    sent = counters.get("TcpOutSegs", 0) + counters.get("TcpRetransSegs", 0)
+    for _ in range(10 if settled else 0):
+        time.sleep(0.2)
+        previous, sent = sent, _segments_sent(pair)
+        if sent == previous:
+            break
+    return sent
 
 
 def gso_packets(paths: list[dict]) -> list[dict]:
