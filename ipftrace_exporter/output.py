@@ -72,8 +72,11 @@ def _child_words(child: SkbPath) -> str:
         return "a fragment of the packet's datagram"
     if child.relation == RELATION_SEGMENT:
         return "a GSO segment of the packet"
-    early = "; ended before the packet was first seen: a neighbour probe's copy" if child.before_packet else ""
-    return f"shares the packet's data buffer{early}"
+    if child.before_packet:
+        return "shares the packet's data buffer; ended before the packet was first seen: a neighbour probe's copy"
+    if child.neighbour_probe:
+        return "shares the packet's data buffer; a neighbour probe's copy, freed once the ARP/ND probe was sent"
+    return "shares the packet's data buffer"
 
 
 def _packet_line(path: SkbPath) -> str:
@@ -205,7 +208,8 @@ class PathFormatter:
             "drop": _drop_json(path),
             "events": self._events_json(path),
             "children": [{"relation": child.relation, "skb": hex(child.skb), "outcome": child.outcome,
-                          "before_packet": child.before_packet, "drop": _drop_json(child),
+                          "before_packet": child.before_packet, "neighbour_probe": child.neighbour_probe,
+                          "drop": _drop_json(child),
                           "events": self._events_json(child)} for child in path.children],
         }
         if path.relation:

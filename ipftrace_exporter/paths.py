@@ -55,6 +55,12 @@ RELATION_FRAGMENT = "fragment"  # an IP fragment of the packet's datagram (its o
 RELATION_SEGMENT = "segment"  # a GSO segment of a TCP packet (skb_segment: its own skb and buffer)
 # How long a clone that ended before its packet was seen waits for it: the kernel's IPFT_CLONE_WINDOW_NS.
 ORPHAN_WAIT_NS = 1_000_000_000
+# A neighbour probe's copy on the function backends (the packet seen first): the packet, waiting for ARP/ND, last
+# passed one of NEIGHBOUR_WAIT before the copy; the copy passes only a NEIGHBOUR_SOLICIT function and its free
+# (neigh_probe: skb_clone of the queued packet, ops->solicit, consume_skb).
+NEIGHBOUR_WAIT = frozenset({"neigh_resolve_output", "__neigh_event_send"})
+NEIGHBOUR_SOLICIT = frozenset({"arp_solicit", "ndisc_solicit"})
+NEIGHBOUR_WAIT_LOOKBACK = 3  # the packet's last events before the copy that may name the wait (skb_clone sits between)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +118,7 @@ class SkbPath:
     released: bool = False
     freed_unseen: bool = False  # ended when the kernel reused its address: freed where no probe sees it, not dropped
     before_packet: bool = False  # a clone that ended before its packet was first seen (a neighbour probe's copy)
+    neighbour_probe: bool = False  # a neighbour probe's copy of the packet (before_packet, or seen after it)
 
     @property
     def starts_packet(self) -> bool:
@@ -132,9 +139,9 @@ class SkbPath:
         delivered (its reassembled skb, a clone, was not) and did not leave is dropped when any of its fragments was:
         it can no longer be reassembled. (Once reassembled, old kernels free the fragments with kfree_skb.) A TCP
         packet cut into GSO segments ends as its segments (its own skb is freed once cut): dropped when any of them
-        was, its data did not all go through. A neighbour probe's copy (before_packet) is no part of how the packet
-        ended: the kernel consumes it once the probe is sent, whatever becomes of the packet."""
-        children = [(child.relation, child.packet_outcome) for child in self.children if not child.before_packet]
+        was, its data did not all go through. A neighbour probe's copy (neighbour_probe) is no part of how the
+        packet ended: the kernel consumes it once the probe is sent, whatever becomes of the packet."""
+        children = [(child.relation, child.packet_outcome) for child in self.children if not child.neighbour_probe]
         if not children:
             return self.outcome
         if any(relation == RELATION_SEGMENT for relation, _ in children):
@@ -390,11 +397,11 @@ class PathAssembler:
         del self._orphans[clone_skb]
         clone = waiting[0]
         clone.parent_skb, clone.parent_path, clone.before_packet = packet.skb, packet, True
+        clone.neighbour_probe = True
         packet.children.append(clone)  # it ended already: it joins its packet at once
         clone.released = True
 
-    @staticmethod
-    def _release(done: list[SkbPath]) -> list[SkbPath]:
+    def _release(self, done: list[SkbPath]) -> list[SkbPath]:
         """The finished paths to hand out: a clone whose parent is still held joins its children instead (and
         one whose parent was already handed out goes on its own, naming its parent)."""
         if not done:
@@ -403,6 +410,8 @@ class PathAssembler:
         for path in done:
             parent = path.parent_path
             if parent is not None and not parent.released:
+                if path.relation == RELATION_CLONE and self._is_neighbour_probe(path, parent):
+                    path.neighbour_probe = True
                 parent.children.append(path)
                 parent.open_children -= 1
                 path.released = True
@@ -411,6 +420,26 @@ class PathAssembler:
         for path in out:
             path.released = True
         return out
+
+    def _is_neighbour_probe(self, clone: SkbPath, packet: SkbPath) -> bool:
+        """A clone the neighbour layer made of its packet, waiting for ARP/ND, to send the probe with (function
+        backends, where the packet is seen first): consumed after passing only the solicitation and frees, while
+        the packet, whose last events before it were in the neighbour layer, stood still."""
+        events = clone.events
+        if clone.outcome != OUTCOME_DELIVERED or not events:
+            return False
+        name, probes = self.names.probe, self.probes
+        for event in events:
+            if name(event.probe_id) not in NEIGHBOUR_SOLICIT and probes[event.probe_id].role not in (
+                    ProbeRole.CONSUME, ProbeRole.RELEASE):
+                return False
+        first = min(event.timestamp_ns for event in events)
+        last = max(event.timestamp_ns for event in events)
+        if any(first <= event.timestamp_ns <= last for event in packet.events):
+            return False
+        earlier = sorted((event for event in packet.events if event.timestamp_ns < first),
+                         key=lambda event: event.timestamp_ns)[-NEIGHBOUR_WAIT_LOOKBACK:]
+        return any(name(event.probe_id) in NEIGHBOUR_WAIT for event in earlier)
 
     def _shed(self, max_held: int, done: list[SkbPath]) -> None:
         """Evict the least recently touched open paths (as truncated) until at most `max_held` events are held."""

@@ -436,6 +436,8 @@ class SpanEncoder:
             pieces.append(attribute("ipftrace.gap", True))
         if child.before_packet:
             pieces.append(attribute("ipftrace.before_packet", True))
+        if child.neighbour_probe:
+            pieces.append(attribute("ipftrace.neighbour_probe", True))
         out.append(_length_delimited(_SPANS, b"".join(pieces)))
 
     def _encode_events(self, path: SkbPath, trace_id: bytes, parent_id: bytes, span_ids: bytes, drop_pieces: bytes,

@@ -491,11 +491,14 @@ def _neighbour_probe_copy(run: Traffic) -> dict:
 
 
 def test_the_first_ping_to_a_new_neighbour_has_the_probe_copy_as_a_clone(manifest_run: Traffic) -> None:
-    _neighbour_probe_copy(manifest_run)
+    # seen after its packet (which waited at neigh_resolve_output), and still known for the probe's copy
+    copy = _neighbour_probe_copy(manifest_run)
+    assert copy["neighbour_probe"] and not copy["before_packet"], copy
 
 
 def test_the_first_ping_to_a_new_neighbour_adopts_the_probe_copy_on_tracepoints(tracepoint_run: Traffic) -> None:
-    assert _neighbour_probe_copy(tracepoint_run)["before_packet"]
+    copy = _neighbour_probe_copy(tracepoint_run)
+    assert copy["before_packet"] and copy["neighbour_probe"], copy
 
 
 def test_tcp_handshake_and_transfer_are_traced_through_tcp_functions(manifest_run: Traffic) -> None:

@@ -207,7 +207,21 @@ def test_a_neighbour_probe_copy_is_labelled_under_the_packet_that_adopted_it() -
     assert ("  clone 0xffff888000002000 (shares the packet's data buffer; ended before the packet was first seen: "
             "a neighbour probe's copy):") in formatter.text(packet).splitlines()
     (child,) = json.loads(formatter.json(packet))["children"]
-    assert child["before_packet"] is True
+    assert child["before_packet"] is True and child["neighbour_probe"] is True
+
+
+def test_a_neighbour_probe_copy_seen_after_its_packet_is_labelled_as_one() -> None:
+    paths = PathAssembler(PROBES, PathLimits(settle_ns=0), clock=lambda: 0)
+    done = paths.add_many([event(1, RECEIVE, first=True), event(2, CONSUME, skb=0xFFFF888000002000, first=True,
+                                                                flags=FLAG_CLONE)._replace(parent=0xFFFF888000001000),
+                           event(6, CONSUME)])
+    (packet,) = done + paths.expire(now_ns=10**12)
+    packet.children[0].neighbour_probe = True  # (what the assembler decides: tests/unit/test_paths.py)
+    formatter = PathFormatter(NAMES)
+    assert ("  clone 0xffff888000002000 (shares the packet's data buffer; a neighbour probe's copy, freed once the "
+            "ARP/ND probe was sent):") in formatter.text(packet).splitlines()
+    (child,) = json.loads(formatter.json(packet))["children"]
+    assert child["before_packet"] is False and child["neighbour_probe"] is True
 
 
 def test_a_clone_of_a_packet_never_seen_says_so() -> None:

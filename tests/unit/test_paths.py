@@ -14,6 +14,7 @@ from ipftrace_exporter.events import (
 )
 from ipftrace_exporter.names import Names
 from ipftrace_exporter.paths import ORPHAN_WAIT_NS, PathAssembler, PathLimits
+from ipftrace_exporter.probes import Probe, ProbeKind, ProbeRole, ProbeTable
 
 from .helpers import CONSUME, DROP, EGRESS, IP_RCV, PROBES, RECEIVE, RELEASE, event
 
@@ -239,6 +240,56 @@ def test_a_clone_of_a_dropped_reply_joins_it_and_the_packet_is_delivered() -> No
     assert (clone.skb, clone.relation, clone.outcome) == (SKB_B, "clone", "delivered")
 
 
+# the function backends see the first packet to a new neighbour before the neighbour probe copies it
+NEIGHBOUR_PROBES = ProbeTable([
+    Probe(0, "ip_output", ProbeKind.KPROBE),
+    Probe(1, "neigh_resolve_output", ProbeKind.KPROBE),
+    Probe(2, "skb:consume_skb", ProbeKind.TRACEPOINT, role=ProbeRole.CONSUME),
+    Probe(3, "skb:kfree_skb", ProbeKind.TRACEPOINT, role=ProbeRole.DROP),
+    Probe(4, "arp_solicit", ProbeKind.KPROBE),
+    Probe(5, "__dev_queue_xmit", ProbeKind.KPROBE),
+])
+OUTPUT, NEIGH_OUTPUT, N_CONSUME, N_DROP, SOLICIT, QUEUE_XMIT = range(6)
+
+
+def first_packet_to_a_neighbour(copy: list, after: list):  # type: ignore[no-untyped-def]
+    """The packet waits at neigh_resolve_output while the events `copy` (of SKB_B, the clone) happen; `after`: the
+    packet's events once the neighbour answered. Returns the packet's path."""
+    clock = Clock()
+    names = Names(["default"], NEIGHBOUR_PROBES, {3: "NO_SOCKET"}, hex)
+    paths = PathAssembler(NEIGHBOUR_PROBES, PathLimits(settle_ns=10, idle_timeout_ns=1000), names, clock)
+    done = paths.add_many([event(10, OUTPUT, first=True), event(20, NEIGH_OUTPUT), *copy, *after])
+    clock.now = 500
+    (packet,) = done + paths.expire()
+    return packet
+
+
+def test_a_dropped_first_packet_to_a_neighbour_is_dropped_though_the_probe_copy_was_consumed() -> None:
+    copy = [clone_event(30, N_CONSUME)]  # (a curated manifest: the copy is seen only at its free)
+    packet = first_packet_to_a_neighbour(copy, [event(100, NEIGH_OUTPUT), event(110, N_DROP, reason=3)])
+    (clone,) = packet.children
+    assert clone.neighbour_probe and not clone.before_packet and clone.outcome == "delivered"
+    assert packet.packet_outcome == "dropped"
+
+
+def test_the_probe_copy_through_the_solicitation_is_a_neighbour_probe_copy() -> None:
+    copy = [clone_event(30, SOLICIT), event(40, N_CONSUME, skb=SKB_B)]
+    packet = first_packet_to_a_neighbour(copy, [event(100, NEIGH_OUTPUT), event(105, QUEUE_XMIT),
+                                                 event(110, N_CONSUME)])
+    assert [child.neighbour_probe for child in packet.children] == [True] and packet.packet_outcome == "delivered"
+
+
+@pytest.mark.parametrize("copy", [
+    [clone_event(30, N_CONSUME)._replace(timestamp_ns=15)],  # before the packet reached the neighbour layer
+    [clone_event(30, QUEUE_XMIT), event(40, N_CONSUME, skb=SKB_B)],  # the copy went somewhere
+    [clone_event(30, SOLICIT), event(35, QUEUE_XMIT), event(40, N_CONSUME, skb=SKB_B)],  # the packet did not wait
+], ids=["before-the-wait", "copy-transmitted", "packet-moved"])
+def test_a_clone_that_is_no_neighbour_probe_copy_decides_the_outcome_with_its_packet(copy: list) -> None:
+    packet = first_packet_to_a_neighbour(copy, [event(100, NEIGH_OUTPUT), event(110, N_DROP, reason=3)])
+    (clone,) = packet.children
+    assert not clone.neighbour_probe and packet.packet_outcome == "delivered"
+
+
 def test_an_ended_packet_waits_for_its_open_clone() -> None:
     clock = Clock()
     paths = assembler(clock)
@@ -340,6 +391,7 @@ def test_a_packet_adopts_its_clone_that_ended_before_it_was_seen() -> None:
     assert packet.skb == SKB_A and packet.starts_packet and packet.packet_outcome == "delivered"
     (clone,) = packet.children
     assert (clone.skb, clone.relation, clone.before_packet, clone.parent_skb) == (SKB_B, "clone", True, SKB_A)
+    assert clone.neighbour_probe
 
 
 def test_a_dropped_packet_that_adopted_its_neighbour_probe_copy_is_dropped() -> None:

@@ -474,6 +474,22 @@ def test_a_packet_dropped_through_its_segment_is_an_error_trace_naming_that_drop
     assert attributes(segment_span.attributes)["ipftrace.relation"] == "segment"
 
 
+def test_a_dropped_packet_with_its_neighbour_probe_copy_is_an_error_trace_naming_the_copy() -> None:
+    packet = SkbPath(SKB, flow_id=1, events=[event(1_000, 0), event(1_500, 3, tuple_=False)],
+                     outcome=OUTCOME_DROPPED, drop=Drop("NEIGH_FAILED", "neigh_invalidate", "skb:kfree_skb"),
+                     end_ts=1_500)
+    copy = SkbPath(SKB + 0x100, flow_id=1, events=[event(1_100, 4)], outcome=OUTCOME_DELIVERED, end_ts=1_100,
+                   relation="clone", parent_skb=SKB, neighbour_probe=True)
+    packet.children.append(copy)
+    spans = spans_of(encoder().encode([packet]))
+    root = next(span for span in spans if not span.parent_span_id)
+    assert attributes(root.attributes)["ipftrace.outcome"] == "dropped"
+    assert root.status.code == Status.STATUS_CODE_ERROR  # the copy's free is no delivery
+    (copy_span,) = [span for span in spans if span.name == "clone"]
+    assert attributes(copy_span.attributes) == {"ipftrace.relation": "clone", "ipftrace.outcome": "delivered",
+                                                "ipftrace.neighbour_probe": True}
+
+
 def test_a_packet_delivered_through_a_clone_is_one_trace_without_error() -> None:
     original = SkbPath(SKB, flow_id=1, events=[event(1_000, 0), event(1_500, 3, tuple_=False)],
                        outcome=OUTCOME_DROPPED, drop=Drop("NO_SOCKET", "ping_rcv", "skb:kfree_skb"), end_ts=1_500)
