@@ -734,6 +734,7 @@ class Collector:
         """Wait up to timeout_ms for records; returns those read as back-to-back ring-buffer frames (8-byte
         header + record each; `events.decode_frames`), at most MAX_RECORDS_PER_POLL, possibly none."""
         if self._bpf is None:
+            self.backlog = False
             return b""
         with self._lock:
             reader = self._reader

@@ -55,12 +55,13 @@ RELATION_FRAGMENT = "fragment"  # an IP fragment of the packet's datagram (its o
 RELATION_SEGMENT = "segment"  # a GSO segment of a TCP packet (skb_segment: its own skb and buffer)
 # How long a clone that ended before its packet was seen waits for it: the kernel's IPFT_CLONE_WINDOW_NS.
 ORPHAN_WAIT_NS = 1_000_000_000
-# A neighbour probe's copy on the function backends (the packet seen first): the packet, waiting for ARP/ND, last
-# passed one of NEIGHBOUR_WAIT before the copy; the copy passes only a NEIGHBOUR_SOLICIT function and its free
-# (neigh_probe: skb_clone of the queued packet, ops->solicit, consume_skb).
+# A neighbour probe's copy on the function backends (the packet seen first): an skb of the packet, waiting for
+# ARP/ND, last passed one of NEIGHBOUR_WAIT (skb_clone aside) just before the copy; the copy passes only a
+# NEIGHBOUR_SOLICIT function (when probed) and its free (neigh_probe: skb_clone of the queued packet,
+# ops->solicit, consume_skb).
 NEIGHBOUR_WAIT = frozenset({"neigh_resolve_output", "__neigh_event_send"})
 NEIGHBOUR_SOLICIT = frozenset({"arp_solicit", "ndisc_solicit"})
-NEIGHBOUR_WAIT_LOOKBACK = 3  # the packet's last events before the copy that may name the wait (skb_clone sits between)
+NEIGHBOUR_COPY_WINDOW_NS = 100_000_000  # from the wait to the copy (microseconds on a real kernel, more under TCG)
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +277,7 @@ class PathAssembler:
         batch = list(events)
         done = self.add_many(batch)
         if batch:
-            done.extend(self.expire(min(self.clock(), batch[-1].timestamp_ns)))
+            done.extend(self.expire(min(self.clock(), max(event.timestamp_ns for event in batch))))
         return done
 
     def add_many(self, events: Iterable[Event]) -> list[SkbPath]:
@@ -410,8 +411,6 @@ class PathAssembler:
         for path in done:
             parent = path.parent_path
             if parent is not None and not parent.released:
-                if path.relation == RELATION_CLONE and self._is_neighbour_probe(path, parent):
-                    path.neighbour_probe = True
                 parent.children.append(path)
                 parent.open_children -= 1
                 path.released = True
@@ -419,27 +418,41 @@ class PathAssembler:
             out.append(path)
         for path in out:
             path.released = True
+            for child in path.children:
+                if child.relation == RELATION_CLONE and not child.neighbour_probe and self._is_neighbour_probe(
+                        child, path):
+                    child.neighbour_probe = True
         return out
 
     def _is_neighbour_probe(self, clone: SkbPath, packet: SkbPath) -> bool:
         """A clone the neighbour layer made of its packet, waiting for ARP/ND, to send the probe with (function
-        backends, where the packet is seen first): consumed after passing only the solicitation and frees, while
-        the packet, whose last events before it were in the neighbour layer, stood still."""
+        backends, where the packet is seen first): consumed after passing only frees and the solicitation (which
+        it must pass when that is probed), just after an skb of the packet (the packet, or for TCP its transmitted
+        clone) was last seen in the neighbour layer, and while that skb stood still."""
         events = clone.events
         if clone.outcome != OUTCOME_DELIVERED or not events:
             return False
         name, probes = self.names.probe, self.probes
+        solicited = False
         for event in events:
-            if name(event.probe_id) not in NEIGHBOUR_SOLICIT and probes[event.probe_id].role not in (
-                    ProbeRole.CONSUME, ProbeRole.RELEASE):
+            if name(event.probe_id) in NEIGHBOUR_SOLICIT:
+                solicited = True
+            elif probes[event.probe_id].role not in (ProbeRole.CONSUME, ProbeRole.RELEASE):
                 return False
+        if not solicited and any(probe.name in NEIGHBOUR_SOLICIT for probe in probes):
+            return False
         first = min(event.timestamp_ns for event in events)
         last = max(event.timestamp_ns for event in events)
-        if any(first <= event.timestamp_ns <= last for event in packet.events):
-            return False
-        earlier = sorted((event for event in packet.events if event.timestamp_ns < first),
-                         key=lambda event: event.timestamp_ns)[-NEIGHBOUR_WAIT_LOOKBACK:]
-        return any(name(event.probe_id) in NEIGHBOUR_WAIT for event in earlier)
+        for holder in packet.skb_paths:
+            if holder is clone or any(first <= event.timestamp_ns <= last for event in holder.events):
+                continue
+            earlier = [event for event in holder.events if event.timestamp_ns < first
+                       and name(event.probe_id) != "skb_clone"]
+            if earlier:
+                waited = max(earlier, key=lambda event: event.timestamp_ns)
+                if name(waited.probe_id) in NEIGHBOUR_WAIT and first - waited.timestamp_ns < NEIGHBOUR_COPY_WINDOW_NS:
+                    return True
+        return False
 
     def _shed(self, max_held: int, done: list[SkbPath]) -> None:
         """Evict the least recently touched open paths (as truncated) until at most `max_held` events are held."""

@@ -42,7 +42,7 @@
  * is at its end; the same skb at any other tracepoint but a free or another read is a new packet in it (the read
  * one was freed where no tracepoint sees it: __consume_stateless_skb, a deferred free...), however alike the two
  * look (IPv6 UDP segments of one size, whose payload sits outside the linear buffer, all fingerprint alike: no
- * identification, and the payload word is read from the stale tail of the buffer). Function probes run inside recvmsg after the read, so the rule holds for tracepoints only. */
+ * identification, and no payload word: ipft_payload_word). Function probes run inside recvmsg after the read, so the rule holds for tracepoints only. */
 #define IPFT_TP_NONE 0
 #define IPFT_TP_OTHER 1
 #define IPFT_TP_SOCKET_READ 2
@@ -287,9 +287,9 @@ static __always_inline void ipft_untraced(u32 flow_id, u32 reason)
 struct ipft_skb {
     unsigned char *head;
     unsigned char *data;
-    unsigned char *linear_end; /* the end of the linear data (skb->tail): bytes past it are not the packet's */
     u16 network_header;
     u16 protocol; /* host order */
+    u32 tail; /* the end of the linear data, from head (skb->tail): bytes past it are not the packet's */
 };
 
 /* skb->tail and skb->end are offsets from head on 64-bit kernels (NET_SKBUFF_DATA_USES_OFFSET), pointers
@@ -320,7 +320,7 @@ static __always_inline int ipft_skb_read(struct sk_buff *skb, struct ipft_skb *o
         IPFT_SKB_FIELD(out->protocol, skb, protocol);
     }
     out->protocol = bpf_ntohs(out->protocol);
-    out->linear_end = ipft_skb_pointer(out->head, tail);
+    out->tail = ipft_skb_pointer(out->head, tail) - out->head;
     return 0;
 }
 
@@ -698,7 +698,7 @@ static __always_inline int ipft_encapsulated(struct sk_buff *skb, const struct i
         return 0;
     u8 next = raw[6];
     u16 udp_len = ((u16)raw[44] << 8) | raw[45];
-    u32 fp = ipft_l4_word(next, raw + 40) ^ ipft_payload_word(next, udp_len, s->head + inner + 48, s->linear_end);
+    u32 fp = ipft_l4_word(next, raw + 40) ^ ipft_payload_word(next, udp_len, s->head + inner + 48, s->head + s->tail);
     return fp == track->fp;
 }
 
@@ -765,7 +765,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
         return 0;
     struct ipft_track *track = tracked.lookup(&key);
     if (parsed && t.l4_read && (track || flow >= 0))
-        t.fp ^= ipft_payload_word(t.l4proto, t.udp_len, l3 + t.l4_offset + 8, fields.linear_end);
+        t.fp ^= ipft_payload_word(t.l4proto, t.udp_len, l3 + t.l4_offset + 8, fields.head + fields.tail);
     u32 rewrite = 0, encap = 0;
     /* A tracked address whose headers changed is the same packet rewritten (NAT) when its data buffer and
      * fingerprint are the same (fingerprint words are ones NAT does not touch); otherwise, or with headers that no

@@ -81,17 +81,19 @@ def test_a_quiet_ring_is_read_within_the_poll_interval_without_a_wakeup(
     assert sum(len(skb.events) for path in paths for skb in path.skb_paths) == totals["events"]
 
 
-WAITING_PORT = 7201  # b's socket there reads its datagrams only seconds after they arrived
+WAITING_PORT = 7201  # b's socket there reads its datagrams once the other traffic is sent
 UDP_SEGMENT = 103  # linux/udp.h
 
 
 @pytest.mark.parametrize("reader", READERS)
 def test_a_reader_that_fell_behind_splits_no_packet(
         netpair: NetPair, cache_dir: str, monkeypatch: pytest.MonkeyPatch, reader: str) -> None:
-    """The collector does not poll for longer than the idle timeout (a stalled process) while a UDP GSO packet's
-    two segments wait in b's socket queue, then reads the ring in small batches: by the clock the segments are idle
-    after the first batch, but their reads and frees are among the records still waiting. The packet must come out
-    as one path with its two segments, each with its read (one a tracepoint sees: segments are not linear), and no continuation."""
+    """A UDP GSO packet's two segments wait in b's socket queue while 20 other datagrams pass, then b reads them
+    (milliseconds later: the packet never idles in the kernel). The collector does not poll for longer than the
+    idle timeout meanwhile (a stalled process), then reads the ring 16 records at a time: by the clock the
+    segments are idle after the first batch, but their reads are among the records still waiting. The packet must
+    come out as one path with its two segments, each with its read (one a tracepoint sees: segments are not
+    linear), and no continuation."""
     use_reader(reader, monkeypatch)
     monkeypatch.setattr(collector_module, "MAX_RECORDS_PER_POLL", 16)
     flow = FlowSpec(name="udp", l4proto=17, daddr=ipaddress.ip_network(netpair.addr_b4))
@@ -114,11 +116,11 @@ def test_a_reader_that_fell_behind_splits_no_packet(
             f"s.setsockopt(socket.IPPROTO_UDP, {UDP_SEGMENT}, 1000)\n"
             f"s.sendto(bytes(2000), ('{netpair.addr_b4}', {WAITING_PORT}))\ns.setsockopt(socket.IPPROTO_UDP, "
             f"{UDP_SEGMENT}, 0)\nfor _ in range(20): s.sendto(b'x', ('{netpair.addr_b4}', {WAITING_PORT + 1}))\n"))
-        time.sleep(tracer.request.limits.idle_timeout_ns / 1e9 + 1)  # no poll meanwhile: the collector fell behind
         receiver.stdin.write("read\n")
         receiver.stdin.flush()
         assert receiver.stdout.readline().strip() == "2000"
         receiver.wait(timeout=10)
+        time.sleep(tracer.request.limits.idle_timeout_ns / 1e9 + 1)  # no poll meanwhile: the collector fell behind
         for _ in range(100):  # (the ring holds some 150 records: 10 batches)
             paths.extend(tracer.poll(0))
             behind += tracer.collector.backlog

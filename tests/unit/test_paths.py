@@ -191,14 +191,15 @@ def test_a_path_that_went_idle_continues_with_its_headers() -> None:
 
 
 def test_a_reader_that_fell_behind_times_out_no_path_whose_next_events_wait_unread() -> None:
-    """The collector stalled (CPU starved) and its poll stopped at the batch limit: by the clock the packet read so
-    far is idle, but its free is among the records still waiting. It is one path, delivered."""
+    """The collector stalled (CPU starved) and its poll stopped at the batch limit: by the clock the packets read
+    so far are idle, but their frees, soon after, are among the records still waiting. Each is one path,
+    delivered."""
     clock = Clock()
     paths = assembler(clock)
-    clock.now = 5000  # the batch read now holds events up to 100; the rest (from 2100 on) wait in the ring
+    clock.now = 5000  # the batch read now holds events up to 100; the rest (from 300 on) wait in the ring
     assert paths.take([event(10, RECEIVE, first=True), event(100, IP_RCV, skb=SKB_B, first=True)], behind=True) == []
     clock.now = 5001
-    done = paths.take([event(2100, CONSUME), event(2200, CONSUME, skb=SKB_B)], behind=False)
+    done = paths.take([event(300, CONSUME), event(400, CONSUME, skb=SKB_B)], behind=False)
     clock.now = 6000
     done += paths.take([])
     assert sorted((path.skb, path.outcome, path.continued) for path in done) == [
@@ -250,14 +251,17 @@ NEIGHBOUR_PROBES = ProbeTable([
     Probe(5, "__dev_queue_xmit", ProbeKind.KPROBE),
 ])
 OUTPUT, NEIGH_OUTPUT, N_CONSUME, N_DROP, SOLICIT, QUEUE_XMIT = range(6)
+# a curated manifest: no solicitation function probed (the copy is seen only at its free)
+MANIFEST_PROBES = ProbeTable([probe if probe.id != SOLICIT else Probe(SOLICIT, "ip_finish_output2", ProbeKind.KPROBE)
+                              for probe in NEIGHBOUR_PROBES])
 
 
-def first_packet_to_a_neighbour(copy: list, after: list):  # type: ignore[no-untyped-def]
+def first_packet_to_a_neighbour(copy: list, after: list, probes: ProbeTable = NEIGHBOUR_PROBES):  # type: ignore[no-untyped-def]
     """The packet waits at neigh_resolve_output while the events `copy` (of SKB_B, the clone) happen; `after`: the
     packet's events once the neighbour answered. Returns the packet's path."""
     clock = Clock()
-    names = Names(["default"], NEIGHBOUR_PROBES, {3: "NO_SOCKET"}, hex)
-    paths = PathAssembler(NEIGHBOUR_PROBES, PathLimits(settle_ns=10, idle_timeout_ns=1000), names, clock)
+    names = Names(["default"], probes, {3: "NO_SOCKET"}, hex)
+    paths = PathAssembler(probes, PathLimits(settle_ns=10, idle_timeout_ns=1000), names, clock)
     done = paths.add_many([event(10, OUTPUT, first=True), event(20, NEIGH_OUTPUT), *copy, *after])
     clock.now = 500
     (packet,) = done + paths.expire()
@@ -265,8 +269,9 @@ def first_packet_to_a_neighbour(copy: list, after: list):  # type: ignore[no-unt
 
 
 def test_a_dropped_first_packet_to_a_neighbour_is_dropped_though_the_probe_copy_was_consumed() -> None:
-    copy = [clone_event(30, N_CONSUME)]  # (a curated manifest: the copy is seen only at its free)
-    packet = first_packet_to_a_neighbour(copy, [event(100, NEIGH_OUTPUT), event(110, N_DROP, reason=3)])
+    copy = [clone_event(30, N_CONSUME)]
+    packet = first_packet_to_a_neighbour(copy, [event(100, NEIGH_OUTPUT), event(110, N_DROP, reason=3)],
+                                         MANIFEST_PROBES)
     (clone,) = packet.children
     assert clone.neighbour_probe and not clone.before_packet and clone.outcome == "delivered"
     assert packet.packet_outcome == "dropped"
@@ -283,7 +288,9 @@ def test_the_probe_copy_through_the_solicitation_is_a_neighbour_probe_copy() -> 
     [clone_event(30, N_CONSUME)._replace(timestamp_ns=15)],  # before the packet reached the neighbour layer
     [clone_event(30, QUEUE_XMIT), event(40, N_CONSUME, skb=SKB_B)],  # the copy went somewhere
     [clone_event(30, SOLICIT), event(35, QUEUE_XMIT), event(40, N_CONSUME, skb=SKB_B)],  # the packet did not wait
-], ids=["before-the-wait", "copy-transmitted", "packet-moved"])
+    [clone_event(30, N_CONSUME)],  # the solicitation is probed and the clone did not pass it (a tap's clone)
+    [clone_event(30, SOLICIT)._replace(timestamp_ns=20 + 200_000_000), event(200_000_040, N_CONSUME, skb=SKB_B)],
+], ids=["before-the-wait", "copy-transmitted", "packet-moved", "not-solicited", "long-after-the-wait"])
 def test_a_clone_that_is_no_neighbour_probe_copy_decides_the_outcome_with_its_packet(copy: list) -> None:
     packet = first_packet_to_a_neighbour(copy, [event(100, NEIGH_OUTPUT), event(110, N_DROP, reason=3)])
     (clone,) = packet.children
