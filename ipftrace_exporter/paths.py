@@ -250,6 +250,7 @@ class PathAssembler:
         # by probe id; a release function (inside a free) is a step here: the kernel never starts a packet there
         self._roles = tuple(ProbeRole.STEP if probe.role in (ProbeRole.RELEASE, ProbeRole.PREPARE) else probe.role
                             for probe in probes)
+        self._solicit_probed = any(probe.name in NEIGHBOUR_SOLICIT for probe in probes)
 
     @property
     def inflight(self) -> int:
@@ -439,7 +440,7 @@ class PathAssembler:
                 solicited = True
             elif probes[event.probe_id].role not in (ProbeRole.CONSUME, ProbeRole.RELEASE):
                 return False
-        if not solicited and any(probe.name in NEIGHBOUR_SOLICIT for probe in probes):
+        if not solicited and self._solicit_probed:
             return False
         first = min(event.timestamp_ns for event in events)
         last = max(event.timestamp_ns for event in events)
