@@ -73,10 +73,12 @@ def _child_words(child: SkbPath) -> str:
     if child.relation == RELATION_SEGMENT:
         return "a GSO segment of the packet"
     if child.before_packet:
-        return "shares the packet's data buffer; ended before the packet was first seen: a neighbour probe's copy"
-    if child.neighbour_probe:
-        return "shares the packet's data buffer; a neighbour probe's copy, freed once the ARP/ND probe was sent"
-    return "shares the packet's data buffer"
+        note = "; ended before the packet was first seen: a neighbour probe's copy"
+    elif child.neighbour_probe:
+        note = "; a neighbour probe's copy, freed once the ARP/ND probe was sent"
+    else:
+        note = ""
+    return f"shares the packet's data buffer{note}"
 
 
 def _packet_line(path: SkbPath) -> str:

@@ -42,7 +42,8 @@
  * is at its end; the same skb at any other tracepoint but a free or another read is a new packet in it (the read
  * one was freed where no tracepoint sees it: __consume_stateless_skb, a deferred free...), however alike the two
  * look (IPv6 UDP segments of one size, whose payload sits outside the linear buffer, all fingerprint alike: no
- * identification, and no payload word: ipft_payload_word). Function probes run inside recvmsg after the read, so the rule holds for tracepoints only. */
+ * identification, and no payload word: ipft_payload_word). Function probes run inside recvmsg after the read, so
+ * the rule holds for tracepoints only. */
 #define IPFT_TP_NONE 0
 #define IPFT_TP_OTHER 1
 #define IPFT_TP_SOCKET_READ 2

@@ -16,6 +16,7 @@ from ipftrace_exporter.ringbuf import direct_read_supported
 from ipftrace_exporter.tracer import Tracer, TraceRequest
 
 from .netns import NetPair
+from .test_segments import UDP_SEGMENT
 
 READERS = ["mapped", "libbpf"]
 
@@ -82,7 +83,6 @@ def test_a_quiet_ring_is_read_within_the_poll_interval_without_a_wakeup(
 
 
 WAITING_PORT = 7201  # b's socket there reads its datagrams once the other traffic is sent
-UDP_SEGMENT = 103  # linux/udp.h
 
 
 @pytest.mark.parametrize("reader", READERS)
