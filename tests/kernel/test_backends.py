@@ -13,15 +13,15 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from ipftrace_exporter import collector as collector_module
 from ipftrace_exporter import manifest as manifests
 from ipftrace_exporter.collector import LOADED, REFUSED, REJECTED, Collector, kfunc_refusal
-from ipftrace_exporter.errors import KernelError
+from ipftrace_exporter.errors import AttachError, KernelError
 from ipftrace_exporter.flows import FlowSpec
 from ipftrace_exporter.kernel.view import KernelView, kprobes_unavailable
 from ipftrace_exporter.plan import plan_probes
@@ -34,7 +34,6 @@ pytestmark = pytest.mark.kernel
 BIN = Path(sys.executable).parent
 FLOWS = (FlowSpec(name="loopback-icmp", ipversion=4, l4proto=1),)
 DEFAULT_MANIFEST = manifests.default_manifest_path()
-AUTO_EXTRA_S = 3.0  # auto may take at most this much longer than -b tracepoint to attach
 
 
 @pytest.fixture(scope="module")
@@ -93,12 +92,12 @@ def test_every_kprobe_program_of_the_default_manifest_loads_through_the_verifier
 
 def test_kprobe_programs_for_every_btf_function_load_through_the_verifier(view: KernelView, headers) -> None:
     discovery = Tracer(TraceRequest(flows=FLOWS), view)
-    started = time.monotonic()
     plan, report = discovery.verify("kprobe", headers)
-    elapsed = time.monotonic() - started
     assert len(plan.sources) > 500
     assert report.checks and all(check.status == LOADED for check in report.checks), report.rejected
-    assert elapsed < 60, f"{len(plan.sources)} functions took {elapsed:.1f}s to compile and verify"
+    # what keeps this quick: the functions share one entry point per skb position instead of one program each
+    functions = [source for source in plan.sources if source.probe.kind is ProbeKind.KPROBE]
+    assert len(report.by_kind(ProbeKind.KPROBE)) == len({source.skb_arg for source in functions})
 
 
 # ---- kfunc: compile, and the kernel's answer -------------------------------------------------------------------
@@ -156,11 +155,15 @@ def test_a_compile_error_is_raised_as_such_not_taken_for_a_refusal(tracer: Trace
         collector.verify()
 
 
-def test_kfunc_availability_is_decided_in_milliseconds() -> None:
+def test_kfunc_availability_is_decided_without_compiling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A two-instruction program is loaded: the compiler (bcc.BPF) is never reached."""
+
+    def no_compiler(*args: object, **kwargs: object) -> None:
+        raise AssertionError("kfunc_refusal compiled a program")
+
+    monkeypatch.setattr(collector_module._import_bcc(), "BPF", no_compiler)
     kfunc_refusal.cache_clear()
-    started = time.monotonic()
     refusal = kfunc_refusal()
-    assert time.monotonic() - started < 0.5
     if refusal is not None:
         assert "kfunc" in refusal and "ip_rcv" in refusal
 
@@ -198,25 +201,48 @@ def test_a_function_without_a_kallsyms_address_is_a_counted_failure(tracer: Trac
 
 # ---- auto and explicit backends ----------------------------------------------------------------------------------
 
+@pytest.fixture
+def compiled(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The backends whose program a Tracer compiles during the test, in order."""
+    backends: list[str] = []
+    collector_for = Tracer.collector_for
+
+    def counted(self: Tracer, plan, *args, **kwargs) -> Collector:  # type: ignore[no-untyped-def]
+        backends.append(plan.backend)
+        return collector_for(self, plan, *args, **kwargs)
+
+    monkeypatch.setattr(Tracer, "collector_for", counted)
+    return backends
+
+
 def _refused_here() -> str | None:
     if kfunc_refusal() is None or kprobes_unavailable() is None:
         return "this kernel allows kfunc or kprobe: auto does not fall back to tracepoint here"
     return None
 
 
-def _ready_time(start_tool, backend: str) -> tuple[float, object]:  # type: ignore[no-untyped-def]
-    started = time.monotonic()
-    running = start_tool("ipftrace", "-b", backend, "-iv", "4", "-l4", "ICMP", "-d4", "127.0.0.1", "--count", "1")
-    return time.monotonic() - started, running
+def test_auto_compiles_only_the_backend_it_runs(view: KernelView, cache_dir: str, headers,
+                                                compiled: list[str]) -> None:
+    """A function backend this kernel refuses is skipped before compiling: auto compiles one program, the
+    tracepoint backend's (that is what keeps its start as quick as -b tracepoint's, without timing it)."""
+    why = _refused_here()
+    if why:
+        pytest.skip(why)
+    tracer = Tracer(TraceRequest(flows=FLOWS, manifest=DEFAULT_MANIFEST, backend="auto"), view, cache_dir)
+    try:
+        report = tracer.start()
+    finally:
+        tracer.close()
+    assert compiled == ["tracepoint"]
+    assert report.attached and not any(source.is_function for source in report.attached)
+    assert set(tracer.fallback_reasons) == {"kfunc", "kprobe"}
 
 
 def test_auto_falls_back_to_tracepoint_logs_why_and_traces(start_tool, ping) -> None:  # type: ignore[no-untyped-def]
     why = _refused_here()
     if why:
         pytest.skip(why)
-    tracepoint_s, running = _ready_time(start_tool, "tracepoint")
-    running.finish()
-    auto_s, running = _ready_time(start_tool, "auto")
+    running = start_tool("ipftrace", "-b", "auto", "-iv", "4", "-l4", "ICMP", "-d4", "127.0.0.1", "--count", "1")
     code, out, err = running.finish()
     assert code == 0, err
     assert "ICMP\t127.0.0.1\t->\t127.0.0.1" in out
@@ -224,7 +250,6 @@ def test_auto_falls_back_to_tracepoint_logs_why_and_traces(start_tool, ping) -> 
     assert len(chosen) == 1, err
     assert "kfunc refused:" in chosen[0] and "EPERM" in chosen[0]
     assert "kprobe refused:" in chosen[0] and "no kprobes" in chosen[0]
-    assert auto_s < tracepoint_s + AUTO_EXTRA_S, f"auto {auto_s:.1f}s vs tracepoint {tracepoint_s:.1f}s"
 
 
 def test_auto_with_a_manifest_where_only_tracepoints_work_warns_once_and_traces(start_tool, ping) -> None:  # type: ignore[no-untyped-def]
@@ -246,13 +271,26 @@ def test_a_refused_function_backend_exits_3_with_one_line(backend: str, reason: 
     refused = kprobes_unavailable() if backend == "kprobe" else kfunc_refusal()
     if refused is None:
         pytest.skip(f"this kernel allows {backend} probes")
-    started = time.monotonic()
     result = run_ipftrace("-b", backend, "-l4", "ICMP", "-d4", "127.0.0.1", "--count", "1", cache_dir=cache_dir)
     assert result.returncode == 3, result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith(f"ipftrace: error: backend {backend}: ")
     assert reason in result.stderr
-    assert time.monotonic() - started < 30  # refused before compiling anything
+
+
+@pytest.mark.parametrize("backend", ["kprobe", "kfunc"])
+def test_a_refused_function_backend_is_refused_before_compiling(backend: str, view: KernelView, cache_dir: str,
+                                                                compiled: list[str]) -> None:
+    refused = kprobes_unavailable() if backend == "kprobe" else kfunc_refusal()
+    if refused is None:
+        pytest.skip(f"this kernel allows {backend} probes")
+    tracer = Tracer(TraceRequest(flows=FLOWS, manifest=DEFAULT_MANIFEST, backend=backend), view, cache_dir)
+    try:
+        with pytest.raises(AttachError, match=f"backend {backend}: "):
+            tracer.start()
+    finally:
+        tracer.close()
+    assert compiled == []
 
 
 # ---- manifests ---------------------------------------------------------------------------------------------------
