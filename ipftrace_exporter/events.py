@@ -32,6 +32,7 @@ FLAG_CLONE = 1 << 6  # first event of an skb sharing its data buffer with a trac
 FLAG_ADOPT = 1 << 7  # first event of a packet whose clone (`parent`) ended before the packet was seen (neighbour probe)
 FLAG_FRAGMENT = 1 << 8  # first event of an IPv4 or IPv6 fragment of a traced datagram: `parent` is its first seen skb
 FLAG_SEGMENT = 1 << 10  # first event of a GSO segment of a traced TCP packet: `parent` is that packet's skb
+FLAG_FOLLOWS = 1 << 11  # with FLAG_CLONE: another clone ending before its packet was seen; `parent` the one before it
 FLAG_ENCAP = 1 << 9  # the packet was encapsulated (a tunnel's headers pushed) before this probe: the event has them
 LOST_SHIFT = 16  # flags >> LOST_SHIFT: how many of this skb's events were lost before this one (at most 255)
 

@@ -16,7 +16,9 @@ where no probe sees it (UDP's and TCP's receive paths free read data so on some 
 every kernel reports (skb:kfree_skb), so it ended delivered (`freed_unseen`).
 
 A clone that ends before its packet is first seen (the copy a neighbour probe sends while the packet waits for
-ARP/ND) waits up to the kernel's clone window for the packet, which adopts it (FLAG_ADOPT) as a child.
+ARP/ND) waits up to the kernel's orphan window for the packet, which adopts it (FLAG_ADOPT) as a child. The
+neighbour's next probe sends another copy (FLAG_FOLLOWS, naming the one before): the earlier copies wait with it,
+and the packet adopts them all (also when it is first seen at its drop: a neighbour that never answered).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from itertools import chain
 from .events import (
     FLAG_ADOPT,
     FLAG_CLONE,
+    FLAG_FOLLOWS,
     FLAG_FRAGMENT,
     FLAG_GAP,
     FLAG_LEFT,
@@ -53,8 +56,8 @@ OUTCOMES = (OUTCOME_DELIVERED, OUTCOME_DROPPED, OUTCOME_LEFT, OUTCOME_TIMEOUT, O
 RELATION_CLONE = "clone"  # an skb sharing the packet's data buffer (skb_clone)
 RELATION_FRAGMENT = "fragment"  # an IP fragment of the packet's datagram (its own skb and buffer)
 RELATION_SEGMENT = "segment"  # a GSO segment of a TCP packet (skb_segment: its own skb and buffer)
-# How long a clone that ended before its packet was seen waits for it: the kernel's IPFT_CLONE_WINDOW_NS.
-ORPHAN_WAIT_NS = 1_000_000_000
+# How long a clone that ended before its packet was seen waits for it: the kernel's IPFT_ORPHAN_WINDOW_NS.
+ORPHAN_WAIT_NS = 3_000_000_000
 # A neighbour probe's copy on the function backends (the packet seen first): an skb of the packet, waiting for
 # ARP/ND, last passed one of NEIGHBOUR_WAIT (skb_clone aside) just before the copy; the copy passes only a
 # NEIGHBOUR_SOLICIT function (when probed) and its free (neigh_probe: skb_clone of the queued packet,
@@ -120,6 +123,9 @@ class SkbPath:
     freed_unseen: bool = False  # ended when the kernel reused its address: freed where no probe sees it, not dropped
     before_packet: bool = False  # a clone that ended before its packet was first seen (a neighbour probe's copy)
     neighbour_probe: bool = False  # a neighbour probe's copy of the packet (before_packet, or seen after it)
+    # A clone waiting for its packet: the earlier copies of that packet, which wait with it (the neighbour probed
+    # again) and go where it goes
+    earlier_copies: tuple[SkbPath, ...] = field(default=(), repr=False)
 
     @property
     def starts_packet(self) -> bool:
@@ -353,7 +359,9 @@ class PathAssembler:
         """A new path whose first event names a related skb (clone, fragment, adopted clone) is linked to it; True
         when the event named one."""
         flags = event.flags
-        if flags & FLAG_CLONE:
+        if flags & FLAG_FOLLOWS:
+            self._follow(path, event.parent, event.parent_ts)
+        elif flags & FLAG_CLONE:
             self._adopt(path, event.parent, event.parent_ts)
         elif flags & FLAG_FRAGMENT:
             self._adopt(path, event.parent, event.parent_ts, RELATION_FRAGMENT)
@@ -390,18 +398,42 @@ class PathAssembler:
         return next((path for path in chain(newest, waiting)
                      if path is not None and path.events[0].timestamp_ns == first_ts), None)
 
-    def _adopt_orphan(self, packet: SkbPath, clone_skb: int, clone_ts: int) -> None:
-        """A packet first seen after its clone ended (a neighbour probe's copy): that clone, still waiting for it,
-        becomes its child."""
+    def _waiting_orphan(self, clone_skb: int, clone_ts: int) -> SkbPath | None:
+        """The clone at `clone_skb` whose first event was at `clone_ts` (0: any), if it still waits for its packet;
+        no longer waiting once returned."""
         waiting = self._orphans.get(clone_skb)
         if waiting is None or (clone_ts and waiting[0].events[0].timestamp_ns != clone_ts):
-            return
+            return None
         del self._orphans[clone_skb]
-        clone = waiting[0]
-        clone.parent_skb, clone.parent_path, clone.before_packet = packet.skb, packet, True
-        clone.neighbour_probe = True
-        packet.children.append(clone)  # it ended already: it joins its packet at once
-        clone.released = True
+        return waiting[0]
+
+    def _follow(self, clone: SkbPath, earlier_skb: int, earlier_ts: int) -> None:
+        """Another clone of a packet not seen yet (the neighbour probed again): the earlier one, still waiting,
+        waits with it (and its own earlier ones)."""
+        clone.relation = RELATION_CLONE
+        earlier = self._waiting_orphan(earlier_skb, earlier_ts)
+        if earlier is not None:
+            clone.earlier_copies = (*earlier.earlier_copies, earlier)
+            earlier.earlier_copies = ()
+
+    def _adopt_orphan(self, packet: SkbPath, clone_skb: int, clone_ts: int) -> None:
+        """A packet first seen after its clone ended (a neighbour probe's copy): that clone, still waiting for it,
+        becomes its child, with the copies that waited with it."""
+        waiting = self._waiting_orphan(clone_skb, clone_ts)
+        if waiting is None:
+            return
+        for clone in self._with_earlier(waiting):
+            clone.parent_skb, clone.parent_path, clone.before_packet = packet.skb, packet, True
+            clone.neighbour_probe = True
+            packet.children.append(clone)  # it ended already: it joins its packet at once
+            clone.released = True
+
+    @staticmethod
+    def _with_earlier(clone: SkbPath) -> list[SkbPath]:
+        """A waiting clone and the earlier copies that waited with it, oldest first (no longer attached to it)."""
+        copies = [*clone.earlier_copies, clone]
+        clone.earlier_copies = ()
+        return copies
 
     def _release(self, done: list[SkbPath]) -> list[SkbPath]:
         """The finished paths to hand out: a clone whose parent is still held joins its children instead (and
@@ -410,6 +442,8 @@ class PathAssembler:
             return done
         out: list[SkbPath] = []
         for path in done:
+            if path.earlier_copies:  # a clone that never met its packet: the copies that waited with it go too
+                out.extend(self._with_earlier(path)[:-1])
             parent = path.parent_path
             if parent is not None and not parent.released:
                 parent.children.append(path)

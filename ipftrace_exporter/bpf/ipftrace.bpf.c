@@ -60,10 +60,16 @@
 #define IPFT_FLAG_FRAGMENT 256 /* first event of an IP fragment of a traced datagram (`parent`: its first seen skb) */
 #define IPFT_FLAG_ENCAP 512 /* the packet was encapsulated (tunnel) before this probe: the event has the outer headers */
 #define IPFT_FLAG_SEGMENT 1024 /* first event of a GSO segment of a traced TCP or UDP packet (`parent`: that packet's skb) */
+#define IPFT_FLAG_FOLLOWS 2048 /* with IPFT_FLAG_CLONE, parent 0: another clone ending before its packet was seen,
+                                * after an earlier one (`parent` holds that one: the neighbour probe's next copy) */
 /* flags >> IPFT_LOST_SHIFT: how many of this skb's events were lost before this one (ring buffer full; at most 255) */
 #define IPFT_LOST_SHIFT 16
 
 #define IPFT_CLONE_WINDOW_NS 1000000000ULL
+/* How long after a clone that ended before its packet was seen (a neighbour probe's copy) the packet, or the next
+ * copy, may come: the neighbour probes every retrans_time (1 s by default), and when it never answers the packet
+ * is dropped (NEIGH_FAILED) one retrans_time after the last probe. */
+#define IPFT_ORPHAN_WINDOW_NS 3000000000ULL
 
 #define IPFT_STAT_EVENTS 0
 #define IPFT_STAT_LOST 1
@@ -504,6 +510,19 @@ static __always_inline void ipft_gso(struct sk_buff *skb, unsigned char *head, u
     }
 }
 
+/* Whether another skb still shares this skb's data buffer (skb_shinfo(skb)->dataref counts the data's holders in
+ * its low 16 bits; 1 when unknown): false for a packet whose clones were all freed. */
+static __always_inline int ipft_buffer_shared(struct sk_buff *skb, unsigned char *head)
+{
+    sk_buff_data_t end = 0;
+    atomic_t dataref = {};
+    IPFT_SKB_FIELD(end, skb, end);
+    unsigned char *shinfo = ipft_skb_pointer(head, end);
+    if (!end || IPFT_MOD_MEMBER(dataref, shinfo, struct skb_shared_info, dataref) < 0)
+        return 1;
+    return (dataref.counter & 0xffff) != 1;
+}
+
 static __always_inline int ipft_parse_ipv4(unsigned char *l3, const u8 *raw, int full, struct ipft_tuple *t)
 {
     const struct iphdr *iph = (const struct iphdr *)raw;
@@ -871,8 +890,9 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
         fresh.flow_id = flow;
         u64 buffer = (u64)head;
         struct ipft_buffer_owner *owner = ipft_buffers.lookup(&buffer);
-        int same_packet = owner && owner->skb != key && owner->flow_id == flow && owner->fp == t.fp
-                          && now - owner->ts < IPFT_CLONE_WINDOW_NS;
+        /* (an orphan ended: a later copy may be given its freed skb) */
+        int same_packet = owner && (owner->skb != key || owner->orphan) && owner->flow_id == flow
+                          && owner->fp == t.fp && now - owner->ts < (owner->orphan ? IPFT_ORPHAN_WINDOW_NS : IPFT_CLONE_WINDOW_NS);
         if (datagram) {
             parent = datagram->skb; /* a fragment of a traced datagram: part of it, sampled as it was */
             parent_ts = datagram->ts_first ? datagram->ts : 0;
@@ -884,9 +904,11 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
             relation = IPFT_FLAG_SEGMENT;
             fresh.sampled = segmented->sampled;
             segmented->segs_left -= 1;
-        } else if (same_packet && owner->orphan && role == IPFT_ROLE_STEP) {
+        } else if (same_packet && owner->orphan && (role == IPFT_ROLE_STEP || !ipft_buffer_shared(skb, head))) {
             /* the packet of a clone that ended before it was seen (a neighbour probe's copy: the packet waited in
-             * the neighbour's queue for ARP/ND): matched now, sampled as its clone was, and it adopts the clone */
+             * the neighbour's queue for ARP/ND): matched now, sampled as its clone was, and it adopts the clone.
+             * Seen first at its free when the neighbour never answered (dropped NEIGH_FAILED): then it is the last
+             * skb holding the buffer, its copies freed before it. */
             parent = owner->skb;
             parent_ts = owner->ts;
             relation = IPFT_FLAG_ADOPT;
@@ -896,6 +918,16 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
             struct ipft_buffer_owner mine = {.skb = key, .ts = now, .fp = t.fp, .flow_id = flow,
                                              .sampled = fresh.sampled};
             ipft_buffers.update(&buffer, &mine);
+        } else if (same_packet && owner->orphan && ipft_is_clone(skb)) {
+            /* another copy ending before its packet was seen (the neighbour probes again): it follows the earlier
+             * one, which its packet adopts through it */
+            parent = owner->skb;
+            parent_ts = owner->ts;
+            relation = IPFT_FLAG_CLONE | IPFT_FLAG_FOLLOWS;
+            fresh.sampled = owner->sampled;
+            struct ipft_buffer_owner orphan = {.skb = key, .ts = now, .fp = t.fp, .flow_id = flow,
+                                               .sampled = fresh.sampled, .orphan = 1};
+            ipft_buffers.update(&buffer, &orphan);
         } else if (same_packet && ipft_is_clone(skb)) {
             parent = owner->skb; /* a clone: the same packet, sampled as it was, not matched again */
             parent_ts = owner->ts;

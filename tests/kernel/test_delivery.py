@@ -83,6 +83,51 @@ def test_the_first_ping_to_a_new_neighbour_is_one_packet_with_the_neighbour_prob
     assert all(not path["children"] for path in rest)
 
 
+DEAD_HOST = 99  # an address in the pair's subnet that nothing answers for
+
+
+def neighbour_probes(netpair: NetPair, family: str, address: str) -> int:
+    """How many probes the kernel counted for neighbour `address` of namespace a, less the unicast probes it
+    counts from (__neigh_event_send sets the count to ucast_solicit): the probes sent since it was created."""
+    (entry,) = json.loads(netpair.exec_in(netpair.ns_a, ["ip", "-j", "-s", family, "neigh", "show", address]).stdout)
+    proc = "ipv6" if family == "-6" else "ipv4"
+    ucast = int(netpair.exec_in(netpair.ns_a, ["cat", f"/proc/sys/net/{proc}/neigh/{netpair.veth_a}/ucast_solicit"])
+                .stdout)
+    assert entry["state"] == ["FAILED"], entry
+    return int(entry["probes"]) - ucast
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["arp", "nd"])
+def test_a_packet_to_a_neighbour_that_never_answers_is_one_dropped_packet_with_every_probe_copy(  # type: ignore[no-untyped-def]
+        start_tool, netpair: NetPair, v6: bool) -> None:
+    """The request waits in the neighbour's queue while the kernel probes a second apart (each probe sends a clone
+    of it, freed before the request is first seen), then is dropped (NEIGH_FAILED): one packet, dropped where the
+    neighbour failed, with one neighbour probe copy per probe the kernel counted, and one packet matched."""
+    family = "-6" if v6 else "-4"
+    address = f"{netpair.addr_b6.rsplit(':', 1)[0]}:{DEAD_HOST:x}" if v6 else \
+        f"{netpair.addr_b4.rsplit('.', 1)[0]}.{DEAD_HOST}"
+    tool = start_tool("ipftrace", "-b", "tracepoint", "-o", "json", "-l4", "ICMPV6" if v6 else "ICMP",
+                      "-d6" if v6 else "-d4", address)
+    done = netpair.exec_in(netpair.ns_a, ["ping", family, "-c", "1", "-W", "10", address], check=False)
+    assert "1 packets transmitted, 0 received, +1 errors" in done.stdout, done.stdout
+    probes = neighbour_probes(netpair, family, address)
+    time.sleep(0.5)
+    code, out, err = tool.stop()
+    assert code == 130, err
+    assert "INFO: 1 path printed; the kernel matched 1 packet, lost no events" in err, out
+    (packet,) = [json.loads(line) for line in out.splitlines()]
+    assert packet["outcome"] == "dropped" and "relation" not in packet, packet
+    # ARP's error report frees it as NEIGH_FAILED, ND's (6.18) with no reason; both as a tail call from here
+    reasons = {"NEIGH_FAILED", "NOT_SPECIFIED"} if v6 else {"NEIGH_FAILED"}
+    assert packet["drop"]["reason"] in reasons and packet["drop"]["function"] == "neigh_invalidate", packet
+    copies = packet["children"]
+    assert probes >= 2 and len(copies) == probes, (probes, copies)
+    assert all(copy["neighbour_probe"] and copy["before_packet"] for copy in copies), copies
+    assert all([event["function"] for event in copy["events"]] == ["skb:consume_skb"] for copy in copies)
+    times = [copy["events"][0]["timestamp_ns"] for copy in copies]
+    assert times == sorted(times) and times[-1] < packet["events"][0]["timestamp_ns"]
+
+
 def test_text_output_labels_the_neighbour_probe_copy(start_tool, netpair: NetPair) -> None:  # type: ignore[no-untyped-def]
     forget_neighbours(netpair, "-4")
     tool = start_tool("ipftrace", "-b", "tracepoint", "-l4", "ICMP", "-d4", netpair.addr_b4)

@@ -5,6 +5,7 @@ import pytest
 from ipftrace_exporter.events import (
     FLAG_ADOPT,
     FLAG_CLONE,
+    FLAG_FOLLOWS,
     FLAG_FRAGMENT,
     FLAG_GAP,
     FLAG_LEFT,
@@ -420,6 +421,79 @@ def test_an_orphan_clone_whose_packet_never_comes_stands_alone_and_is_not_a_pack
     clock.now = 1 + ORPHAN_WAIT_NS
     (alone,) = paths.expire()
     assert (alone.relation, alone.parent_skb, alone.before_packet, alone.starts_packet) == ("clone", 0, False, False)
+
+
+SKB_C, SKB_D = 0xFFFF888000003000, 0xFFFF888000004000
+
+
+def following_event(ts: int, skb: int, earlier: int, earlier_ts: int):  # type: ignore[no-untyped-def]
+    """The kernel's first event of the next copy of a packet not seen yet: it names the copy before it."""
+    return event(ts, CONSUME, skb=skb, first=True, flags=FLAG_CLONE | FLAG_FOLLOWS)._replace(parent=earlier,
+                                                                                             parent_ts=earlier_ts)
+
+
+def test_a_packet_dropped_after_three_neighbour_probes_adopts_all_three_copies() -> None:
+    """A neighbour that never answers: a copy per probe, a second apart, then the packet's drop (its first event),
+    which names the last copy. One packet, dropped, with the three copies as its neighbour probe children."""
+    clock = Clock()
+    paths = assembler(clock)
+    second, third = 1_000_000_000, 2_000_000_000
+    paths.add(orphan_event(1, skb=SKB_B))
+    clock.now = second
+    paths.add(following_event(second, SKB_C, SKB_B, 1))
+    clock.now = third
+    paths.add(following_event(third, SKB_D, SKB_C, second))
+    clock.now = third + ORPHAN_WAIT_NS - 1  # the first copy is older than the wait, but waits with the last
+    assert paths.expire() == []
+    paths.add(event(third + 1_000_000_000, DROP, first=True, flags=FLAG_ADOPT)._replace(parent=SKB_D,
+                                                                                      parent_ts=third))
+    clock.now += 100
+    (packet,) = paths.expire()
+    assert packet.starts_packet and packet.packet_outcome == "dropped"
+    assert [(child.skb, child.neighbour_probe, child.before_packet) for child in packet.children] == [
+        (SKB_B, True, True), (SKB_C, True, True), (SKB_D, True, True)]
+
+
+def test_a_copy_in_the_freed_skb_of_the_copy_before_it_follows_it() -> None:
+    """The next probe's clone is often given the skb the last copy freed: it names itself as the one before."""
+    clock = Clock()
+    paths = assembler(clock)
+    paths.add_many([orphan_event(1, skb=SKB_B), following_event(2, SKB_B, SKB_B, 1),
+                    event(3, DROP, first=True, flags=FLAG_ADOPT)._replace(parent=SKB_B, parent_ts=2)])
+    clock.now = 100
+    (packet,) = paths.expire()
+    assert [(child.skb, child.events[0].timestamp_ns) for child in packet.children] == [(SKB_B, 1), (SKB_B, 2)]
+
+
+def test_copies_of_a_packet_that_never_comes_stand_alone_each() -> None:
+    clock = Clock()
+    paths = assembler(clock)
+    paths.add_many([orphan_event(1, skb=SKB_B), following_event(2, SKB_C, SKB_B, 1)])
+    clock.now = 2 + ORPHAN_WAIT_NS
+    alone = paths.expire()
+    assert sorted(path.skb for path in alone) == [SKB_B, SKB_C]
+    assert all(path.relation == "clone" and not path.parent_skb and not path.starts_packet for path in alone)
+    assert paths.flush() == []
+
+
+def test_copies_waiting_together_are_all_handed_out_on_shutdown() -> None:
+    paths = assembler(Clock())
+    paths.add_many([orphan_event(1, skb=SKB_B), following_event(2, SKB_C, SKB_B, 1)])
+    assert sorted(path.skb for path in paths.flush()) == [SKB_B, SKB_C]
+
+
+def test_a_copy_naming_one_no_longer_waiting_waits_alone() -> None:
+    """The earlier copy's first event was at another time: another clone at that address, not the one named."""
+    clock = Clock()
+    paths = assembler(clock)
+    paths.add_many([orphan_event(1, skb=SKB_B), following_event(2, SKB_C, SKB_B, 999)])
+    paths.add(event(3, RECEIVE, first=True, flags=FLAG_ADOPT)._replace(parent=SKB_C, parent_ts=2))
+    paths.add(event(4, CONSUME))
+    clock.now = 2 + ORPHAN_WAIT_NS
+    out = paths.expire()
+    packet = next(path for path in out if path.starts_packet)
+    assert [child.skb for child in packet.children] == [SKB_C]
+    assert [path.skb for path in out if not path.starts_packet] == [SKB_B]
 
 
 def test_a_continuation_is_not_a_packet_of_its_own() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from ipftrace_exporter import collector, events
+from ipftrace_exporter import collector, events, paths
 from ipftrace_exporter.probes import ProbeRole
 from ipftrace_exporter.program import ROLE_CODES, bpf_source
 
@@ -71,3 +71,7 @@ def test_untraced_reasons_agree() -> None:
 def test_the_parser_sees_a_disagreement() -> None:
     changed = bpf_source().replace("    u32 flags;\n    u8 data[64];", "    u16 flags;\n    u8 data[64];")
     assert c_struct_format(changed, "ipft_event") != events.RECORD.format
+
+
+def test_an_orphan_waits_in_user_space_as_long_as_the_kernel_would_join_it() -> None:
+    assert defines(bpf_source(), "IPFT_ORPHAN_WINDOW_") == {"IPFT_ORPHAN_WINDOW_NS": paths.ORPHAN_WAIT_NS}
