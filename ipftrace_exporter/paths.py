@@ -59,12 +59,15 @@ RELATION_SEGMENT = "segment"  # a GSO segment of a TCP packet (skb_segment: its 
 # How long a clone that ended before its packet was seen waits for it: the kernel's IPFT_ORPHAN_WINDOW_NS.
 ORPHAN_WAIT_NS = 3_000_000_000
 # A neighbour probe's copy on the function backends (the packet seen first): an skb of the packet, waiting for
-# ARP/ND, last passed one of NEIGHBOUR_WAIT (skb_clone aside) just before the copy; the copy passes only a
-# NEIGHBOUR_SOLICIT function (when probed) and its free (neigh_probe: skb_clone of the queued packet,
-# ops->solicit, consume_skb).
+# ARP/ND, last passed one of NEIGHBOUR_WAIT (skb_clone aside) before the copy and stood still since; the copy
+# passes only a NEIGHBOUR_SOLICIT function (when probed) and its free (neigh_probe: skb_clone of the queued
+# packet, ops->solicit, consume_skb). The neighbour probes every retrans_time (1 s by default) with a new copy.
 NEIGHBOUR_WAIT = frozenset({"neigh_resolve_output", "__neigh_event_send"})
 NEIGHBOUR_SOLICIT = frozenset({"arp_solicit", "ndisc_solicit"})
-NEIGHBOUR_COPY_WINDOW_NS = 100_000_000  # from the wait to the copy (microseconds on a real kernel, more under TCG)
+# How long a packet may wait in the neighbour's queue: its copies are the probes' within it, and a path last seen
+# in NEIGHBOUR_WAIT stays open that long, past idle_timeout (the kernel's default wait, mcast_solicit 3 x
+# retrans_time 1 s, is 3 s; then the packet is dropped, NEIGH_FAILED, or sent once the neighbour answered).
+NEIGHBOUR_WAIT_NS = 10_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +260,7 @@ class PathAssembler:
         self._roles = tuple(ProbeRole.STEP if probe.role in (ProbeRole.RELEASE, ProbeRole.PREPARE) else probe.role
                             for probe in probes)
         self._solicit_probed = any(probe.name in NEIGHBOUR_SOLICIT for probe in probes)
+        self._neighbour_waits = frozenset(index for index, probe in enumerate(probes) if probe.name in NEIGHBOUR_WAIT)
 
     @property
     def inflight(self) -> int:
@@ -462,8 +466,8 @@ class PathAssembler:
     def _is_neighbour_probe(self, clone: SkbPath, packet: SkbPath) -> bool:
         """A clone the neighbour layer made of its packet, waiting for ARP/ND, to send the probe with (function
         backends, where the packet is seen first): consumed after passing only frees and the solicitation (which
-        it must pass when that is probed), just after an skb of the packet (the packet, or for TCP its transmitted
-        clone) was last seen in the neighbour layer, and while that skb stood still."""
+        it must pass when that is probed), within NEIGHBOUR_WAIT_NS after an skb of the packet (the packet, or for
+        TCP its transmitted clone) was last seen in the neighbour layer, that skb standing still since."""
         events = clone.events
         if clone.outcome != OUTCOME_DELIVERED or not events:
             return False
@@ -485,7 +489,7 @@ class PathAssembler:
                        and name(event.probe_id) != "skb_clone"]
             if earlier:
                 waited = max(earlier, key=lambda event: event.timestamp_ns)
-                if name(waited.probe_id) in NEIGHBOUR_WAIT and first - waited.timestamp_ns < NEIGHBOUR_COPY_WINDOW_NS:
+                if name(waited.probe_id) in NEIGHBOUR_WAIT and first - waited.timestamp_ns < NEIGHBOUR_WAIT_NS:
                     return True
         return False
 
@@ -563,11 +567,17 @@ class PathAssembler:
         now = self.clock() if now_ns is None else now_ns
         done: list[SkbPath] = []
         idle_before = now - self.limits.idle_timeout_ns
+        waiting_since, waits = now - NEIGHBOUR_WAIT_NS, self._neighbour_waits
+        waiting: list[SkbPath] = []
         while self._open:
             skb, path = next(iter(self._open.items()))
-            if path.events[-1].timestamp_ns > idle_before:
+            last = path.events[-1]
+            if last.timestamp_ns > idle_before:
                 break
             del self._open[skb]
+            if last.probe_id in waits and last.timestamp_ns > waiting_since:
+                waiting.append(path)  # in the neighbour's queue: idle until the neighbour answers or fails
+                continue
             self._held -= len(path.events)
             finished = self._finish(path, OUTCOME_TIMEOUT)
             if finished.open_children:  # its clones or fragments still to come (or to settle): it waits for them
@@ -579,6 +589,8 @@ class PathAssembler:
                 self._timed_out[skb] = header
                 if len(self._timed_out) > self.limits.max_inflight:
                     self._timed_out.popitem(last=False)
+        for path in waiting:  # back at the end (checked again once the paths touched after them are)
+            self._open[path.skb] = path
         released = self._release(done)
         settling = self._settling
         if settling:

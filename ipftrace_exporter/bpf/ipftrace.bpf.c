@@ -892,7 +892,16 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
         struct ipft_buffer_owner *owner = ipft_buffers.lookup(&buffer);
         /* (an orphan ended: a later copy may be given its freed skb) */
         int same_packet = owner && (owner->skb != key || owner->orphan) && owner->flow_id == flow
-                          && owner->fp == t.fp && now - owner->ts < (owner->orphan ? IPFT_ORPHAN_WINDOW_NS : IPFT_CLONE_WINDOW_NS);
+                          && owner->fp == t.fp
+                          && now - owner->ts < (owner->orphan ? IPFT_ORPHAN_WINDOW_NS : IPFT_CLONE_WINDOW_NS);
+        /* A clone first seen at its free, past the clone window, while its packet still holds the buffer (tracked
+         * there): the neighbour probing again for a packet that still waits in its queue (function backends) */
+        if (!same_packet && owner && !owner->orphan && owner->skb != key && role != IPFT_ROLE_STEP
+            && owner->flow_id == flow && owner->fp == t.fp && ipft_is_clone(skb)) {
+            u64 holder_key = owner->skb;
+            struct ipft_track *holder = tracked.lookup(&holder_key);
+            same_packet = holder && holder->head == buffer;
+        }
         if (datagram) {
             parent = datagram->skb; /* a fragment of a traced datagram: part of it, sampled as it was */
             parent_ts = datagram->ts_first ? datagram->ts : 0;

@@ -50,6 +50,7 @@ PINGS = 3
 PAIR_INDEX = {"kprobe": 91, "kfunc": 92, "auto": 93, "tracepoint": 94}  # 10.199.N.0/24 of each run's namespaces
 CHAIN_INDEX = {"kprobe": 81, "kfunc": 83, "tracepoint": 85}  # 10.199.N and N+1 of each run's NAT chain
 NAT_DATAGRAMS = 3
+DEAD_HOST = 99  # 10.199.N.99: an address in each run's subnet that nothing answers for
 
 
 def keep(name: str, text: str) -> None:
@@ -95,13 +96,20 @@ class Traffic:
     tunnel_from: int = 0  # the kernel monotonic time when its VXLAN underlay drop was in place
     segments_sent: int = 0  # TCP segments of the GSO transfer (test_segments.segmented_transfer), by nstat
     udp_segments_received: int = 0  # UDP GSO segments b's socket received (test_segments.udp_gso_sends), by nstat
+    dead_neighbour_probes: int = 0  # probes the kernel counted for the neighbour that never answers (drive_traffic)
 
 
-def drive_traffic(pair: NetPair) -> int:
+def dead_host(pair: NetPair) -> str:
+    """An address in the pair's IPv4 subnet that nothing answers for."""
+    return f"{pair.addr_b4.rsplit('.', 1)[0]}.{DEAD_HOST}"
+
+
+def drive_traffic(pair: NetPair) -> tuple[int, int]:
     """ICMP and ICMPv6 over veth, ICMP on loopback, UDP to a closed port, a TCP handshake and a small transfer.
     First one ping each way, not counted: the first packet after a long start-up under emulation was missing from
     a run now and then (the notes on the issue "Packet identity" have the data), and these tests are about the
-    steady state. Returns the kernel monotonic time (the probes' clock) after that warm-up."""
+    steady state. Last, one ping to a neighbour that never answers. Returns the kernel monotonic time (the probes'
+    clock) after that warm-up, and how many probes the kernel counted for that neighbour."""
     pair.ping_b(count=1)
     pair.ping_b(count=1, v6=True)
     time.sleep(1)
@@ -137,8 +145,15 @@ def drive_traffic(pair: NetPair) -> int:
     pair.exec_in(pair.ns_a, ["ip", "-4", "neigh", "flush", "dev", pair.veth_a])
     pair.exec_in(pair.ns_b, ["ip", "-4", "neigh", "flush", "dev", pair.veth_b])
     pair.exec_in(pair.ns_a, ["ping", "-4", "-c", "1", "-W", "5", pair.addr_b4])
+    # One ping to an address nothing answers for: it waits in the neighbour's queue while ARP probes a second apart
+    # (each probe with a clone of it), then is dropped (NEIGH_FAILED). The kernel's probe count starts at
+    # ucast_solicit (__neigh_event_send), so the probes sent are the rest.
+    done = pair.exec_in(pair.ns_a, ["ping", "-4", "-c", "1", "-W", "15", dead_host(pair)], check=False, timeout=60)
+    assert "+1 errors" in done.stdout, done.stdout
+    (entry,) = json.loads(pair.exec_in(pair.ns_a, ["ip", "-j", "-s", "-4", "neigh", "show", dead_host(pair)]).stdout)
+    ucast = int(pair.exec_in(pair.ns_a, ["cat", f"/proc/sys/net/ipv4/neigh/{pair.veth_a}/ucast_solicit"]).stdout)
     time.sleep(3)  # paths end on free; the last frees and the assembler's settle time
-    return counted_from
+    return counted_from, int(entry["probes"]) - ucast
 
 
 def _datagrams_read_by_a_socket(pair: NetPair, family: str, address: str, payloads: list[bytes]) -> None:
@@ -194,7 +209,7 @@ def _run_cli(backend: str, tmp_path: Path, cache_dir: str, manifest: str | None)
         tool.wait_ready(timeout=READY_TIMEOUT)
         ready_s = time.monotonic() - started
         record(f"ready_s {backend} {'manifest' if manifest else 'discovery'}", round(ready_s, 1))
-        counted_from = drive_traffic(pair)
+        counted_from, dead_neighbour_probes = drive_traffic(pair)
         tunnel_from, segments_sent, udp_segments_received = (drive_identity_traffic(pair, chain)
                                                              if chain is not None else (0, 0, 0))
         stopping = time.monotonic()
@@ -206,7 +221,8 @@ def _run_cli(backend: str, tmp_path: Path, cache_dir: str, manifest: str | None)
         assert code == 130, err
         paths = [path for path in (json.loads(line) for line in out.splitlines() if line.startswith("{"))
                  if path["events"][0]["timestamp_ns"] >= counted_from]
-        yield Traffic(pair, paths, err, ready_s, chain, tunnel_from, segments_sent, udp_segments_received)
+        yield Traffic(pair, paths, err, ready_s, chain, tunnel_from, segments_sent, udp_segments_received,
+                      dead_neighbour_probes)
     finally:
         tool.stop()
         delete_pair(pair)
@@ -501,6 +517,36 @@ def test_the_first_ping_to_a_new_neighbour_adopts_the_probe_copy_on_tracepoints(
     assert copy["before_packet"] and copy["neighbour_probe"], copy
 
 
+def _dead_neighbour_packet(run: Traffic) -> dict:
+    """The one path of the ping to a neighbour that never answered: dropped, every probe's copy its child."""
+    pair = run.pair
+    sent = [p for p in run.paths if p["daddr"] == dead_host(pair)]
+    assert len(sent) == 1, [(names(p), p["outcome"], p.get("relation"), p["continued"]) for p in sent]
+    (packet,) = sent
+    assert packet["outcome"] == "dropped" and not packet["continued"] and "relation" not in packet, packet
+    assert packet["drop"]["reason"] in ("NEIGH_FAILED", "NOT_SPECIFIED", "0"), packet["drop"]  # 5.10: no reasons
+    copies = packet["children"]
+    assert run.dead_neighbour_probes >= 2 and len(copies) == run.dead_neighbour_probes, (
+        run.dead_neighbour_probes, [names(copy) for copy in copies])
+    assert all(copy["neighbour_probe"] and copy["relation"] == "clone" for copy in copies), copies
+    return packet
+
+
+def test_a_ping_to_a_neighbour_that_never_answers_is_one_dropped_packet_with_each_probe_copy(
+        manifest_run: Traffic) -> None:
+    # seen first (it waited at neigh_resolve_output for 3 s, past the idle timeout), its copies after it
+    packet = _dead_neighbour_packet(manifest_run)
+    assert not any(copy["before_packet"] for copy in packet["children"]), packet["children"]
+
+
+def test_a_ping_to_a_neighbour_that_never_answers_is_one_dropped_packet_on_tracepoints(
+        tracepoint_run: Traffic) -> None:
+    # first seen at its drop, after its copies
+    packet = _dead_neighbour_packet(tracepoint_run)
+    assert all(copy["before_packet"] for copy in packet["children"]), packet["children"]
+    assert names(packet) == ["skb:kfree_skb"], names(packet)
+
+
 def test_tcp_handshake_and_transfer_are_traced_through_tcp_functions(manifest_run: Traffic) -> None:
     pair = manifest_run.pair
     sent = paths_of(manifest_run, "TCP", pair.addr_a4, pair.addr_b4, TCP_PORT)
@@ -605,7 +651,7 @@ def daemon_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: str) -> Iter
             tool.wait_ready(timeout=READY_TIMEOUT)
             traced_s = other_flow_seconds(pair)
             record("other-flow traffic, untraced/traced time (daemon default manifest)", round(untraced_s / traced_s, 2))
-            counted_from = drive_traffic(pair)
+            counted_from, _ = drive_traffic(pair)
             wall_from = time.time_ns() - (time.monotonic_ns() - counted_from) - 500_000_000  # the warm-up ended 1 s before
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
                 metrics = response.read().decode()

@@ -14,12 +14,13 @@ from ipftrace_exporter.events import (
     LOST_SHIFT,
 )
 from ipftrace_exporter.names import Names
-from ipftrace_exporter.paths import ORPHAN_WAIT_NS, PathAssembler, PathLimits
+from ipftrace_exporter.paths import NEIGHBOUR_WAIT_NS, ORPHAN_WAIT_NS, PathAssembler, PathLimits
 from ipftrace_exporter.probes import Probe, ProbeKind, ProbeRole, ProbeTable
 
 from .helpers import CONSUME, DROP, EGRESS, IP_RCV, PROBES, RECEIVE, RELEASE, event
 
 SKB_A, SKB_B = 0xFFFF888000001000, 0xFFFF888000002000
+SKB_C, SKB_D = 0xFFFF888000003000, 0xFFFF888000004000
 
 
 class Clock:
@@ -291,7 +292,7 @@ def test_the_probe_copy_through_the_solicitation_is_a_neighbour_probe_copy() -> 
     [clone_event(30, SOLICIT), event(35, QUEUE_XMIT), event(40, N_CONSUME, skb=SKB_B)],  # the packet did not wait
     [clone_event(30, N_CONSUME)],  # the solicitation is probed and the clone did not pass it (a tap's clone)
     [clone_event(30, SOLICIT)._replace(timestamp_ns=20 + 200_000_000), event(200_000_040, N_CONSUME, skb=SKB_B)],
-], ids=["before-the-wait", "copy-transmitted", "packet-moved", "not-solicited", "long-after-the-wait"])
+], ids=["before-the-wait", "copy-transmitted", "packet-moved", "not-solicited", "after-the-packet-was-dropped"])
 def test_a_clone_that_is_no_neighbour_probe_copy_decides_the_outcome_with_its_packet(copy: list) -> None:
     packet = first_packet_to_a_neighbour(copy, [event(100, NEIGH_OUTPUT), event(110, N_DROP, reason=3)])
     (clone,) = packet.children
@@ -379,6 +380,47 @@ def test_a_lost_end_counts_one_lost_event() -> None:
     assert (old.outcome, old.lost_events) == ("truncated", 1)
 
 
+SECOND = 1_000_000_000
+
+
+def test_a_packet_whose_neighbour_never_answers_waits_past_the_idle_timeout_with_every_probe_copy() -> None:
+    """Function backends: the packet waits at neigh_resolve_output while the neighbour probes three times, a second
+    apart (a copy each, consumed), then is dropped (NEIGH_FAILED) 3 s after it was last seen: one packet, dropped,
+    not timed out at the 2 s idle timeout; every copy is the probe's."""
+    clock = Clock()
+    names = Names(["default"], MANIFEST_PROBES, {3: "NEIGH_FAILED"}, hex)
+    paths = PathAssembler(MANIFEST_PROBES, PathLimits(idle_timeout_ns=2 * SECOND), names, clock)
+    out = paths.add_many([event(10, OUTPUT, first=True), event(20, NEIGH_OUTPUT), clone_event(30, N_CONSUME)])
+    other = 0xFFFF888000007000
+    out += paths.add(event(40, OUTPUT, skb=other, first=True, dst="10.0.0.9"))  # idle behind it, times out
+    for second, copy in ((1, SKB_C), (2, SKB_D)):
+        clock.now = second * SECOND + 30
+        out += paths.add(clone_event(clock.now, N_CONSUME, skb=copy))
+        out += paths.expire()
+    clock.now = 3 * SECOND
+    out += paths.expire()
+    assert [path.skb for path in out] == [other] and out[0].outcome == "timeout"
+    out += paths.add(event(3 * SECOND + 20, N_DROP, reason=3))
+    clock.now = 4 * SECOND
+    (packet,) = out[1:] + paths.expire()
+    assert packet.outcome == "dropped" and packet.drop.reason == "NEIGH_FAILED" and not packet.continued
+    assert [(child.skb, child.neighbour_probe) for child in packet.children] == [
+        (SKB_B, True), (SKB_C, True), (SKB_D, True)]
+    assert packet.packet_outcome == "dropped"
+
+
+def test_a_packet_in_the_neighbours_queue_times_out_past_the_neighbour_wait() -> None:
+    clock = Clock()
+    names = Names(["default"], MANIFEST_PROBES, {}, hex)
+    paths = PathAssembler(MANIFEST_PROBES, PathLimits(idle_timeout_ns=2 * SECOND), names, clock)
+    paths.add_many([event(10, OUTPUT, first=True), event(20, NEIGH_OUTPUT)])
+    clock.now = NEIGHBOUR_WAIT_NS
+    assert paths.expire() == [] and paths.inflight == 1
+    clock.now = NEIGHBOUR_WAIT_NS + 20
+    (packet,) = paths.expire()
+    assert packet.outcome == "timeout" and paths.inflight == 0
+
+
 # ---- a clone that ends before its packet is seen (a neighbour probe's copy): the packet adopts it ----
 
 def orphan_event(ts: int, skb: int = SKB_B):  # type: ignore[no-untyped-def]
@@ -421,9 +463,6 @@ def test_an_orphan_clone_whose_packet_never_comes_stands_alone_and_is_not_a_pack
     clock.now = 1 + ORPHAN_WAIT_NS
     (alone,) = paths.expire()
     assert (alone.relation, alone.parent_skb, alone.before_packet, alone.starts_packet) == ("clone", 0, False, False)
-
-
-SKB_C, SKB_D = 0xFFFF888000003000, 0xFFFF888000004000
 
 
 def following_event(ts: int, skb: int, earlier: int, earlier_ts: int):  # type: ignore[no-untyped-def]
