@@ -57,7 +57,7 @@ RELATION_CLONE = "clone"  # an skb sharing the packet's data buffer (skb_clone)
 RELATION_FRAGMENT = "fragment"  # an IP fragment of the packet's datagram (its own skb and buffer)
 RELATION_SEGMENT = "segment"  # a GSO segment of a TCP packet (skb_segment: its own skb and buffer)
 # How long a clone that ended before its packet was seen waits for it: the kernel's IPFT_ORPHAN_WINDOW_NS.
-ORPHAN_WAIT_NS = 3_000_000_000
+ORPHAN_WAIT_NS = 5_000_000_000
 # A neighbour probe's copy on the function backends (the packet seen first): an skb of the packet, waiting for
 # ARP/ND, last passed one of NEIGHBOUR_WAIT (skb_clone aside) before the copy and stood still since; the copy
 # passes only a NEIGHBOUR_SOLICIT function (when probed) and its free (neigh_probe: skb_clone of the queued
@@ -568,16 +568,16 @@ class PathAssembler:
         done: list[SkbPath] = []
         idle_before = now - self.limits.idle_timeout_ns
         waiting_since, waits = now - NEIGHBOUR_WAIT_NS, self._neighbour_waits
-        waiting: list[SkbPath] = []
-        while self._open:
-            skb, path = next(iter(self._open.items()))
+        idle: list[int] = []
+        for skb, path in self._open.items():  # least recently touched first
             last = path.events[-1]
             if last.timestamp_ns > idle_before:
                 break
-            del self._open[skb]
             if last.probe_id in waits and last.timestamp_ns > waiting_since:
-                waiting.append(path)  # in the neighbour's queue: idle until the neighbour answers or fails
-                continue
+                continue  # in the neighbour's queue: it waits where it is (still the first evicted) until answered
+            idle.append(skb)
+        for skb in idle:
+            path = self._open.pop(skb)
             self._held -= len(path.events)
             finished = self._finish(path, OUTCOME_TIMEOUT)
             if finished.open_children:  # its clones or fragments still to come (or to settle): it waits for them
@@ -589,8 +589,6 @@ class PathAssembler:
                 self._timed_out[skb] = header
                 if len(self._timed_out) > self.limits.max_inflight:
                     self._timed_out.popitem(last=False)
-        for path in waiting:  # back at the end (checked again once the paths touched after them are)
-            self._open[path.skb] = path
         released = self._release(done)
         settling = self._settling
         if settling:

@@ -67,9 +67,10 @@
 
 #define IPFT_CLONE_WINDOW_NS 1000000000ULL
 /* How long after a clone that ended before its packet was seen (a neighbour probe's copy) the packet, or the next
- * copy, may come: the neighbour probes every retrans_time (1 s by default), and when it never answers the packet
- * is dropped (NEIGH_FAILED) one retrans_time after the last probe. */
-#define IPFT_ORPHAN_WINDOW_NS 3000000000ULL
+ * copy, may come: the neighbour probes every retrans_time (1 s by default) with a copy of the last packet queued,
+ * and when it never answers drops the queue one retrans_time after the last probe, about 3 s after the first
+ * (timer slack on top): a packet queued first, whose only copy was the first probe's, comes 3 s after it. */
+#define IPFT_ORPHAN_WINDOW_NS 5000000000ULL
 
 #define IPFT_STAT_EVENTS 0
 #define IPFT_STAT_LOST 1
@@ -510,6 +511,15 @@ static __always_inline void ipft_gso(struct sk_buff *skb, unsigned char *head, u
     }
 }
 
+/* Whether the skb belongs to a socket (skb->sk): a clone is made without one (a neighbour probe's copy keeps none),
+ * while a packet a local socket sends keeps it to its free. */
+static __always_inline int ipft_has_socket(struct sk_buff *skb)
+{
+    u64 sk = 0;
+    IPFT_SKB_FIELD(sk, skb, sk);
+    return sk != 0;
+}
+
 /* Whether another skb still shares this skb's data buffer (skb_shinfo(skb)->dataref counts the data's holders in
  * its low 16 bits; 1 when unknown): false for a packet whose clones were all freed. */
 static __always_inline int ipft_buffer_shared(struct sk_buff *skb, unsigned char *head)
@@ -894,10 +904,12 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
         int same_packet = owner && (owner->skb != key || owner->orphan) && owner->flow_id == flow
                           && owner->fp == t.fp
                           && now - owner->ts < (owner->orphan ? IPFT_ORPHAN_WINDOW_NS : IPFT_CLONE_WINDOW_NS);
-        /* A clone first seen at its free, past the clone window, while its packet still holds the buffer (tracked
-         * there): the neighbour probing again for a packet that still waits in its queue (function backends) */
-        if (!same_packet && owner && !owner->orphan && owner->skb != key && role != IPFT_ROLE_STEP
-            && owner->flow_id == flow && owner->fp == t.fp && ipft_is_clone(skb)) {
+        /* A clone first seen past the clone window, at its free or with no socket, while its packet still holds
+         * the buffer (tracked there): a copy of a packet that still waits, such as the neighbour's next probe's of
+         * a packet in its queue (seen first on the function backends). (A TCP retransmission, which has its
+         * socket, stays a packet of its own.) */
+        if (!same_packet && owner && !owner->orphan && owner->skb != key && owner->flow_id == flow
+            && owner->fp == t.fp && ipft_is_clone(skb) && (role != IPFT_ROLE_STEP || !ipft_has_socket(skb))) {
             u64 holder_key = owner->skb;
             struct ipft_track *holder = tracked.lookup(&holder_key);
             same_packet = holder && holder->head == buffer;
@@ -913,11 +925,14 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
             relation = IPFT_FLAG_SEGMENT;
             fresh.sampled = segmented->sampled;
             segmented->segs_left -= 1;
-        } else if (same_packet && owner->orphan && (role == IPFT_ROLE_STEP || !ipft_buffer_shared(skb, head))) {
+        } else if (same_packet && owner->orphan
+                   && (role == IPFT_ROLE_STEP
+                       || (role == IPFT_ROLE_DROP && (ipft_has_socket(skb) || !ipft_buffer_shared(skb, head))))) {
             /* the packet of a clone that ended before it was seen (a neighbour probe's copy: the packet waited in
              * the neighbour's queue for ARP/ND): matched now, sampled as its clone was, and it adopts the clone.
-             * Seen first at its free when the neighbour never answered (dropped NEIGH_FAILED): then it is the last
-             * skb holding the buffer, its copies freed before it. */
+             * Seen first at its drop when the neighbour never answered (NEIGH_FAILED): no copy, since it has its
+             * socket (a local packet; TCP's is itself a clone, of its write queue's skb) or is the last skb holding
+             * the buffer, its copies freed before it. */
             parent = owner->skb;
             parent_ts = owner->ts;
             relation = IPFT_FLAG_ADOPT;

@@ -539,6 +539,12 @@ def test_a_ping_to_a_neighbour_that_never_answers_is_one_dropped_packet_with_eac
     assert not any(copy["before_packet"] for copy in packet["children"]), packet["children"]
 
 
+def test_a_ping_to_a_neighbour_that_never_answers_is_one_dropped_packet_with_full_discovery(
+        discovery_run: Traffic) -> None:
+    # every BTF function probed: a copy is first seen at a step (arp_solicit), not only at its free
+    _dead_neighbour_packet(discovery_run)
+
+
 def test_a_ping_to_a_neighbour_that_never_answers_is_one_dropped_packet_on_tracepoints(
         tracepoint_run: Traffic) -> None:
     # first seen at its drop, after its copies

@@ -421,6 +421,31 @@ def test_a_packet_in_the_neighbours_queue_times_out_past_the_neighbour_wait() ->
     assert packet.outcome == "timeout" and paths.inflight == 0
 
 
+def test_a_copy_past_the_neighbour_wait_is_no_probe_copy() -> None:
+    clock = Clock()
+    names = Names(["default"], MANIFEST_PROBES, {3: "NEIGH_FAILED"}, hex)
+    paths = PathAssembler(MANIFEST_PROBES, PathLimits(idle_timeout_ns=2 * SECOND), names, clock)
+    late = 20 + NEIGHBOUR_WAIT_NS + 10
+    paths.add_many([event(10, OUTPUT, first=True), event(20, NEIGH_OUTPUT), clone_event(late, N_CONSUME),
+                    event(late + 10, N_DROP, reason=3)])
+    clock.now = late + SECOND
+    (packet,) = paths.expire()
+    assert [child.neighbour_probe for child in packet.children] == [False]
+
+
+def test_a_path_waiting_for_its_neighbour_is_evicted_before_fresher_ones() -> None:
+    """It keeps its place as the least recently touched path: under max_inflight it goes first."""
+    clock = Clock()
+    names = Names(["default"], MANIFEST_PROBES, {}, hex)
+    paths = PathAssembler(MANIFEST_PROBES, PathLimits(idle_timeout_ns=2 * SECOND, max_inflight=2), names, clock)
+    paths.add_many([event(10, OUTPUT, first=True), event(20, NEIGH_OUTPUT)])
+    clock.now = 3 * SECOND
+    assert paths.expire() == []
+    paths.add(event(clock.now, OUTPUT, skb=SKB_C, first=True, dst="10.0.0.9"))
+    (evicted,) = paths.add(event(clock.now + 10, OUTPUT, skb=SKB_D, first=True, dst="10.0.0.10"))
+    assert evicted.skb == SKB_A and evicted.outcome == "truncated" and paths.evicted == 1
+
+
 # ---- a clone that ends before its packet is seen (a neighbour probe's copy): the packet adopts it ----
 
 def orphan_event(ts: int, skb: int = SKB_B):  # type: ignore[no-untyped-def]
@@ -502,6 +527,23 @@ def test_a_copy_in_the_freed_skb_of_the_copy_before_it_follows_it() -> None:
     clock.now = 100
     (packet,) = paths.expire()
     assert [(child.skb, child.events[0].timestamp_ns) for child in packet.children] == [(SKB_B, 1), (SKB_B, 2)]
+
+
+def test_copies_waiting_together_go_together_when_a_new_orphan_takes_their_address() -> None:
+    clock = Clock()
+    paths = assembler(clock)
+    done = paths.add_many([orphan_event(1, skb=SKB_B), following_event(2, SKB_C, SKB_B, 1),
+                           orphan_event(3, skb=SKB_C)])  # another packet's copy, at the address of the last one
+    assert sorted((path.skb, path.events[0].timestamp_ns) for path in done) == [(SKB_B, 1), (SKB_C, 2)]
+    assert all(not path.starts_packet for path in done)
+
+
+def test_copies_waiting_together_go_together_when_orphans_are_capped() -> None:
+    paths = assembler(Clock(), max_inflight=1)
+    done = paths.add_many([orphan_event(1, skb=SKB_B), following_event(2, SKB_C, SKB_B, 1),
+                           orphan_event(3, skb=SKB_D)])
+    assert sorted(path.skb for path in done) == [SKB_B, SKB_C]
+    assert [path.skb for path in paths.flush()] == [SKB_D]
 
 
 def test_copies_of_a_packet_that_never_comes_stand_alone_each() -> None:
