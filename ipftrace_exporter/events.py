@@ -57,8 +57,9 @@ class Event(NamedTuple):
     dport: int
     flags: int
     data: bytes  # module data, MODULE_DATA_SIZE bytes
-    # with FLAG_CLONE: the skb address of the packet this skb is a clone of (0: a packet not seen yet); with
-    # FLAG_ADOPT: the skb address of this packet's clone that ended before the packet was seen; with FLAG_FRAGMENT:
+    # with FLAG_CLONE: the skb address of the packet this skb is a clone of (0: a packet not seen yet; with
+    # FLAG_FOLLOWS, the earlier clone of that packet); with FLAG_ADOPT: the skb address of this packet's (last)
+    # clone that ended before the packet was seen (both always with parent_ts); with FLAG_FRAGMENT:
     # the skb address where the fragment's datagram was first seen; with FLAG_SEGMENT: the GSO packet's skb
     parent: int = 0
     parent_ts: int = 0  # with `parent`: the timestamp of that skb's first event (0: unknown)

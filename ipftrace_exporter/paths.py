@@ -28,6 +28,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import chain
+from operator import attrgetter
 
 from .events import (
     FLAG_ADOPT,
@@ -247,9 +248,11 @@ class PathAssembler:
         self.clock = clock
         self._open: OrderedDict[int, SkbPath] = OrderedDict()  # skb -> path, least recently touched first
         self._settling: dict[int, tuple[SkbPath, int]] = {}  # skb -> (ended path, release deadline)
-        # skb -> (ended clone of a packet not seen yet, deadline): apart from `_settling`, since its address is
-        # often reused by another packet while it waits
-        self._orphans: dict[int, tuple[SkbPath, int]] = {}
+        # (skb, first event's time) -> (ended clone of a packet not seen yet, deadline): apart from `_settling`,
+        # since its address is often reused by another packet while it waits, and by the time it was first seen,
+        # since the next copy (of its packet, or of another packet waiting for the same neighbour) is often given
+        # the skb it freed
+        self._orphans: dict[tuple[int, int], tuple[SkbPath, int]] = {}
         # id(path) -> ended path whose address was reused while it waited for its open children (clones, fragments)
         self._parents: dict[int, SkbPath] = {}
         self._timed_out: OrderedDict[int, Event] = OrderedDict()  # skb -> headers of a path that went idle
@@ -403,13 +406,10 @@ class PathAssembler:
                      if path is not None and path.events[0].timestamp_ns == first_ts), None)
 
     def _waiting_orphan(self, clone_skb: int, clone_ts: int) -> SkbPath | None:
-        """The clone at `clone_skb` whose first event was at `clone_ts` (0: any), if it still waits for its packet;
-        no longer waiting once returned."""
-        waiting = self._orphans.get(clone_skb)
-        if waiting is None or (clone_ts and waiting[0].events[0].timestamp_ns != clone_ts):
-            return None
-        del self._orphans[clone_skb]
-        return waiting[0]
+        """The clone at `clone_skb` whose first event was at `clone_ts` (the kernel names it so), if it still waits
+        for its packet; no longer waiting once returned."""
+        waiting = self._orphans.pop((clone_skb, clone_ts), None)
+        return waiting[0] if waiting is not None else None
 
     def _follow(self, clone: SkbPath, earlier_skb: int, earlier_ts: int) -> None:
         """Another clone of a packet not seen yet (the neighbour probed again): the earlier one, still waiting,
@@ -467,7 +467,9 @@ class PathAssembler:
         """A clone the neighbour layer made of its packet, waiting for ARP/ND, to send the probe with (function
         backends, where the packet is seen first): consumed after passing only frees and the solicitation (which
         it must pass when that is probed), within NEIGHBOUR_WAIT_NS after an skb of the packet (the packet, or for
-        TCP its transmitted clone) was last seen in the neighbour layer, that skb standing still since."""
+        TCP its transmitted clone) was last seen in the neighbour layer, that skb standing still since; or (the
+        tracepoint backend) of a packet first seen at its drop, having waited where no probe sees it (the
+        neighbour's queue, dropped when the neighbour failed while the last probe's copy was still in flight)."""
         events = clone.events
         if clone.outcome != OUTCOME_DELIVERED or not events:
             return False
@@ -480,6 +482,8 @@ class PathAssembler:
                 return False
         if not solicited and self._solicit_probed:
             return False
+        if probes[min(packet.events, key=attrgetter("timestamp_ns")).probe_id].role is ProbeRole.DROP:
+            return True
         first = min(event.timestamp_ns for event in events)
         last = max(event.timestamp_ns for event in events)
         for holder in packet.skb_paths:
@@ -534,12 +538,9 @@ class PathAssembler:
         if path.gap:
             path.outcome = OUTCOME_TRUNCATED
         if path.relation and not path.parent_skb:  # a clone of a packet not seen yet: it waits for the packet
-            previous = self._orphans.pop(skb, None)
-            if previous is not None:
-                done.append(previous[0])
             if len(self._orphans) >= self.limits.max_inflight:
                 done.append(self._orphans.pop(next(iter(self._orphans)))[0])
-            self._orphans[skb] = (path, self.clock() + ORPHAN_WAIT_NS)
+            self._orphans[(skb, path.events[0].timestamp_ns)] = (path, self.clock() + ORPHAN_WAIT_NS)
             return
         previous = self._settling.pop(skb, None)
         if previous is not None:
@@ -601,8 +602,8 @@ class PathAssembler:
             finished = [key for key, parent in self._parents.items() if not parent.open_children]
             released.extend(self._release([self._sorted(self._parents.pop(key)) for key in finished]))
         if self._orphans:  # clones whose packet never came: alone
-            alone = [skb for skb, (_, deadline) in self._orphans.items() if deadline <= now]
-            released.extend(self._release([self._orphans.pop(skb)[0] for skb in alone]))
+            alone = [key for key, (_, deadline) in self._orphans.items() if deadline <= now]
+            released.extend(self._release([self._orphans.pop(key)[0] for key in alone]))
         return released
 
     def flush(self) -> list[SkbPath]:

@@ -957,9 +957,11 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
             parent_ts = owner->ts;
             relation = IPFT_FLAG_CLONE;
             fresh.sampled = owner->sampled;
-        } else if (role != IPFT_ROLE_STEP && ipft_is_clone(skb)) {
+        } else if (role != IPFT_ROLE_STEP && ipft_is_clone(skb)
+                   && !(role == IPFT_ROLE_DROP && ipft_has_socket(skb))) {
             /* a clone ending before its packet was seen: not a packet of its own (not matched); its packet adopts
-             * it when first seen (see above) */
+             * it when first seen (see above). (Not a dropped one with its socket: a local packet dropped where it
+             * waited unseen, as in the neighbour's queue, while a copy of it still lives: its packet.) */
             relation = IPFT_FLAG_CLONE;
             fresh.sampled = IPFT_SAMPLED();
             struct ipft_buffer_owner orphan = {.skb = key, .ts = now, .fp = t.fp, .flow_id = flow,
@@ -969,7 +971,8 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
             fresh.sampled = IPFT_SAMPLED();
             ipft_matched(flow);
             counted = 1;
-            if (role == IPFT_ROLE_STEP) {
+            if (role == IPFT_ROLE_STEP || (role == IPFT_ROLE_DROP && ipft_is_clone(skb))) {
+                /* (a packet seen first at its drop while a copy lives: the copy, freed after it, is its clone) */
                 struct ipft_buffer_owner mine = {.skb = key, .ts = now, .fp = t.fp, .flow_id = flow,
                                                  .sampled = fresh.sampled};
                 ipft_buffers.update(&buffer, &mine);

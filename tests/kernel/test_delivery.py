@@ -97,35 +97,47 @@ def neighbour_probes(netpair: NetPair, family: str, address: str) -> int:
     return int(entry["probes"]) - ucast
 
 
-@pytest.mark.parametrize("v6", [False, True], ids=["arp", "nd"])
-def test_a_packet_to_a_neighbour_that_never_answers_is_one_dropped_packet_with_every_probe_copy(  # type: ignore[no-untyped-def]
-        start_tool, netpair: NetPair, v6: bool) -> None:
-    """The request waits in the neighbour's queue while the kernel probes a second apart (each probe sends a clone
-    of it, freed before the request is first seen), then is dropped (NEIGH_FAILED): one packet, dropped where the
-    neighbour failed, with one neighbour probe copy per probe the kernel counted, and one packet matched."""
+@pytest.mark.parametrize(("v6", "pings"), [(False, 1), (True, 1), (False, 4)], ids=["arp", "nd", "arp-4-pings"])
+def test_packets_to_a_neighbour_that_never_answers_are_dropped_packets_with_every_probe_copy(  # type: ignore[no-untyped-def]
+        start_tool, netpair: NetPair, v6: bool, pings: int) -> None:
+    """A request waits in the neighbour's queue while the kernel probes a second apart (each probe sends a clone
+    of the last request queued, freed before any request is first seen), then all are dropped (NEIGH_FAILED, the
+    rest QUEUE_PURGE; a request sent after that starts the probes over): one packet per request, dropped where the
+    neighbour failed, each probe's copy the child of the request it copied, one packet matched per request. With
+    one request: one copy per probe the kernel counted."""
     family = "-6" if v6 else "-4"
     address = f"{netpair.addr_b6.rsplit(':', 1)[0]}:{DEAD_HOST:x}" if v6 else \
         f"{netpair.addr_b4.rsplit('.', 1)[0]}.{DEAD_HOST}"
     tool = start_tool("ipftrace", "-b", "tracepoint", "-o", "json", "-l4", "ICMPV6" if v6 else "ICMP",
                       "-d6" if v6 else "-d4", address)
-    done = netpair.exec_in(netpair.ns_a, ["ping", family, "-c", "1", "-W", "10", address], check=False)
-    assert "1 packets transmitted, 0 received, +1 errors" in done.stdout, done.stdout
+    done = netpair.exec_in(netpair.ns_a, ["ping", family, "-c", str(pings), "-i", "1", "-W", "10", address],
+                           check=False, timeout=60)
+    assert f"{pings} packets transmitted, 0 received, +{pings} errors" in done.stdout, done.stdout
     probes = neighbour_probes(netpair, family, address)
     time.sleep(0.5)
     code, out, err = tool.stop()
     assert code == 130, err
-    assert "INFO: 1 path printed; the kernel matched 1 packet, lost no events" in err, out
-    (packet,) = [json.loads(line) for line in out.splitlines()]
-    assert packet["outcome"] == "dropped" and "relation" not in packet, packet
+    summary = f"{pings} path{'s' if pings > 1 else ''} printed; the kernel matched {pings} packet{'s' if pings > 1 else ''}"
+    assert f"INFO: {summary}, lost no events" in err, out
+    packets = [json.loads(line) for line in out.splitlines()]
+    assert len(packets) == pings
     # ARP's error report frees it as NEIGH_FAILED, ND's (6.18) with no reason; both as a tail call from here
-    reasons = {"NEIGH_FAILED", "NOT_SPECIFIED"} if v6 else {"NEIGH_FAILED"}
-    assert packet["drop"]["reason"] in reasons and packet["drop"]["function"] == "neigh_invalidate", packet
-    copies = packet["children"]
-    assert probes >= 2 and len(copies) == probes, (probes, copies)
+    reasons = {"NEIGH_FAILED", "NOT_SPECIFIED", "QUEUE_PURGE"} if v6 else {"NEIGH_FAILED", "QUEUE_PURGE"}
+    for packet in packets:
+        assert packet["outcome"] == "dropped" and "relation" not in packet and not packet["continued"], packet
+        assert packet["drop"]["reason"] in reasons and packet["drop"]["function"] == "neigh_invalidate", packet
+        assert [event["function"] for event in packet["events"]] == ["skb:kfree_skb"], packet
+    copies = [copy for packet in packets for copy in packet["children"]]
     assert all(copy["neighbour_probe"] and copy["before_packet"] for copy in copies), copies
     assert all([event["function"] for event in copy["events"]] == ["skb:consume_skb"] for copy in copies)
-    times = [copy["events"][0]["timestamp_ns"] for copy in copies]
-    assert times == sorted(times) and times[-1] < packet["events"][0]["timestamp_ns"]
+    for packet in packets:
+        times = [copy["events"][0]["timestamp_ns"] for copy in packet["children"]]
+        assert times == sorted(times) and all(time_ns < packet["events"][0]["timestamp_ns"] for time_ns in times)
+    assert probes >= 2
+    if pings == 1:
+        assert len(copies) == probes, (probes, copies)
+    else:  # the count restarts with the probes a request after the failure starts
+        assert len(copies) >= probes and packets[0]["children"], (probes, copies)
 
 
 def test_text_output_labels_the_neighbour_probe_copy(start_tool, netpair: NetPair) -> None:  # type: ignore[no-untyped-def]

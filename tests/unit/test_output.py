@@ -200,7 +200,7 @@ def test_a_path_freed_unseen_says_so_in_text_and_json() -> None:
 def test_a_neighbour_probe_copy_is_labelled_under_the_packet_that_adopted_it() -> None:
     paths = PathAssembler(PROBES, PathLimits(settle_ns=0), clock=lambda: 0)
     copy = event(1, CONSUME, skb=0xFFFF888000002000, first=True, flags=FLAG_CLONE)
-    adopting = event(5, RECEIVE, first=True, flags=FLAG_ADOPT)._replace(parent=0xFFFF888000002000)
+    adopting = event(5, RECEIVE, first=True, flags=FLAG_ADOPT)._replace(parent=0xFFFF888000002000, parent_ts=1)
     done = paths.add_many([copy, adopting, event(6, CONSUME)])
     (packet,) = done + paths.expire(now_ns=10**12)
     formatter = PathFormatter(NAMES)

@@ -421,6 +421,27 @@ def test_a_packet_in_the_neighbours_queue_times_out_past_the_neighbour_wait() ->
     assert packet.outcome == "timeout" and paths.inflight == 0
 
 
+def test_a_copy_freed_after_its_packet_was_first_seen_at_its_drop_is_the_probes() -> None:
+    """Tracepoints: the neighbour failed while its last probe's copy was in flight: the packet (first seen at its
+    drop) is a packet, the copy freed after it its neighbour probe child, which has no say in the outcome."""
+    clock = Clock()
+    paths = assembler(clock)
+    paths.add_many([event(10, DROP, first=True, reason=3), clone_event(12, CONSUME)])
+    clock.now = 100
+    (packet,) = paths.expire()
+    assert packet.starts_packet and [child.neighbour_probe for child in packet.children] == [True]
+    assert packet.packet_outcome == "dropped"
+
+
+def test_a_clone_of_a_packet_seen_before_its_drop_is_no_probe_copy() -> None:
+    clock = Clock()
+    paths = assembler(clock)
+    paths.add_many([event(10, RECEIVE, first=True), event(11, DROP, reason=3), clone_event(12, CONSUME)])
+    clock.now = 100
+    (packet,) = paths.expire()
+    assert [child.neighbour_probe for child in packet.children] == [False] and packet.packet_outcome == "delivered"
+
+
 def test_a_copy_past_the_neighbour_wait_is_no_probe_copy() -> None:
     clock = Clock()
     names = Names(["default"], MANIFEST_PROBES, {3: "NEIGH_FAILED"}, hex)
@@ -459,7 +480,7 @@ def test_a_packet_adopts_its_clone_that_ended_before_it_was_seen() -> None:
     paths.add(orphan_event(1))
     clock.now = 500  # past the settle time: an orphan waits longer, for its packet
     assert paths.expire() == []
-    adopting = event(600, RECEIVE, first=True, flags=FLAG_ADOPT)._replace(parent=SKB_B)
+    adopting = event(600, RECEIVE, first=True, flags=FLAG_ADOPT)._replace(parent=SKB_B, parent_ts=1)
     paths.add_many([adopting, event(700, CONSUME)])
     clock.now = 800
     (packet,) = paths.expire()
@@ -474,7 +495,8 @@ def test_a_dropped_packet_that_adopted_its_neighbour_probe_copy_is_dropped() -> 
     clock = Clock()
     paths = assembler(clock)
     paths.add(orphan_event(1))
-    paths.add_many([event(600, RECEIVE, first=True, flags=FLAG_ADOPT)._replace(parent=SKB_B), event(700, DROP)])
+    paths.add_many([event(600, RECEIVE, first=True, flags=FLAG_ADOPT)._replace(parent=SKB_B, parent_ts=1),
+                    event(700, DROP)])
     clock.now = 800
     (packet,) = paths.expire()
     assert [child.before_packet for child in packet.children] == [True]
@@ -529,13 +551,22 @@ def test_a_copy_in_the_freed_skb_of_the_copy_before_it_follows_it() -> None:
     assert [(child.skb, child.events[0].timestamp_ns) for child in packet.children] == [(SKB_B, 1), (SKB_B, 2)]
 
 
-def test_copies_waiting_together_go_together_when_a_new_orphan_takes_their_address() -> None:
+def test_two_packets_waiting_for_one_neighbour_each_adopt_their_own_copies_at_one_address() -> None:
+    """Measured on 6.18 (ping -i 1 to an address nothing answers for): the first packet's two copies, then the
+    second packet's copy in the skb the first packet's last copy freed; both packets dropped together."""
     clock = Clock()
     paths = assembler(clock)
+    other = 0xFFFF888000005000
     done = paths.add_many([orphan_event(1, skb=SKB_B), following_event(2, SKB_C, SKB_B, 1),
-                           orphan_event(3, skb=SKB_C)])  # another packet's copy, at the address of the last one
-    assert sorted((path.skb, path.events[0].timestamp_ns) for path in done) == [(SKB_B, 1), (SKB_C, 2)]
-    assert all(not path.starts_packet for path in done)
+                           orphan_event(3, skb=SKB_C),  # the second packet's copy, at the address of the last one
+                           event(4, DROP, first=True, flags=FLAG_ADOPT)._replace(parent=SKB_C, parent_ts=2),
+                           event(5, DROP, skb=other, first=True, flags=FLAG_ADOPT)._replace(parent=SKB_C,
+                                                                                             parent_ts=3)])
+    clock.now = 100
+    first, second = sorted(done + paths.expire(), key=lambda path: path.events[0].timestamp_ns)
+    assert [(copy.skb, copy.events[0].timestamp_ns) for copy in first.children] == [(SKB_B, 1), (SKB_C, 2)]
+    assert [(copy.skb, copy.events[0].timestamp_ns) for copy in second.children] == [(SKB_C, 3)]
+    assert first.starts_packet and second.starts_packet and paths.flush() == []
 
 
 def test_copies_waiting_together_go_together_when_orphans_are_capped() -> None:
@@ -593,7 +624,7 @@ def test_a_waiting_orphan_clone_is_adopted_though_another_packet_reused_its_addr
     clock = Clock()
     paths = assembler(clock)
     other = 0xFFFF888000003000
-    adopting = event(40, RECEIVE, skb=other, first=True, flags=FLAG_ADOPT)._replace(parent=SKB_B)
+    adopting = event(40, RECEIVE, skb=other, first=True, flags=FLAG_ADOPT)._replace(parent=SKB_B, parent_ts=10)
     # the orphan's skb is freed and at once reused for an unrelated packet, which ends before the adopter comes
     done = paths.add_many([orphan_event(10), event(20, RECEIVE, skb=SKB_B, first=True, dst="10.0.0.9"),
                            event(30, CONSUME, skb=SKB_B), adopting, event(50, CONSUME, skb=other)])
