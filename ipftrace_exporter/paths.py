@@ -264,6 +264,8 @@ class PathAssembler:
                             for probe in probes)
         self._solicit_probed = any(probe.name in NEIGHBOUR_SOLICIT for probe in probes)
         self._neighbour_waits = frozenset(index for index, probe in enumerate(probes) if probe.name in NEIGHBOUR_WAIT)
+        # the queued packet's own event when the neighbour probes (neigh_probe clones it): not the end of its wait
+        self._clone_probes = frozenset(index for index, probe in enumerate(probes) if probe.name == "skb_clone")
 
     @property
     def inflight(self) -> int:
@@ -468,8 +470,9 @@ class PathAssembler:
         backends, where the packet is seen first): consumed after passing only frees and the solicitation (which
         it must pass when that is probed), within NEIGHBOUR_WAIT_NS after an skb of the packet (the packet, or for
         TCP its transmitted clone) was last seen in the neighbour layer, that skb standing still since; or (the
-        tracepoint backend) of a packet first seen at its drop, having waited where no probe sees it (the
-        neighbour's queue, dropped when the neighbour failed while the last probe's copy was still in flight)."""
+        tracepoint backend) of a packet first seen at its drop in the neighbour layer, having waited where no probe
+        sees it (the neighbour's queue, dropped when the neighbour failed while the last probe's copy was still in
+        flight)."""
         events = clone.events
         if clone.outcome != OUTCOME_DELIVERED or not events:
             return False
@@ -482,8 +485,10 @@ class PathAssembler:
                 return False
         if not solicited and self._solicit_probed:
             return False
-        if probes[min(packet.events, key=attrgetter("timestamp_ns")).probe_id].role is ProbeRole.DROP:
-            return True
+        first_event = min(packet.events, key=attrgetter("timestamp_ns"))
+        if probes[first_event.probe_id].role is ProbeRole.DROP:
+            drop = packet.drop
+            return drop is not None and drop.function.lstrip("_").startswith("neigh_")
         first = min(event.timestamp_ns for event in events)
         last = max(event.timestamp_ns for event in events)
         for holder in packet.skb_paths:
@@ -574,7 +579,7 @@ class PathAssembler:
             last = path.events[-1]
             if last.timestamp_ns > idle_before:
                 break
-            if last.probe_id in waits and last.timestamp_ns > waiting_since:
+            if waits and self._waits_for_neighbour(path, waiting_since):
                 continue  # in the neighbour's queue: it waits where it is (still the first evicted) until answered
             idle.append(skb)
         for skb in idle:
@@ -605,6 +610,13 @@ class PathAssembler:
             alone = [key for key, (_, deadline) in self._orphans.items() if deadline <= now]
             released.extend(self._release([self._orphans.pop(key)[0] for key in alone]))
         return released
+
+    def _waits_for_neighbour(self, path: SkbPath, since: int) -> bool:
+        """The path was last seen (skb_clone aside: the neighbour probing with a copy of it) in NEIGHBOUR_WAIT, after
+        `since`."""
+        clones = self._clone_probes
+        last = next((event for event in reversed(path.events) if event.probe_id not in clones), None)
+        return last is not None and last.probe_id in self._neighbour_waits and last.timestamp_ns > since
 
     def flush(self) -> list[SkbPath]:
         """Every path still held, ended or not (on shutdown)."""

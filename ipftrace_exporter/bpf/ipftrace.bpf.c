@@ -512,12 +512,22 @@ static __always_inline void ipft_gso(struct sk_buff *skb, unsigned char *head, u
 }
 
 /* Whether the skb belongs to a socket (skb->sk): a clone is made without one (a neighbour probe's copy keeps none),
- * while a packet a local socket sends keeps it to its free. */
+ * while a packet a local socket sends keeps it to its free. (Before 6.11 `sk` shares its storage with
+ * ip_defrag_offset, so a fragment being reassembled reads as owned: no branch that asks is taken for one.) */
 static __always_inline int ipft_has_socket(struct sk_buff *skb)
 {
     u64 sk = 0;
     IPFT_SKB_FIELD(sk, skb, sk);
     return sk != 0;
+}
+
+/* A packet a local socket sent, not yet received anywhere: it has its socket and no input device (skb_iif is set
+ * on receive, so a received clone queued to a raw or packet socket, which has a socket too, does not pass). */
+static __always_inline int ipft_sent_here(struct sk_buff *skb)
+{
+    int iif = 0;
+    IPFT_SKB_FIELD(iif, skb, skb_iif);
+    return !iif && ipft_has_socket(skb);
 }
 
 /* Whether another skb still shares this skb's data buffer (skb_shinfo(skb)->dataref counts the data's holders in
@@ -927,7 +937,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
             segmented->segs_left -= 1;
         } else if (same_packet && owner->orphan
                    && (role == IPFT_ROLE_STEP
-                       || (role == IPFT_ROLE_DROP && (ipft_has_socket(skb) || !ipft_buffer_shared(skb, head))))) {
+                       || (role == IPFT_ROLE_DROP && (ipft_sent_here(skb) || !ipft_buffer_shared(skb, head))))) {
             /* the packet of a clone that ended before it was seen (a neighbour probe's copy: the packet waited in
              * the neighbour's queue for ARP/ND): matched now, sampled as its clone was, and it adopts the clone.
              * Seen first at its drop when the neighbour never answered (NEIGH_FAILED): no copy, since it has its
@@ -958,10 +968,10 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
             relation = IPFT_FLAG_CLONE;
             fresh.sampled = owner->sampled;
         } else if (role != IPFT_ROLE_STEP && ipft_is_clone(skb)
-                   && !(role == IPFT_ROLE_DROP && ipft_has_socket(skb))) {
+                   && !(role == IPFT_ROLE_DROP && ipft_sent_here(skb))) {
             /* a clone ending before its packet was seen: not a packet of its own (not matched); its packet adopts
-             * it when first seen (see above). (Not a dropped one with its socket: a local packet dropped where it
-             * waited unseen, as in the neighbour's queue, while a copy of it still lives: its packet.) */
+             * it when first seen (see above). (Not a dropped one a local socket sent: a packet dropped where it
+             * waited unseen, as in the neighbour's queue, while a copy of it still lives.) */
             relation = IPFT_FLAG_CLONE;
             fresh.sampled = IPFT_SAMPLED();
             struct ipft_buffer_owner orphan = {.skb = key, .ts = now, .fp = t.fp, .flow_id = flow,

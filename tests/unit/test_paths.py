@@ -31,7 +31,8 @@ class Clock:
         return self.now
 
 
-FUNCTIONS = {0xFFFF0001: "__udp4_lib_rcv"}
+NEIGH_INVALIDATE = 0xFFFF0002
+FUNCTIONS = {0xFFFF0001: "__udp4_lib_rcv", NEIGH_INVALIDATE: "neigh_invalidate"}
 NAMES = Names(["default"], PROBES, {3: "NO_SOCKET"}, lambda address: FUNCTIONS.get(address, hex(address)))
 
 
@@ -409,6 +410,23 @@ def test_a_packet_whose_neighbour_never_answers_waits_past_the_idle_timeout_with
     assert packet.packet_outcome == "dropped"
 
 
+def test_a_request_queued_behind_another_waits_though_each_probe_cloned_it() -> None:
+    """Full discovery probes skb_clone, which the queued request passes whenever the neighbour copies it: its last
+    event is then skb_clone, and it still waits in the neighbour's queue (not timed out at idle_timeout)."""
+    probes = ProbeTable([*MANIFEST_PROBES, Probe(len(MANIFEST_PROBES), "skb_clone", ProbeKind.KPROBE)])
+    clone_call = len(MANIFEST_PROBES)
+    clock = Clock()
+    paths = PathAssembler(probes, PathLimits(idle_timeout_ns=2 * SECOND), Names(["default"], probes, {}, hex), clock)
+    paths.add_many([event(10, OUTPUT, first=True), event(20, NEIGH_OUTPUT), event(25, clone_call),
+                    clone_event(30, N_CONSUME)])
+    clock.now = 3 * SECOND
+    assert paths.expire() == [] and paths.inflight == 1
+    paths.add(event(3 * SECOND + 10, N_DROP, reason=3))
+    clock.now = 4 * SECOND
+    (packet,) = paths.expire()
+    assert packet.outcome == "dropped" and [child.neighbour_probe for child in packet.children] == [True]
+
+
 def test_a_packet_in_the_neighbours_queue_times_out_past_the_neighbour_wait() -> None:
     clock = Clock()
     names = Names(["default"], MANIFEST_PROBES, {}, hex)
@@ -426,11 +444,20 @@ def test_a_copy_freed_after_its_packet_was_first_seen_at_its_drop_is_the_probes(
     drop) is a packet, the copy freed after it its neighbour probe child, which has no say in the outcome."""
     clock = Clock()
     paths = assembler(clock)
-    paths.add_many([event(10, DROP, first=True, reason=3), clone_event(12, CONSUME)])
+    paths.add_many([event(10, DROP, first=True, reason=3, location=NEIGH_INVALIDATE), clone_event(12, CONSUME)])
     clock.now = 100
     (packet,) = paths.expire()
     assert packet.starts_packet and [child.neighbour_probe for child in packet.children] == [True]
     assert packet.packet_outcome == "dropped"
+
+
+def test_a_clone_of_a_packet_first_seen_at_a_drop_elsewhere_is_no_probe_copy() -> None:
+    clock = Clock()
+    paths = assembler(clock)
+    paths.add_many([event(10, DROP, first=True, reason=3, location=0xFFFF0001), clone_event(12, CONSUME)])
+    clock.now = 100
+    (packet,) = paths.expire()
+    assert [child.neighbour_probe for child in packet.children] == [False] and packet.packet_outcome == "delivered"
 
 
 def test_a_clone_of_a_packet_seen_before_its_drop_is_no_probe_copy() -> None:
