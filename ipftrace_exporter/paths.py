@@ -494,13 +494,21 @@ class PathAssembler:
         for holder in packet.skb_paths:
             if holder is clone or any(first <= event.timestamp_ns <= last for event in holder.events):
                 continue
-            earlier = [event for event in holder.events if event.timestamp_ns < first
-                       and name(event.probe_id) != "skb_clone"]
-            if earlier:
-                waited = max(earlier, key=lambda event: event.timestamp_ns)
-                if name(waited.probe_id) in NEIGHBOUR_WAIT and first - waited.timestamp_ns < NEIGHBOUR_WAIT_NS:
-                    return True
+            waited = self._neighbour_wait(holder.events, first)
+            if waited is not None and first - waited.timestamp_ns < NEIGHBOUR_WAIT_NS:
+                return True
         return False
+
+    def _neighbour_wait(self, events: list[Event], before: int | None = None) -> Event | None:
+        """The latest of `events` (before `before`), skb_clone aside (the neighbour copying a queued packet), when
+        it is in NEIGHBOUR_WAIT: the packet has waited in the neighbour's queue since."""
+        clones = self._clone_probes
+        seen = [event for event in events
+                if event.probe_id not in clones and (before is None or event.timestamp_ns < before)]
+        if not seen:
+            return None
+        latest = max(seen, key=attrgetter("timestamp_ns"))
+        return latest if latest.probe_id in self._neighbour_waits else None
 
     def _shed(self, max_held: int, done: list[SkbPath]) -> None:
         """Evict the least recently touched open paths (as truncated) until at most `max_held` events are held."""
@@ -579,7 +587,8 @@ class PathAssembler:
             last = path.events[-1]
             if last.timestamp_ns > idle_before:
                 break
-            if waits and self._waits_for_neighbour(path, waiting_since):
+            waited = self._neighbour_wait(path.events) if waits else None
+            if waited is not None and waited.timestamp_ns > waiting_since:
                 continue  # in the neighbour's queue: it waits where it is (still the first evicted) until answered
             idle.append(skb)
         for skb in idle:
@@ -610,13 +619,6 @@ class PathAssembler:
             alone = [key for key, (_, deadline) in self._orphans.items() if deadline <= now]
             released.extend(self._release([self._orphans.pop(key)[0] for key in alone]))
         return released
-
-    def _waits_for_neighbour(self, path: SkbPath, since: int) -> bool:
-        """The path was last seen (skb_clone aside: the neighbour probing with a copy of it) in NEIGHBOUR_WAIT, after
-        `since`."""
-        clones = self._clone_probes
-        last = next((event for event in reversed(path.events) if event.probe_id not in clones), None)
-        return last is not None and last.probe_id in self._neighbour_waits and last.timestamp_ns > since
 
     def flush(self) -> list[SkbPath]:
         """Every path still held, ended or not (on shutdown)."""

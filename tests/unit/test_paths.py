@@ -451,19 +451,14 @@ def test_a_copy_freed_after_its_packet_was_first_seen_at_its_drop_is_the_probes(
     assert packet.packet_outcome == "dropped"
 
 
-def test_a_clone_of_a_packet_first_seen_at_a_drop_elsewhere_is_no_probe_copy() -> None:
+@pytest.mark.parametrize("packet_events", [
+    [event(10, DROP, first=True, reason=3, location=0xFFFF0001)],  # first seen at a drop outside the neighbour layer
+    [event(10, RECEIVE, first=True), event(11, DROP, reason=3, location=NEIGH_INVALIDATE)],  # seen before its drop
+], ids=["drop-elsewhere", "seen-before-its-drop"])
+def test_a_clone_freed_after_its_packet_was_dropped_is_otherwise_no_probe_copy(packet_events: list) -> None:
     clock = Clock()
     paths = assembler(clock)
-    paths.add_many([event(10, DROP, first=True, reason=3, location=0xFFFF0001), clone_event(12, CONSUME)])
-    clock.now = 100
-    (packet,) = paths.expire()
-    assert [child.neighbour_probe for child in packet.children] == [False] and packet.packet_outcome == "delivered"
-
-
-def test_a_clone_of_a_packet_seen_before_its_drop_is_no_probe_copy() -> None:
-    clock = Clock()
-    paths = assembler(clock)
-    paths.add_many([event(10, RECEIVE, first=True), event(11, DROP, reason=3), clone_event(12, CONSUME)])
+    paths.add_many([*packet_events, clone_event(12, CONSUME)])
     clock.now = 100
     (packet,) = paths.expire()
     assert [child.neighbour_probe for child in packet.children] == [False] and packet.packet_outcome == "delivered"
