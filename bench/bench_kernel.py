@@ -134,14 +134,19 @@ def foreign_programs(own: set[int]) -> int:
     return len(ids - own)
 
 
+# Under emulation (the kernel matrix's TCG) a start compiles for about a minute.
+START_TIMEOUT_S = float(os.environ.get("IPFTRACE_TEST_READY_TIMEOUT", "90"))
+
+
 class Daemon:
     """ipftrace-exporter with a config, ready before use, stopped with SIGTERM."""
 
     def __init__(self, flows: str, workdir: Path, cache_dir: str, env: dict[str, str],
-                 paths: str = "{idle_timeout: 1s}", extra: str = "", command: list[str] | None = None) -> None:
+                 paths: str = "{idle_timeout: 1s}", extra: str = "", command: list[str] | None = None,
+                 backend: str = "tracepoint") -> None:
         self.port = free_port()
         config = workdir / "config.yaml"
-        config.write_text(f"backend: tracepoint\nflows:\n{flows}\npaths: {paths}\n{extra}")
+        config.write_text(f"backend: {backend}\nflows:\n{flows}\npaths: {paths}\n{extra}")
         ready = workdir / "ready"
         ready.unlink(missing_ok=True)
         self.log = open(workdir / "daemon.log", "w")  # noqa: SIM115 - closed in stop()
@@ -150,7 +155,7 @@ class Daemon:
              f"127.0.0.1:{self.port}", "--ready-file", str(ready)],
             stdout=self.log, stderr=subprocess.STDOUT,
             env=dict(os.environ, IPFTRACE_CACHE_DIR=cache_dir, **env))
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + START_TIMEOUT_S
         while not ready.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import resource
 import shutil
 import socket
@@ -38,15 +39,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_kernel import (
+    BIN,
     FLOOD_CPU,
+    PROJECT,
     SENDER,
+    START_TIMEOUT_S,
     UDP_PORT,
     Daemon,
     empty_program_daemon,
@@ -56,6 +60,7 @@ from bench_kernel import (
 from benchlib import command_line, machine_facts, report, table
 from probe_cost import STATS_SYSCTL, program_stats, tracepoint_names
 
+from ipftrace_exporter.kernel.btf import Btf
 from ipftrace_exporter.tracepoints import SKB_TRACEPOINTS, TracepointInfo, tracefs_root
 from tests.kernel.netns import NetPair, create_pair, delete_pair
 
@@ -67,6 +72,8 @@ TRACERS = {"other flow": ("bpftrace", "ours", EMPTY), "matching": ("bpftrace", "
 TARGET_NS = {"other flow": 0.5, "matching": 1.0}
 TARGET_CPU = {"other flow": 0.90, "matching": 0.80}
 ETH_P_IP = int.from_bytes(b"\x08\x00", sys.byteorder)  # skb->protocol (big-endian) as a native load reads it
+BACKENDS = ("tracepoint", "kprobe", "kfunc")
+MANIFEST = PROJECT / "ipftrace_exporter" / "manifests" / "default.yaml"  # the daemon's embedded default
 
 
 @dataclass
@@ -106,8 +113,7 @@ def probe_block(info: TracepointInfo, daddr: str) -> str:
     count = f"@{info.event} = count();"
     if has_field(info, " skbaddr;"):
         header = "$skb->data" if info.from_data else "($skb->head + $skb->network_header)"
-        body = (f"  $skb = (struct sk_buff *)args->skbaddr;\n  if ($skb->protocol == {ETH_P_IP}) {{\n"
-                f"    $ip = (struct iphdr *){header};\n    if ($ip->daddr == {want}) {{ {count} }}\n  }}\n")
+        body = ipv4_check("(struct sk_buff *)args->skbaddr", header, daddr, count)
     elif has_field(info, " daddr[28];"):  # udp_fail_queue_rcv_skb: no skb field, the addresses as sockaddr
         body = (f"  $addr = *(uint32 *)((uint64)args->daddr + 4);\n"
                 f"  if (args->family == 2 && $addr == {want}) {{ {count} }}\n")
@@ -116,21 +122,73 @@ def probe_block(info: TracepointInfo, daddr: str) -> str:
     return f"tracepoint:{info.category}:{info.event} {{\n{body}}}\n"
 
 
-def bpftrace_script(events: list[str], daddr: str) -> str:
-    """One probe block per tracepoint our daemon attaches (by event name)."""
+def ipv4_check(skb: str, header: str, daddr: str, count: str) -> str:
+    """A probe body: the skb `skb` is IPv4 (skb->protocol) with its header at `header` and destination `daddr`?
+    then `count`."""
+    return (f"  $skb = {skb};\n  if ($skb->protocol == {ETH_P_IP}) {{\n"
+            f"    $ip = (struct iphdr *){header};\n"
+            f"    if ($ip->daddr == 0x{native_u32(daddr):08x}) {{ {count} }}\n  }}\n")
+
+
+@dataclass(frozen=True)
+class FunctionProbe:
+    """A kernel function our daemon probes on a function backend, and where its skb argument is."""
+
+    name: str
+    skb_pos: int  # 1-based, as `ipftrace -l` shows it
+    skb_param: str  # the argument's name (BTF), which bpftrace's kfunc probes read it by
+
+
+def function_probes(backend: str, cache_dir: str) -> list[FunctionProbe]:
+    """The curated manifest's functions that `backend` can attach on this kernel (`ipftrace -l`), with their
+    skb argument; functions whose names bpftrace cannot spell (`.isra.0` suffixes) are left out."""
+    listing = json.loads(subprocess.run(
+        [str(BIN / "ipftrace"), "-b", backend, "-l", "-o", "json", str(MANIFEST)], capture_output=True, text=True,
+        check=True, env=dict(os.environ, IPFTRACE_CACHE_DIR=cache_dir)).stdout)
+    btf = Btf.load()
+    probes = []
+    for entry in listing["probes"]:
+        params = btf.function_params(entry["name"]) if entry.get(backend) == "attachable" else None
+        if params and entry["name"].isidentifier() and len(params) >= entry["skb_pos"]:
+            probes.append(FunctionProbe(entry["name"], entry["skb_pos"], params[entry["skb_pos"] - 1][0]))
+    return probes
+
+
+def function_block(backend: str, probe: FunctionProbe, daddr: str) -> str:
+    """The bpftrace program for one function: the same IPv4 check at the network header (where a receive
+    function runs before the header is set, it reads a stale one: the cost, not the count, is compared)."""
+    skb = f"(struct sk_buff *)arg{probe.skb_pos - 1}" if backend == "kprobe" else f"args->{probe.skb_param}"
+    body = ipv4_check(skb, "($skb->head + $skb->network_header)", daddr, f"@{probe.name} = count();")
+    return f"{backend}:{probe.name} {{\n{body}}}\n"
+
+
+def bpftrace_script(events: list[str], daddr: str, backend: str = "tracepoint",
+                    functions: Sequence[FunctionProbe] = ()) -> str:
+    """One probe block per tracepoint our daemon attaches (by event name), and per function on a function
+    backend."""
     known = {info.event: info for info in SKB_TRACEPOINTS}
     missing = [event for event in events if event not in known]
     if missing:
         raise RuntimeError(f"tracepoints not in SKB_TRACEPOINTS: {missing}")
-    return "".join(probe_block(known[event], daddr) for event in events)
+    return ("".join(probe_block(known[event], daddr) for event in events)
+            + "".join(function_block(backend, probe, daddr) for probe in functions))
 
 
-def perf_programs(pid: int) -> dict[int, str]:
-    """program id -> tracepoint of the perf-event attachments process `pid` holds (`bpftool perf show`)."""
+def attached_programs(pid: int) -> dict[int, str]:
+    """program id -> what it is attached to, for process `pid`: its perf-event attachments (`bpftool perf show`:
+    a tracepoint, a kprobe's function) and its BPF links (fdinfo: fentry programs, named by their link type)."""
     listing = subprocess.run(["bpftool", "-j", "perf", "show"], capture_output=True, text=True,
                              check=True).stdout
-    return {entry["prog_id"]: entry["tracepoint"] for entry in json.loads(listing or "[]")
-            if entry.get("pid") == pid and "tracepoint" in entry}
+    attached = {entry["prog_id"]: entry.get("tracepoint") or entry.get("func", "?")
+                for entry in json.loads(listing or "[]") if entry.get("pid") == pid}
+    for fd in Path(f"/proc/{pid}/fdinfo").iterdir() if Path(f"/proc/{pid}").exists() else ():
+        try:
+            fields = dict(line.split(":", 1) for line in fd.read_text().splitlines() if ":" in line)
+        except OSError:
+            continue
+        if "link_type" in fields and "prog_id" in fields:
+            attached[int(fields["prog_id"])] = fields["link_type"].strip()
+    return attached
 
 
 class Bpftrace(Daemon):
@@ -142,14 +200,14 @@ class Bpftrace(Daemon):
         source.write_text(script)
         self.log = open(workdir / "bpftrace.log", "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(["bpftrace", str(source)], stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        self.names = perf_programs(self.proc.pid)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        self.names = attached_programs(self.proc.pid)
         while len(self.names) < probes:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"bpftrace did not attach: {(workdir / 'bpftrace.log').read_text()[-2000:]}")
             time.sleep(0.05)
-            self.names = perf_programs(self.proc.pid)
+            self.names = attached_programs(self.proc.pid)
         self.programs = set(self.names)
 
     def metrics(self) -> dict[str, float]:
@@ -159,8 +217,10 @@ class Bpftrace(Daemon):
 class Ours(Daemon):
     """Our daemon with one flow on the IPv4 destination `daddr`, its program ids named by their tracepoints."""
 
-    def __init__(self, daddr: str, workdir: Path, cache_dir: str, command: list[str] | None = None) -> None:
-        super().__init__(f"  - {{name: peer, daddr: {daddr}}}\n", workdir, cache_dir, {}, command=command)
+    def __init__(self, daddr: str, workdir: Path, cache_dir: str, command: list[str] | None = None,
+                 backend: str = "tracepoint") -> None:
+        super().__init__(f"  - {{name: peer, daddr: {daddr}}}\n", workdir, cache_dir, {}, command=command,
+                         backend=backend)
         self.names = tracepoint_names(self.programs)
 
 
@@ -222,15 +282,18 @@ class Bench:
     workdir: Path
     cache_dir: str
     empty_command: list[str]  # the daemon with empty programs (bench_kernel.empty_program_daemon)
+    backend: str = "tracepoint"  # ours with this backend, bpftrace on the same probes
+    functions: list[FunctionProbe] = field(default_factory=list)  # on a function backend: the functions
     samples: dict[Key, list[Sample]] = field(default_factory=dict)
     foreign: list[int] = field(default_factory=list)  # ipft_* programs of other processes, per measurement
 
     def start(self, name: str, daddr: str) -> Tracer:
         """Tracer `name` with its filter on `daddr`, probes attached."""
         if name == "bpftrace":
-            return Bpftrace(bpftrace_script(self.events, daddr), len(self.events), self.workdir)
+            return Bpftrace(bpftrace_script(self.events, daddr, self.backend, self.functions),
+                            len(self.events) + len(self.functions), self.workdir)
         command = self.empty_command if name == EMPTY else None
-        return Ours(daddr, self.workdir, self.cache_dir, command)
+        return Ours(daddr, self.workdir, self.cache_dir, command, self.backend)
 
     def round(self, index: int) -> None:
         """Untraced, then each filter under each tracer (the tracers' order alternates between rounds)."""
@@ -351,13 +414,21 @@ def tracepoint_rows(samples: dict[Key, list[Sample]], events: list[str]) -> list
     return rows
 
 
-def ours_tracepoints(pair: NetPair, workdir: Path, cache_dir: str) -> list[str]:
+def ours_tracepoints(workdir: Path, cache_dir: str, backend: str) -> list[str]:
     """The raw tracepoints our daemon attaches here (from the kernel's link list), in attach order."""
-    daemon = Ours(OTHER_DADDR, workdir, cache_dir)
+    daemon = Ours(OTHER_DADDR, workdir, cache_dir, backend=backend)
     try:
         return [daemon.names[prog_id] for prog_id in sorted(daemon.names)]
     finally:
         daemon.stop()
+
+
+def probed(backend: str, events: list[str], functions: list[FunctionProbe]) -> str:
+    """What both tracers probe, for the report (empty on the tracepoint backend: the tracepoints say it)."""
+    if backend == "tracepoint":
+        return ""
+    return (f"; the curated manifest: {len(functions)} functions, which bpftrace probes one `{backend}:` program "
+            f"each, reading the skb argument, plus the {len(events)} tracepoints ours holds")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -366,7 +437,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datagrams", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--cache-dir", default=os.environ.get("IPFTRACE_CACHE_DIR", "/tmp/ipft-cache"))
-    parser.add_argument("--write", metavar="RESULTS_MD", help="replace the 'Peers (bpftrace)' section there")
+    parser.add_argument("--backend", choices=BACKENDS, default="tracepoint",
+                        help="ours with this backend (curated manifest), bpftrace on the same probes")
+    parser.add_argument("--write", metavar="RESULTS_MD", help="replace this bench's section there")
     args = parser.parse_args(argv)
     if os.geteuid() != 0 or not shutil.which("bpftool") or not shutil.which("bpftrace"):
         print("needs root, bpftool and bpftrace", file=sys.stderr)
@@ -378,8 +451,10 @@ def main(argv: list[str] | None = None) -> int:
     labels = {"ping": "ping flood", "udp": "UDP blast, closed port"}
     old_stats = set_stats("1")
     try:
-        events = ours_tracepoints(pair, workdir, args.cache_dir)
-        bench = Bench(pair, floods, events, workdir, args.cache_dir, empty_program_daemon(workdir))
+        events = ours_tracepoints(workdir, args.cache_dir, args.backend)
+        functions = [] if args.backend == "tracepoint" else function_probes(args.backend, args.cache_dir)
+        bench = Bench(pair, floods, events, workdir, args.cache_dir, empty_program_daemon(workdir), args.backend,
+                      functions)
         for index in range(args.runs):
             bench.round(index)
             print(f"round {index + 1} done", file=sys.stderr, flush=True)
@@ -395,8 +470,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Command: `{command_line()}`",
         "",
-        (f"One run of {args.runs} rounds, each: untraced, then {version} and our daemon (`-b tracepoint`, no "
-         f"OTLP endpoint) with a filter on another flow (daddr {OTHER_DADDR}) and on the floods' destination "
+        (f"One run of {args.runs} rounds, each: untraced, then {version} and our daemon (`-b {args.backend}`, no "
+         f"OTLP endpoint{probed(args.backend, events, functions)}) with a filter on another flow (daddr {OTHER_DADDR}) and on the floods' destination "
          f"(matching), the tracers' order alternating. {args.pings:,} pings (requests and replies: "
          f"{2 * args.pings:,} packets) and {args.datagrams:,} UDP datagrams to a closed port, between two "
          "test namespaces, sender pinned to the last CPU. CPU us/packet = the sender's system CPU time "
@@ -416,12 +491,17 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *verdicts,
         "",
-        "Program ns per hit by tracepoint (both floods; bpftrace on the classic tracepoint, ours on the raw one):",
-        "",
-        table(["tracepoint", *[f"{name}, {mode}" for name, mode in columns()]],
-              tracepoint_rows(bench.samples, events)),
     ]
-    return report(lines, args.write, "Peers (bpftrace)")
+    if args.backend == "tracepoint":  # on a function backend our entry points are shared: no per-probe split
+        lines += [
+            "Program ns per hit by tracepoint (both floods; bpftrace on the classic tracepoint, ours on the raw one):",
+            "",
+            table(["tracepoint", *[f"{name}, {mode}" for name, mode in columns()]],
+                  tracepoint_rows(bench.samples, events)),
+        ]
+    title = "Peers (bpftrace)" if args.backend == "tracepoint" else \
+        f"Peers (bpftrace), {args.backend} on {platform.release()}"
+    return report(lines, args.write, title)
 
 
 if __name__ == "__main__":
