@@ -73,6 +73,7 @@ TARGET_NS = {"other flow": 0.5, "matching": 1.0}
 TARGET_CPU = {"other flow": 0.90, "matching": 0.80}
 ETH_P_IP = int.from_bytes(b"\x08\x00", sys.byteorder)  # skb->protocol (big-endian) as a native load reads it
 BACKENDS = ("tracepoint", "kprobe", "kfunc")
+BPFTRACE_KFUNC_PARAMS = 6  # bpftrace 0.17: "functions with more than 6 parameters are not supported"
 MANIFEST = PROJECT / "ipftrace_exporter" / "manifests" / "default.yaml"  # the daemon's embedded default
 
 
@@ -139,19 +140,22 @@ class FunctionProbe:
     skb_param: str  # the argument's name (BTF), which bpftrace's kfunc probes read it by
 
 
-def function_probes(backend: str, cache_dir: str) -> list[FunctionProbe]:
+def function_probes(backend: str, cache_dir: str) -> tuple[list[FunctionProbe], int]:
     """The curated manifest's functions that `backend` can attach on this kernel (`ipftrace -l`), with their
-    skb argument; functions whose names bpftrace cannot spell (`.isra.0` suffixes) are left out."""
+    skb argument; left out: functions whose names bpftrace cannot spell (`.isra.0` suffixes) and, for kfunc, those
+    with more than 6 parameters (bpftrace 0.17 refuses them). Also returns how many the backend can attach."""
     listing = json.loads(subprocess.run(
         [str(BIN / "ipftrace"), "-b", backend, "-l", "-o", "json", str(MANIFEST)], capture_output=True, text=True,
         check=True, env=dict(os.environ, IPFTRACE_CACHE_DIR=cache_dir)).stdout)
     btf = Btf.load()
+    attachable = [entry for entry in listing["probes"] if entry.get(backend) == "attachable"]
     probes = []
-    for entry in listing["probes"]:
-        params = btf.function_params(entry["name"]) if entry.get(backend) == "attachable" else None
-        if params and entry["name"].isidentifier() and len(params) >= entry["skb_pos"]:
+    for entry in attachable:
+        params = btf.function_params(entry["name"])
+        if params and entry["name"].isidentifier() and entry["skb_pos"] <= len(params) \
+                and (backend != "kfunc" or len(params) <= BPFTRACE_KFUNC_PARAMS):
             probes.append(FunctionProbe(entry["name"], entry["skb_pos"], params[entry["skb_pos"] - 1][0]))
-    return probes
+    return probes, len(attachable)
 
 
 def function_block(backend: str, probe: FunctionProbe, daddr: str) -> str:
@@ -176,7 +180,8 @@ def bpftrace_script(events: list[str], daddr: str, backend: str = "tracepoint",
 
 def attached_programs(pid: int) -> dict[int, str]:
     """program id -> what it is attached to, for process `pid`: its perf-event attachments (`bpftool perf show`:
-    a tracepoint, a kprobe's function) and its BPF links (fdinfo: fentry programs, named by their link type)."""
+    a tracepoint, a kprobe's function) and its BPF links (fdinfo: fentry programs, named by link type and program
+    id, since samples are kept by name)."""
     listing = subprocess.run(["bpftool", "-j", "perf", "show"], capture_output=True, text=True,
                              check=True).stdout
     attached = {entry["prog_id"]: entry.get("tracepoint") or entry.get("func", "?")
@@ -187,7 +192,8 @@ def attached_programs(pid: int) -> dict[int, str]:
         except OSError:
             continue
         if "link_type" in fields and "prog_id" in fields:
-            attached[int(fields["prog_id"])] = fields["link_type"].strip()
+            prog_id = int(fields["prog_id"])
+            attached[prog_id] = f"{fields['link_type'].strip()} link, program {prog_id}"  # one name per program
     return attached
 
 
@@ -423,12 +429,13 @@ def ours_tracepoints(workdir: Path, cache_dir: str, backend: str) -> list[str]:
         daemon.stop()
 
 
-def probed(backend: str, events: list[str], functions: list[FunctionProbe]) -> str:
+def probed(backend: str, events: list[str], functions: list[FunctionProbe], attachable: int) -> str:
     """What both tracers probe, for the report (empty on the tracepoint backend: the tracepoints say it)."""
     if backend == "tracepoint":
         return ""
-    return (f"; the curated manifest: {len(functions)} functions, which bpftrace probes one `{backend}:` program "
-            f"each, reading the skb argument, plus the {len(events)} tracepoints ours holds")
+    return (f"; the curated manifest: {attachable} functions attachable here, of which bpftrace probes "
+            f"{len(functions)} (one `{backend}:` program each, reading the skb argument), plus the {len(events)} "
+            "tracepoints ours holds")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -452,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     old_stats = set_stats("1")
     try:
         events = ours_tracepoints(workdir, args.cache_dir, args.backend)
-        functions = [] if args.backend == "tracepoint" else function_probes(args.backend, args.cache_dir)
+        functions, attachable = ([], 0) if args.backend == "tracepoint" else \
+            function_probes(args.backend, args.cache_dir)
         bench = Bench(pair, floods, events, workdir, args.cache_dir, empty_program_daemon(workdir), args.backend,
                       functions)
         for index in range(args.runs):
@@ -471,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `{command_line()}`",
         "",
         (f"One run of {args.runs} rounds, each: untraced, then {version} and our daemon (`-b {args.backend}`, no "
-         f"OTLP endpoint{probed(args.backend, events, functions)}) with a filter on another flow (daddr {OTHER_DADDR}) and on the floods' destination "
+         f"OTLP endpoint{probed(args.backend, events, functions, attachable)}) with a filter on another flow (daddr {OTHER_DADDR}) and on the floods' destination "
          f"(matching), the tracers' order alternating. {args.pings:,} pings (requests and replies: "
          f"{2 * args.pings:,} packets) and {args.datagrams:,} UDP datagrams to a closed port, between two "
          "test namespaces, sender pinned to the last CPU. CPU us/packet = the sender's system CPU time "

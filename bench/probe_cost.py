@@ -6,7 +6,7 @@ matching the traffic. With `--tree DIR` (repeated) the daemons of several source
 an older commit) are measured in the same run, alternating, so that their costs can be compared. Needs root.
 
     .venv/bin/python bench/probe_cost.py [--pings 100000] [--workload ping|tcp] [--tree DIR ...] [--runs 3]
-                                         [--write bench/RESULTS.md]
+                                         [--backend tracepoint|kprobe|kfunc] [--write bench/RESULTS.md]
 
 Program time covers the program body only (not the kernel's dispatch into it) and includes the statistics'
 own two clock reads per run; hits per packet say how many probes each packet passes.
@@ -67,9 +67,9 @@ def send(pair: NetPair, workload: str, pings: int) -> int:
 
 
 def measure(pair: NetPair, flows: str, workload: str, pings: int, workdir: Path, cache_dir: str,
-            tree: str | None) -> tuple[float, float, dict]:
+            tree: str | None, backend: str = "tracepoint") -> tuple[float, float, dict]:
     """(hits per packet, ns per hit, {program: ns per hit}) for one workload under one daemon."""
-    daemon = Daemon(flows, workdir, cache_dir, {}, command=tree_command(tree))
+    daemon = Daemon(flows, workdir, cache_dir, {}, command=tree_command(tree), backend=backend)
     try:
         subprocess.run(["sysctl", "-qw", f"{STATS_SYSCTL}=1"], check=True)
         names = tracepoint_names(daemon.programs)
@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="tcp: a bulk transfer of pings x 64 bytes, GSO in software")
     parser.add_argument("--tree", action="append", metavar="DIR",
                         help="a source tree whose daemon to measure (repeatable; default: this checkout)")
+    parser.add_argument("--backend", choices=("tracepoint", "kprobe", "kfunc"), default="tracepoint",
+                        help="the daemons' backend (kprobe, kfunc: the curated manifest; in the kernel matrix)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--cache-dir", default=os.environ.get("IPFTRACE_CACHE_DIR", "/tmp/ipft-cache"))
     parser.add_argument("--write", metavar="RESULTS_MD", help="replace the 'Probe cost' section there")
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         for run in range(args.runs):
             for (tree, mode), flows in modes.items():
                 samples[tree, mode].append(measure(pair, flows, args.workload, args.pings, workdir, args.cache_dir,
-                                                   tree))
+                                                   tree, args.backend))
             print(f"run {run + 1} done", file=sys.stderr, flush=True)
     finally:
         delete_pair(pair)
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             f"a {args.pings * 64 // 1024:,} KiB TCP transfer (GSO in software; packets = segments sent)"
             if args.workload == "tcp" else
             f"a {args.pings:,}-packet ping flood (requests and replies: {2 * args.pings:,} packets)")
-         + f", daemon `-b tracepoint`; program time from `{STATS_SYSCTL}` (run_time_ns / "
+         + f", daemon `-b {args.backend}`; program time from `{STATS_SYSCTL}` (run_time_ns / "
          "run_cnt per program, body only, the statistics' clock reads included)."),
         "",
         table(["daemon", "probe hits/packet", "program ns/hit", "program us/packet", "ns/hit per tracepoint"], rows),
