@@ -156,7 +156,7 @@ def entry_point(source: ProbeSource) -> str:
         device = _arg("ctx->args", source.device_arg, "struct net_device *")
         tp_kind = TP_KIND_SOCKET_READ if probe.name == SOCKET_READ_TRACEPOINT else TP_KIND_OTHER
         return (f"int {source.entry_name}(struct bpf_raw_tracepoint_args *ctx)\n"
-                f"{{\n    return ipft_handle(ctx, {skb}, {tail}, {location}, {reason}, {device}, {tp_kind}, 0);\n}}\n")
+                f"{{\n    return ipft_handle(ctx, {skb}, {tail}, {location}, {reason}, {device}, {tp_kind});\n}}\n")
     if probe.kind is ProbeKind.KPROBE:
         if not 0 <= source.skb_arg < MAX_KPROBE_ARG:
             raise ValueError(f"{source.target}: kprobes reach arguments 1-{MAX_KPROBE_ARG}, skb is {source.skb_arg + 1}")

@@ -418,15 +418,6 @@ static __always_inline void ipft_start_tracking(u64 *key, struct ipft_track *fre
         __sync_fetch_and_add(count, 1);
 }
 
-/* Note `skb` as the owner of data buffer `buffer`: the packet (or, `orphan`, a clone that ended before its
- * packet was seen) a later skb in that buffer with the same flow and fingerprint belongs to. */
-static __always_inline void ipft_own_buffer(u64 buffer, u64 skb, u64 ts, u32 fp, int flow, u8 sampled, u8 orphan)
-{
-    struct ipft_buffer_owner owner = {.skb = skb, .ts = ts, .fp = fp, .flow_id = flow, .sampled = sampled,
-                                      .orphan = orphan};
-    ipft_buffers.update(&buffer, &owner);
-}
-
 static __always_inline void ipft_forget(u64 *key, u64 head)
 {
     if (tracked.delete(key) < 0)
@@ -760,37 +751,8 @@ static __always_inline int ipft_leaves_host(struct net_device *dev)
     return parent != 0;
 }
 
-/* Kernel functions (kprobe, kfunc) share one entry point per skb argument position, which finds its probe by the
- * traced function's address (IPFT_KPROBE_IP / IPFT_KFUNC_IP) in ipft_funcs, filled from kallsyms by the collector. */
-#ifdef IPFT_HAS_FUNCTIONS
-struct ipft_func {
-    u32 probe_id;
-    u32 role;
-};
-BPF_HASH(ipft_funcs, u64, struct ipft_func, IPFT_FUNC_SLOTS);
-
-/* The probe and role of the traced function at `ip` (its kallsyms address); -1 for an unknown one. With x86 IBT
- * a kprobe sits after the function's 4-byte endbr64, so a miss is retried there. */
-static __always_inline int ipft_function_probe(u64 ip, u32 *probe_id, int *role)
-{
-    struct ipft_func *func = ipft_funcs.lookup(&ip);
-    if (!func) {
-        u64 before = ip - 4;
-        func = ipft_funcs.lookup(&before);
-        if (!func)
-            return -1;
-    }
-    *probe_id = func->probe_id;
-    *role = func->role;
-    return 0;
-}
-#endif /* IPFT_HAS_FUNCTIONS */
-
-/* One probe hit. A tracepoint passes its probe id and role; a kernel function's shared entry point passes its
- * address (`func_ip`, 0 for a tracepoint), looked up (a hash lookup) only once the skb may be tracked or its
- * headers match a flow, so that other flows' packets, the common case, leave without it. */
 static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe_id, int from_data, int role,
-                                       u64 location, u32 reason, struct net_device *dev, int tp_kind, u64 func_ip)
+                                       u64 location, u32 reason, struct net_device *dev, int tp_kind)
 {
     if (!skb)
         return 0;
@@ -808,7 +770,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
         return 0;
     unsigned char *head = fields.head;
     if (role == IPFT_ROLE_NO_START && !ipft_maybe_tracked((u64)head))
-        return 0; /* a free's own tracepoint on an skb surely not tracked: not parsed */
+        return 0; /* a free's own function on an skb surely not tracked: not parsed */
     unsigned char *l3 = 0;
     int parsed = ipft_parse(&fields, &t, from_data, &l3);
     /* `t` stays in memory from here on (its address escapes into an empty asm): otherwise the compiler keeps each
@@ -841,14 +803,6 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
      * The common case on a busy node: one array read, no hash lookup (ipft_tracked_filter). */
     if (flow < 0 && !ipft_maybe_tracked((u64)head))
         return 0;
-#ifdef IPFT_HAS_FUNCTIONS
-    /* Only now a kernel function's probe (its role was unknown until here: a free's own function on an skb surely
-     * not tracked leaves here, not before parsing). Looked up this late, and not before parsing, the lookup's two
-     * outcomes do not double the verifier's walk of the parse and the flow filters. */
-    if (func_ip && (ipft_function_probe(func_ip, &probe_id, &role) < 0
-                    || (role == IPFT_ROLE_NO_START && !ipft_maybe_tracked((u64)head))))
-        return 0;
-#endif
     struct ipft_track *track = tracked.lookup(&key);
     if (parsed && t.l4_read && (track || flow >= 0))
         t.fp ^= ipft_payload_word(t.l4proto, t.udp_len, l3 + t.l4_offset + 8, fields.head + fields.tail);
@@ -996,7 +950,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
             ipft_matched(flow);
             counted = 1;
             struct ipft_buffer_owner mine = {.skb = key, .ts = now, .fp = t.fp, .flow_id = flow,
-                                               .sampled = fresh.sampled};
+                                             .sampled = fresh.sampled};
             ipft_buffers.update(&buffer, &mine);
         } else if (same_packet && owner->orphan && ipft_is_clone(skb)) {
             /* another copy ending before its packet was seen (the neighbour probes again): it follows the earlier
@@ -1030,7 +984,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
             if (role == IPFT_ROLE_STEP || (role == IPFT_ROLE_DROP && ipft_is_clone(skb))) {
                 /* (a packet seen first at its drop while a copy lives: the copy, freed after it, is its clone) */
                 struct ipft_buffer_owner mine = {.skb = key, .ts = now, .fp = t.fp, .flow_id = flow,
-                                                   .sampled = fresh.sampled};
+                                                 .sampled = fresh.sampled};
                 ipft_buffers.update(&buffer, &mine);
             }
         }
@@ -1145,12 +1099,29 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     return 0;
 }
 
+/* Kernel functions (kprobe, kfunc) share one entry point per skb argument position, which finds its probe by the
+ * traced function's address (IPFT_KPROBE_IP / IPFT_KFUNC_IP) in ipft_funcs, filled from kallsyms by the collector. */
 #ifdef IPFT_HAS_FUNCTIONS
-/* A kernel function's entry point (shared per skb position) hands ipft_handle the function's address, which
- * ipft_handle looks up only for a packet it may trace (see ipft_function_probe). */
+struct ipft_func {
+    u32 probe_id;
+    u32 role;
+};
+BPF_HASH(ipft_funcs, u64, struct ipft_func, IPFT_FUNC_SLOTS);
+
+/* The probe of the traced function at `ip` (its kallsyms address). With x86 IBT a kprobe sits after the
+ * function's 4-byte endbr64, so a miss is retried there. */
 static __always_inline int ipft_function(void *ctx, struct sk_buff *skb, u64 ip)
 {
-    return ipft_handle(ctx, skb, 0, 0, IPFT_ROLE_STEP, 0, 0, 0, IPFT_TP_NONE, ip);
+    struct ipft_func *func = ipft_funcs.lookup(&ip);
+    if (!func) {
+        u64 before = ip - 4;
+        func = ipft_funcs.lookup(&before);
+        if (!func)
+            return 0;
+    }
+    u32 probe_id = func->probe_id;
+    int role = func->role;
+    return ipft_handle(ctx, skb, probe_id, 0, role, 0, 0, 0, IPFT_TP_NONE);
 }
 #endif /* IPFT_HAS_FUNCTIONS */
 

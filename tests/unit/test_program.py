@@ -155,15 +155,15 @@ def test_the_c_side_knows_the_same_icmp_protocols_as_python() -> None:
 def test_a_tracepoint_entry_passes_its_device_argument_and_others_pass_none() -> None:
     xmit = ProbeSource(Probe(0, "net:net_dev_xmit", ProbeKind.TRACEPOINT, 1), "net_dev_xmit", 0, device_arg=2)
     text = render(with_free_tracepoint([xmit]), FLOWS).text
-    assert "ipft_handle(ctx, (struct sk_buff *)ctx->args[0], 0, 0, 0, 0, 0, (struct net_device *)ctx->args[2], 1, 0);" in text
-    assert "ipft_handle(ctx, (struct sk_buff *)ctx->args[0], 1, 0, 2, (u64)ctx->args[1], (u32)ctx->args[2], 0, 1, 0);" in text
+    assert "ipft_handle(ctx, (struct sk_buff *)ctx->args[0], 0, 0, 0, 0, 0, (struct net_device *)ctx->args[2], 1);" in text
+    assert "ipft_handle(ctx, (struct sk_buff *)ctx->args[0], 1, 0, 2, (u64)ctx->args[1], (u32)ctx->args[2], 0, 1);" in text
 
 
 def test_the_socket_read_tracepoint_tells_the_kernel_so_and_functions_are_no_tracepoints() -> None:
     read = ProbeSource(Probe(0, "skb:skb_copy_datagram_iovec", ProbeKind.TRACEPOINT, 1), "skb_copy_datagram_iovec", 0)
     text = render(with_free_tracepoint([read]), FLOWS).text
-    assert "ipft_handle(ctx, (struct sk_buff *)ctx->args[0], 0, 0, 0, 0, 0, 0, 2, 0);" in text  # IPFT_TP_SOCKET_READ
-    assert "ipft_handle(ctx, skb, 0, 0, IPFT_ROLE_STEP, 0, 0, 0, IPFT_TP_NONE, ip);" in text  # tracepoint kind none
+    assert "ipft_handle(ctx, (struct sk_buff *)ctx->args[0], 0, 0, 0, 0, 0, 0, 2);" in text  # IPFT_TP_SOCKET_READ
+    assert "ipft_handle(ctx, skb, probe_id, 0, role, 0, 0, 0, IPFT_TP_NONE);" in text
 
 
 def test_the_cloned_bit_from_btf_is_written_into_the_program() -> None:
