@@ -63,6 +63,7 @@ from probe_cost import STATS_SYSCTL, program_stats, tracepoint_names
 from ipftrace_exporter.kernel.btf import Btf
 from ipftrace_exporter.tracepoints import SKB_TRACEPOINTS, TracepointInfo, tracefs_root
 from tests.kernel.netns import NetPair, create_pair, delete_pair
+from tests.support.procfs import link_programs
 
 OTHER_DADDR = "10.199.250.250"  # no flood goes there
 EMPTY = "ours, empty programs"  # our daemon with every program returning at its first statement: the floor
@@ -186,14 +187,9 @@ def attached_programs(pid: int) -> dict[int, str]:
                              check=True).stdout
     attached = {entry["prog_id"]: entry.get("tracepoint") or entry.get("func", "?")
                 for entry in json.loads(listing or "[]") if entry.get("pid") == pid}
-    for fd in Path(f"/proc/{pid}/fdinfo").iterdir() if Path(f"/proc/{pid}").exists() else ():
-        try:
-            fields = dict(line.split(":", 1) for line in fd.read_text().splitlines() if ":" in line)
-        except OSError:
-            continue
-        if "link_type" in fields and "prog_id" in fields:
-            prog_id = int(fields["prog_id"])
-            attached[prog_id] = f"{fields['link_type'].strip()} link, program {prog_id}"  # one name per program
+    # one name per program: samples are kept by name
+    attached.update({prog_id: f"{link_type} link, program {prog_id}"
+                     for prog_id, link_type in link_programs(pid).items()})
     return attached
 
 
@@ -479,7 +475,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `{command_line()}`",
         "",
         (f"One run of {args.runs} rounds, each: untraced, then {version} and our daemon (`-b {args.backend}`, no "
-         f"OTLP endpoint{probed(args.backend, events, functions, attachable)}) with a filter on another flow (daddr {OTHER_DADDR}) and on the floods' destination "
+         f"OTLP endpoint{probed(args.backend, events, functions, attachable)}) with a filter on another flow "
+         f"(daddr {OTHER_DADDR}) and on the floods' destination "
          f"(matching), the tracers' order alternating. {args.pings:,} pings (requests and replies: "
          f"{2 * args.pings:,} packets) and {args.datagrams:,} UDP datagrams to a closed port, between two "
          "test namespaces, sender pinned to the last CPU. CPU us/packet = the sender's system CPU time "
