@@ -615,29 +615,51 @@ class Collector:
         return load_raw_program(start, size, module_license, name, PROG_KPROBE, ATTACH_TRACE_KPROBE_MULTI)
 
     def _attach_each(self, report: AttachReport, sources: Sequence[ProbeSource], unmapped: Mapping[str, str]) -> None:
+        """Attach `sources` one probe each. fentry programs (one verifier pass per function, and on older kernels
+        an RCU-tasks grace period per attach) are loaded and attached from several threads once the first has
+        shown that the kernel takes them; everything else, and fentry without a known BTF id (BCC's loader),
+        in order."""
         refused: dict[ProbeKind, str] = {}
+        concurrent: list[ProbeSource] = []
+        attached_kinds: set[ProbeKind] = set()
+
+        def settle(source: ProbeSource, reason: str | None, refusal: bool) -> None:
+            if reason is None:
+                report.attached.append(source)
+                attached_kinds.add(source.probe.kind)
+                return
+            report.failed.append((source, reason))
+            if refusal:
+                refused[source.probe.kind] = reason
+
         for source in sources:
             kind = source.probe.kind
             if source.target in unmapped:
                 report.failed.append((source, unmapped[source.target]))
-                continue
-            if kind in refused:
+            elif kind in refused:
                 report.failed.append((source, refused[kind]))
-                continue
-            try:
-                self._attach_one(self._bpf, source)
-            except LoadFailure as failure:
-                reason = failure.describe()
-                if failure.refused:
-                    refused[kind] = reason
-                report.failed.append((source, reason))
-                log.debug("probe %s was not loaded: %s", source.probe.name, reason)
-            except Exception as err:  # noqa: BLE001 - BCC raises bare Exception with the kernel's message
-                reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                report.failed.append((source, reason))
-                log.debug("probe %s did not attach: %s", source.probe.name, reason)
+            elif kind is ProbeKind.KFUNC and self.btf_ids.get(source.target) and kind in attached_kinds:
+                concurrent.append(source)
             else:
-                report.attached.append(source)
+                settle(source, *self._attach_outcome(source))
+        if not concurrent:
+            return
+        with ThreadPoolExecutor(ATTACH_THREADS, thread_name_prefix="ipftrace-attach") as pool:
+            for source, outcome in zip(concurrent, pool.map(self._attach_outcome, concurrent)):
+                settle(source, *outcome)
+
+    def _attach_outcome(self, source: ProbeSource) -> tuple[str | None, bool]:
+        """Load and attach one probe: (why it failed, or None; whether the kernel refuses its program type)."""
+        try:
+            self._attach_one(self._bpf, source)
+        except LoadFailure as failure:
+            log.debug("probe %s was not loaded: %s", source.probe.name, failure.describe())
+            return failure.describe(), failure.refused
+        except Exception as err:  # noqa: BLE001 - BCC raises bare Exception with the kernel's message
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            log.debug("probe %s did not attach: %s", source.probe.name, reason)
+            return reason, False
+        return None, False
 
     def _open_ring_buffer(self) -> None:
         """Read the ring buffer through its mapping where the CPU allows it (many records per copy), else through
@@ -768,6 +790,10 @@ class Collector:
 
 
 DETACH_THREADS = 16
+# Threads loading and attaching fentry programs: the verifier is CPU-bound and an attach on kernels before 5.12
+# mostly waits for an RCU-tasks grace period, so twice the CPUs this process may run on, at most 4 (each
+# verifier pass holds its own state in kernel memory). 1.6x faster on 5.10 with 2 CPUs (bench/RESULTS.md).
+ATTACH_THREADS = min(4, 2 * len(os.sched_getaffinity(0)))
 
 
 def _release_free_heap() -> None:
