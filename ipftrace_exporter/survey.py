@@ -60,7 +60,10 @@ def take_survey(tracer: Tracer, headers: HeaderTree | None = None, with_function
     for source in tracepoints:
         add(source)
     program = render(sources, tracer.request.flows, tracer.program_options(), tracer.request.modules)
-    with Collector(program, headers or tracer.headers()) as collector:
+    # kfunc entry points load as a function's fentry program, bound to its BTF id (kernels before 5.15 need the id
+    # to load their own copy at all)
+    btf_ids = tracer.view.function_btf_ids([source.target for source in functions])
+    with Collector(program, headers or tracer.headers(), btf_ids=btf_ids) as collector:
         report = collector.verify(try_tracepoints=True)
     kprobes_missing = kprobes_unavailable()
     refusal = function_backend_unavailable("kfunc", tracer.view)

@@ -597,6 +597,28 @@ def test_full_discovery_attaches_what_is_traceable_and_traces_a_ping(discovery_r
     print(f"discovery ready after {discovery_run.ready_s:.0f} s: {summary}")
 
 
+def test_list_loads_every_entry_point_and_tells_each_backend_s_verdict(cache_dir: str) -> None:
+    """`ipftrace -l` on a kernel where kprobes and fentry attach (on 5.10 it once ended at its first kfunc entry
+    point: that kernel's fentry programs are loaded per function, bound to its BTF id, which -l did not pass)."""
+    _skip_unless("kfunc")
+    started = time.monotonic()
+    result = subprocess.run([str(BIN / "ipftrace"), "-l", "--all", "-o", "json", default_manifest()],
+                            capture_output=True, text=True, env=dict(os.environ, IPFTRACE_CACHE_DIR=cache_dir),
+                            timeout=READY_TIMEOUT, check=False)
+    record("list_s", round(time.monotonic() - started, 1))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    document = json.loads(result.stdout)
+    probes = {probe["name"]: probe for probe in document["probes"]}
+    for name in ("ip_rcv", "icmp_rcv", "ip_output", "kfree_skb"):
+        if name in probes:
+            assert (probes[name]["kfunc"], probes[name]["kprobe"]) == ("attachable", "attachable"), probes[name]
+    assert probes["skb:kfree_skb"]["tracepoint"] == "attachable", probes["skb:kfree_skb"]
+    for backend in ("kfunc", "kprobe"):
+        counts = document["traceable"][backend]
+        assert counts["traceable"] >= 0.9 * counts["total"] > 0, (backend, counts)
+
+
 def test_tracepoints_follow_a_ping_across_veth_to_its_free(tracepoint_run: Traffic) -> None:
     pair = tracepoint_run.pair
     requests = [p for p in paths_of(tracepoint_run, "ICMP", pair.addr_a4, pair.addr_b4)
