@@ -25,7 +25,14 @@ from .errors import AttachError, KernelError
 from .events import RECORD_SIZE, UNTRACED_REASONS
 from .kernel.headers import HeaderTree
 from .probes import ProbeKind
-from .program import FUNC_ADDRESS_PLACEHOLDER, ROLE_CODES, ProbeSource, Program, patch_ld_imm64
+from .program import (
+    KFUNC_PROBE_PLACEHOLDER,
+    ROLE_CODES,
+    ProbeSource,
+    Program,
+    kfunc_probe_constant,
+    patch_ld_imm64,
+)
 from .ringbuf import FRAME_HEADER_SIZE, RingReader, direct_read_supported, frame_size
 
 log = logging.getLogger(__name__)
@@ -280,8 +287,8 @@ class VerifyReport:
         return [check for check in self.checks if check.kind is kind]
 
     def for_source(self, source: ProbeSource) -> ProgramCheck | None:
-        """The check of the entry point `source` runs."""
-        return next((check for check in self.checks if check.entry == source.entry_name), None)
+        """The check of the program `source` runs (its entry point; for kfunc, its role's copy of it)."""
+        return next((check for check in self.checks if source in check.sources), None)
 
     @property
     def rejected(self) -> list[ProgramCheck]:
@@ -367,8 +374,8 @@ def kfunc_refusal(functions: Sequence[str] = KFUNC_TRIAL_FUNCTIONS) -> str | Non
 class Collector:
     """Compiles a Program, loads and attaches its probes, then moves raw records from the ring buffer to the caller.
 
-    `addresses` maps kernel function names to their kallsyms addresses: shared function entry points find their
-    probe by the traced function's address (see program.py), so a function without an address cannot be probed.
+    `addresses` maps kernel function names to their kallsyms addresses: kprobe entry points find their probe by
+    the traced function's address (see program.py), so a kprobe function without an address cannot be probed.
     `btf_ids` maps kernel function names to their vmlinux BTF FUNC ids: kfunc programs are then loaded directly
     (see load_raw_program); without an id BCC's loader looks it up by name (one BTF parse per function).
     """
@@ -413,42 +420,44 @@ class Collector:
         self.closed = False
 
     def _load(self, entry: str, kind: ProbeKind, name: str | None = None) -> int:
-        """Load entry point `entry` (as program `name`: kfunc programs are named kfunc__<function>, which selects
-        the function's BTF id); returns the fd (kept until close). Raises LoadFailure."""
+        """Load entry point `entry` (as program `name`) through BCC's loader; returns the fd (kept until close).
+        Raises LoadFailure."""
         load_name = name or entry
+        return self._load_once(entry, load_name, functools.partial(self._bcc_load, PROG_TYPES[kind], load_name))
 
+    def _bcc_load(self, prog_type: int, name: str, start: int, size: int) -> int:
+        """The instructions at `start` loaded by BCC's loader as program `name` (a kfunc__<function> name selects
+        the function's BTF id). Raises LoadFailure."""
+        bpf, lib = self._bpf, _bcc_lib()
+        with _captured_stderr() as output:
+            fd = lib.bcc_func_load(bpf.module, prog_type, name.encode(), start, size,
+                                   lib.bpf_module_license(bpf.module), lib.bpf_module_kern_version(bpf.module),
+                                   0, None, 0, None, 0xFFFFFFFF)
+            number = _failed_errno(fd) if fd < 0 else 0
+        if fd < 0:
+            log.debug("loading %s: errno %d\n%s", name, number, "\n".join(output))
+            detail = "" if number in REFUSAL_ERRNOS else _last_words(output)
+            raise LoadFailure(name, number, detail)
+        return int(fd)
+
+    def _load_kfunc_copy(self, source: ProbeSource, name: str, attach_type: int, btf_id: int | None) -> int:
+        """Load the copy of `source`'s kfunc entry point made for its function (its role and probe id in place of
+        program.KFUNC_PROBE_PLACEHOLDER) as program `name`: bound to `btf_id` with the raw loader, or by name
+        through BCC's without one. The fd is kept until close. Raises LoadFailure."""
         def load(start: int, size: int) -> int:
-            bpf, lib = self._bpf, _bcc_lib()
-            with _captured_stderr() as output:
-                fd = lib.bcc_func_load(bpf.module, PROG_TYPES[kind], load_name.encode(), start, size,
-                                       lib.bpf_module_license(bpf.module), lib.bpf_module_kern_version(bpf.module),
-                                       0, None, 0, None, 0xFFFFFFFF)
-                number = _failed_errno(fd) if fd < 0 else 0
-            if fd < 0:
-                log.debug("loading %s as %s: errno %d\n%s", entry, load_name, number, "\n".join(output))
-                detail = "" if number in REFUSAL_ERRNOS else _last_words(output)
-                raise LoadFailure(load_name, number, detail)
-            return int(fd)
-
-        return self._load_once(entry, load_name, load)
-
-    def _load_btf(self, entry: str, name: str, attach_type: int, btf_id: int, address: int | None = None) -> int:
-        """Load entry point `entry` as a BTF-bound tracing program (fentry or tp_btf) named `name`; the fd is kept
-        until close. With `address`, the entry point's function-address placeholder is replaced by it first (kfunc
-        without bpf_get_func_ip: program.FUNC_ADDRESS_PLACEHOLDER). Raises LoadFailure."""
-        def load(start: int, size: int) -> int:
-            module_license = _bcc_lib().bpf_module_license(self._bpf.module)
-            if address is None:
-                return load_raw_program(start, size, module_license, name, PROG_TRACING, attach_type, btf_id)
             try:
-                code = patch_ld_imm64(ctypes.string_at(start, size), FUNC_ADDRESS_PLACEHOLDER, address)
+                code = patch_ld_imm64(ctypes.string_at(start, size), KFUNC_PROBE_PLACEHOLDER,
+                                      kfunc_probe_constant(source))
             except ValueError as err:
-                raise KernelError(f"{entry}: {err}") from None
+                raise KernelError(f"{source.entry_name}: {err}") from None
             patched = ctypes.create_string_buffer(code, len(code))
+            if btf_id is None:
+                return self._bcc_load(PROG_TRACING, name, ctypes.addressof(patched), size)
+            module_license = _bcc_lib().bpf_module_license(self._bpf.module)
             return load_raw_program(ctypes.addressof(patched), size, module_license, name, PROG_TRACING,
                                     attach_type, btf_id)
 
-        return self._load_once(entry, name, load)
+        return self._load_once(source.entry_name, name, load)
 
     def _load_once(self, entry: str, name: str, load: Callable[[int, int], int]) -> int:
         """The fd of program `name` made from entry point `entry`: loaded by `load(start, size)` the first time,
@@ -465,28 +474,20 @@ class Collector:
         bpf.funcs[name.encode()] = _import_bcc().BPF.Function(bpf, name.encode(), fd)
         return fd
 
-    def _load_kfunc(self, entry: str, function: str) -> tuple[str, int]:
-        """Load `entry` as the fentry program of `function`: (program name, fd)."""
-        name = f"kfunc__{function}"
-        btf_id = self.btf_ids.get(function)
-        address = None
-        if self.program.func_ip == "regs":  # the function's own copy, its address in place of the placeholder
-            address = next(iter(self.addresses.get(function, ())), None)
-            if not btf_id:
-                raise KernelError(f"{function}: no BTF id (needed to load its own copy of the kfunc entry point)")
-        if btf_id:
-            return name, self._load_btf(entry, name, ATTACH_TRACE_FENTRY, btf_id, address)
-        return name, self._load(entry, ProbeKind.KFUNC, name)
+    def _load_kfunc(self, source: ProbeSource) -> tuple[str, int]:
+        """Load `source`'s function's copy of its entry point as that function's fentry program: (name, fd)."""
+        name = f"kfunc__{source.target}"
+        return name, self._load_kfunc_copy(source, name, ATTACH_TRACE_FENTRY, self.btf_ids.get(source.target))
 
     def verify_tp_btf(self, stand_ins: Mapping[int, tuple[str, int]]) -> VerifyReport:
-        """Load each shared kfunc entry point as a tp_btf program on a stand-in tracepoint whose sk_buff sits at
-        the same argument (`stand_ins`: skb position -> (tracepoint, btf_trace_* typedef id)). fentry and tp_btf
-        programs see the same BTF-typed u64 argument array, so this runs the verifier over the kfunc body on
-        kernels that refuse fentry. The program must be rendered with func_ip="verify" (tp_btf has no
-        bpf_get_func_ip). Positions without a stand-in are reported REFUSED with the reason."""
+        """Load each kfunc entry point, once per role among its functions (each role is a copy of its own), as a
+        tp_btf program on a stand-in tracepoint whose sk_buff sits at the same argument (`stand_ins`: skb
+        position -> (tracepoint, btf_trace_* typedef id)). fentry and tp_btf programs see the same BTF-typed u64
+        argument array, so this runs the verifier over the kfunc body on kernels that refuse fentry. Positions
+        without a stand-in are reported REFUSED with the reason."""
         self.compile()
         report = VerifyReport()
-        for entry, sources in self.program.entries().items():
+        for entry, sources in self._checked_groups():
             if sources[0].probe.kind is not ProbeKind.KFUNC:
                 continue
             stand_in = stand_ins.get(sources[0].skb_arg + 1)
@@ -498,7 +499,7 @@ class Collector:
             tracepoint, btf_id = stand_in
             name = f"tp_btf__{tracepoint}"
             try:
-                self._load_btf(entry, name, ATTACH_TRACE_RAW_TP, btf_id)
+                self._load_kfunc_copy(sources[0], name, ATTACH_TRACE_RAW_TP, btf_id)
             except LoadFailure as failure:
                 status = REFUSED if failure.refused else REJECTED
                 report.checks.append(ProgramCheck(entry, ProbeKind.KFUNC, status, failure.describe(), sources, name))
@@ -507,6 +508,19 @@ class Collector:
                 self._forget(name)
         return report
 
+    def _checked_groups(self) -> Iterator[tuple[str, tuple[ProbeSource, ...]]]:
+        """(entry point, its probes) as the verifier checks them: a kfunc entry point once per role among its
+        functions (the copies of one role walk the same path), every other one once."""
+        for entry, sources in self.program.entries().items():
+            if sources[0].probe.kind is not ProbeKind.KFUNC:
+                yield entry, sources
+                continue
+            by_role: dict[int, list[ProbeSource]] = {}
+            for source in sources:
+                by_role.setdefault(ROLE_CODES[source.probe.role], []).append(source)
+            for group in by_role.values():
+                yield entry, tuple(group)
+
     def _forget(self, name: str) -> None:
         function = self._bpf.funcs.pop(name.encode(), None) if self._bpf is not None else None
         if function is not None:
@@ -514,13 +528,14 @@ class Collector:
 
     def verify(self, try_tracepoints: bool = False) -> VerifyReport:
         """Compile, then load every entry point through the kernel verifier without attaching it, and unload.
-        A kfunc entry point is loaded as its first function's fentry program. With `try_tracepoints`, each raw
-        tracepoint is also attached and detached at once (status ATTACHED). Raises KernelError only when the
-        program does not compile; the kernel's verdicts are in the report."""
+        A kfunc entry point is loaded once per role among its functions, as the first such function's fentry
+        program. With `try_tracepoints`, each raw tracepoint is also attached and detached at once (status
+        ATTACHED). Raises KernelError only when the program does not compile; the kernel's verdicts are in the
+        report."""
         self.compile()
         report = VerifyReport()
         refused: dict[ProbeKind, str] = {}
-        for entry, sources in self.program.entries().items():
+        for entry, sources in self._checked_groups():
             kind = sources[0].probe.kind
             name = f"kfunc__{sources[0].target}" if kind is ProbeKind.KFUNC else entry
             if kind in refused:  # the kernel refuses this program type: asking again changes nothing
@@ -528,7 +543,7 @@ class Collector:
                 continue
             try:
                 if kind is ProbeKind.KFUNC:
-                    self._load_kfunc(entry, sources[0].target)
+                    self._load_kfunc(sources[0])
                 else:
                     self._load(entry, kind, name)
             except LoadFailure as failure:
@@ -674,8 +689,8 @@ class Collector:
         table.open_ring_buffer(self._on_record)
 
     def _fill_function_map(self) -> dict[str, str]:
-        """Write address -> (probe id, role) for the shared function entry points; returns {function: why} for
-        functions that cannot be probed (no address)."""
+        """Write address -> (probe id, role) for the kprobe entry points; returns {function: why} for functions
+        that cannot be probed (no address)."""
         shared = self.program.function_sources()
         if not shared:
             return {}
@@ -708,7 +723,7 @@ class Collector:
                 raise KernelError("kprobe attach failed: not traceable here (inlined, notrace, or a name shared "
                                   "by several static functions)") from None
         elif kind is ProbeKind.KFUNC:
-            name, fd = self._load_kfunc(source.entry_name, source.target)
+            name, fd = self._load_kfunc(source)
             link = _bcc_lib().bpf_attach_kfunc(fd)
             if link < 0:
                 self._forget(name)

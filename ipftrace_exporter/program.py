@@ -3,13 +3,13 @@ the modules' C, the flow filter, the function lookup's sizes, the entry points) 
 the modules' compile check uses too. Pure: no BCC here. Only validated numbers reach the generated text.
 
 Tracepoints get one entry point each. Kernel functions (kprobe, kfunc) share one entry point per skb argument
-position: it finds its probe id by the traced function's address (`bpf_get_func_ip`) in the `ipft_funcs` hash map,
-which the collector fills from kallsyms. So hundreds of functions compile as fast as one; the collector loads
-the shared body once per kprobe position, and once per function for kfunc (fentry needs the function's BTF id
-at load time, but the instructions are the same). Without `bpf_get_func_ip` (kernels before 5.15), kprobes use
-the instruction pointer instead, and kfunc entry points load a placeholder constant that the collector replaces
-with each function's address in that function's copy of the instructions. ProgramOptions.func_ip
-"verify" renders kfunc entry points for a verifier check as tp_btf programs (see collector.verify_tp_btf)."""
+position, so hundreds of functions compile as fast as one. A kprobe entry point finds its probe id by the traced
+function's address (`bpf_get_func_ip`, or the instruction pointer before 5.15) in the `ipft_funcs` hash map, which
+the collector fills from kallsyms, and is loaded once per position. A kfunc entry point is loaded once per
+function anyway (fentry binds a program to one function's BTF id): each copy gets that function's probe id and
+role in place of a placeholder constant (KFUNC_PROBE_PLACEHOLDER, patch_ld_imm64), so the verifier walks that
+role's path alone and no lookup is needed. ProgramOptions.func_ip "verify" renders kprobe entry points with an
+unknown address, for a verifier check only."""
 
 from __future__ import annotations
 
@@ -33,15 +33,14 @@ SOCKET_READ_TRACEPOINT = "skb:skb_copy_datagram_iovec"
 TP_KIND_OTHER, TP_KIND_SOCKET_READ = 1, 2
 MAX_KPROBE_ARG = 5
 FUNCTION_KINDS = frozenset({ProbeKind.KPROBE, ProbeKind.KFUNC})
-# helper: bpf_get_func_ip (5.15+); regs: the instruction pointer (kprobe) and one kfunc entry point per function;
-# verify: an unknown number instead, so kfunc entry points can pass the verifier as tp_btf programs (which lack
-# bpf_get_func_ip) on kernels that refuse fentry; never for tracing.
+# helper: bpf_get_func_ip (5.15+); regs: the instruction pointer (kprobe); verify: an unknown number instead, for
+# a verifier check only (the kfunc entry points need neither: see KFUNC_PROBE_PLACEHOLDER).
 FUNC_IP_MODES = ("helper", "regs", "verify")
 # Hash-map slots per function probe: a name can have several kallsyms addresses (static functions).
 FUNC_ADDRESS_SLOTS = 4
-# kfunc without bpf_get_func_ip ("regs"): the shared entry point's function address is this constant, which the
-# collector replaces in each function's copy of the instructions before loading it (patch_ld_imm64).
-FUNC_ADDRESS_PLACEHOLDER = 0x1BADC0DE5EED1234
+# A kfunc entry point's probe: the 64-bit constant its C loads (ipft_kfunc_probe, an asm statement the compiler
+# cannot fold), which the collector replaces in each function's copy with kfunc_probe_constant (patch_ld_imm64).
+KFUNC_PROBE_PLACEHOLDER = 0x1BADC0DE5EED1234
 _BPF_LD_IMM64 = 0x18
 _INSN = 8
 
@@ -123,8 +122,8 @@ class Program:
     func_ip: str = "helper"  # ProgramOptions.func_ip it was rendered with
 
     def function_sources(self) -> tuple[ProbeSource, ...]:
-        """The kernel-function probes (kprobe, kfunc), in id order."""
-        return tuple(source for source in self.sources if source.is_function)
+        """The kernel-function probes that find their probe by the function's address (kprobe), in id order."""
+        return tuple(source for source in self.sources if source.probe.kind is ProbeKind.KPROBE)
 
     def entries(self) -> dict[str, tuple[ProbeSource, ...]]:
         """Each C entry point and the probes that run it, in first-use order."""
@@ -168,24 +167,30 @@ def entry_point(source: ProbeSource) -> str:
             raise ValueError(f"{source.target}: skb argument {source.skb_arg + 1} is not a position")
         skb = _arg("ctx", source.skb_arg, "struct sk_buff *")
         return (f"int {source.entry_name}(unsigned long long *ctx)\n"
-                f"{{\n    return ipft_function(ctx, {skb}, IPFT_KFUNC_IP(ctx));\n}}\n")
+                f"{{\n    u64 probe = ipft_kfunc_probe(); /* this function's copy: (role << 32) | probe id */\n"
+                f"    return ipft_handle(ctx, {skb}, (u32)probe, 0, (int)(probe >> 32), 0, 0, 0, IPFT_TP_NONE);\n}}\n")
     raise ValueError(f"unknown probe kind {probe.kind}")
 
 
+def kfunc_probe_constant(source: ProbeSource) -> int:
+    """What KFUNC_PROBE_PLACEHOLDER becomes in the copy of a kfunc entry point loaded for `source`'s function:
+    its role code in the high 32 bits, its probe id in the low ones."""
+    return (ROLE_CODES[source.probe.role] << 32) | int(source.probe.id)
+
+
 def function_lookup(num_functions: int, func_ip: str) -> str:
-    """The `functions` splice: the size of the address -> probe map and how an entry point learns its function's
-    address (the map and `ipft_function()` are in the C file, under IPFT_HAS_FUNCTIONS)."""
+    """The `functions` splice: the size of the address -> probe map of the kprobe entry points and how they learn
+    their function's address (the map and `ipft_function()` are in the C file, under IPFT_HAS_FUNCTIONS)."""
     slots = max(64, FUNC_ADDRESS_SLOTS * int(num_functions))
     if func_ip == "helper":
-        ip_macros = "#define IPFT_KPROBE_IP(ctx) bpf_get_func_ip(ctx)\n#define IPFT_KFUNC_IP(ctx) bpf_get_func_ip(ctx)"
+        ip_macro = "#define IPFT_KPROBE_IP(ctx) bpf_get_func_ip(ctx)"
     elif func_ip == "verify":
-        ip_macros = "#define IPFT_KPROBE_IP(ctx) bpf_ktime_get_ns()\n#define IPFT_KFUNC_IP(ctx) bpf_ktime_get_ns()"
+        ip_macro = "#define IPFT_KPROBE_IP(ctx) bpf_ktime_get_ns()"
     else:  # the instruction pointer after the breakpoint (x86: int3 is one byte), or the probed address
-        ip_macros = ("#if defined(__TARGET_ARCH_x86) || defined(bpf_target_x86)\n"
-                     "#define IPFT_KPROBE_IP(ctx) (PT_REGS_IP(ctx) - 1)\n#else\n"
-                     "#define IPFT_KPROBE_IP(ctx) PT_REGS_IP(ctx)\n#endif\n"
-                     f"#define IPFT_KFUNC_IP(ctx) ((u64){FUNC_ADDRESS_PLACEHOLDER:#x}ULL)")
-    return f"#define IPFT_HAS_FUNCTIONS 1\n#define IPFT_FUNC_SLOTS {slots}\n{ip_macros}"
+        ip_macro = ("#if defined(__TARGET_ARCH_x86) || defined(bpf_target_x86)\n"
+                    "#define IPFT_KPROBE_IP(ctx) (PT_REGS_IP(ctx) - 1)\n#else\n"
+                    "#define IPFT_KPROBE_IP(ctx) PT_REGS_IP(ctx)\n#endif")
+    return f"#define IPFT_HAS_FUNCTIONS 1\n#define IPFT_FUNC_SLOTS {slots}\n{ip_macro}"
 
 
 def module_splices(modules: Sequence[ModuleCode]) -> dict[str, str]:
@@ -288,12 +293,12 @@ def render(
     for index, source in enumerate(sources):
         if source.probe.id != index:
             raise ValueError(f"probe {source.target} has id {source.probe.id}, expected {index}")
-    functions = [source for source in sources if source.is_function]
+    kprobes = [source for source in sources if source.probe.kind is ProbeKind.KPROBE]
     text = splice({
         "settings": settings(len(sources), len(flows), options),
         **module_splices(modules),
         "flows": "\n".join([where_function(flows), filter_function(flows)]),
-        "functions": function_lookup(len(functions), options.func_ip) if functions else "",
+        "functions": function_lookup(len(kprobes), options.func_ip) if kprobes else "",
         "entries": "\n".join(entry_point(group[0]) for group in _entry_groups(sources)),
     })
     return Program(text, tuple(sources), options.func_ip)

@@ -82,8 +82,8 @@ class Tracer:
         return render(plan.sources, self.request.flows, self.program_options(), self.request.modules)
 
     def collector_for(self, plan: ProbePlan, headers: HeaderTree, addresses: bool = True) -> Collector:
-        """A collector for a plan: function probes get their kallsyms addresses, kfunc probes their BTF ids."""
-        functions = [source.target for source in plan.sources if source.is_function]
+        """A collector for a plan: kprobes get their kallsyms addresses, kfunc probes their BTF ids."""
+        functions = [source.target for source in plan.sources if source.probe.kind is ProbeKind.KPROBE]
         found = self.view.function_addresses(functions) if functions and addresses else {}
         kfuncs = [source.target for source in plan.sources if source.probe.kind is ProbeKind.KFUNC]
         multi = plan.backend == "kprobe" and self.view.has_kprobe_multi

@@ -69,8 +69,8 @@ class KernelView:
 
     @cached_property
     def func_ip_mode(self) -> str:
-        """How shared function entry points learn the traced function: "helper" (bpf_get_func_ip, Linux 5.15+)
-        or "regs" (kprobe: the instruction pointer; kfunc: an address patched into each function's copy)."""
+        """How kprobe entry points learn the traced function: "helper" (bpf_get_func_ip, Linux 5.15+) or "regs"
+        (the instruction pointer). (kfunc copies carry their probe: program.KFUNC_PROBE_PLACEHOLDER.)"""
         return "helper" if "BPF_FUNC_get_func_ip" in self.btf.enum("bpf_func_id") else "regs"
 
     @cached_property

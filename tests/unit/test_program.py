@@ -11,13 +11,14 @@ from ipftrace_exporter.collector import LOADED, REFUSED, REJECTED, LoadFailure, 
 from ipftrace_exporter.flows import FlowSpec
 from ipftrace_exporter.probes import Probe, ProbeKind, ProbeRole
 from ipftrace_exporter.program import (
-    FUNC_ADDRESS_PLACEHOLDER,
     FUNC_ADDRESS_SLOTS,
+    KFUNC_PROBE_PLACEHOLDER,
     SPLICE_POINTS,
     ProbeSource,
     ProgramOptions,
     ProgramTemplate,
     bpf_source,
+    kfunc_probe_constant,
     patch_ld_imm64,
     render,
     splice,
@@ -62,40 +63,56 @@ def test_kprobe_functions_share_one_entry_point_per_skb_position() -> None:
 def test_kfunc_functions_share_entry_points_that_read_the_skb_from_its_btf_position() -> None:
     program = render(function_sources(ProbeKind.KFUNC, [2, 1, 7]), FLOWS)
     assert definitions(program.text) == ["ipft_kfunc_arg2", "ipft_kfunc_arg1", "ipft_kfunc_arg7"]
-    assert "ipft_function(ctx, (struct sk_buff *)ctx[1], IPFT_KFUNC_IP(ctx))" in program.text
-    assert "#define IPFT_KFUNC_IP(ctx) bpf_get_func_ip(ctx)" in program.text
+    assert "ipft_handle(ctx, (struct sk_buff *)ctx[1], (u32)probe, 0, (int)(probe >> 32)," in program.text
     assert "(struct sk_buff *)ctx[6]" in program.text  # fentry reads any argument, not just registers 1-5
 
 
-def test_without_the_func_ip_helper_kfunc_loads_a_placeholder_address_and_kprobes_use_the_ip() -> None:
-    options = ProgramOptions(func_ip="regs")
-    kfunc = render(function_sources(ProbeKind.KFUNC, [1, 1, 2]), FLOWS, options)
-    assert definitions(kfunc.text) == ["ipft_kfunc_arg1", "ipft_kfunc_arg2"]  # still shared per position
-    assert f"#define IPFT_KFUNC_IP(ctx) ((u64){FUNC_ADDRESS_PLACEHOLDER:#x}ULL)" in kfunc.text
-    assert "bpf_get_func_ip" not in kfunc.text and kfunc.func_ip == "regs"
-    kprobe = render(function_sources(ProbeKind.KPROBE, [1, 1]), FLOWS, options)
+@pytest.mark.parametrize("func_ip", ["helper", "regs", "verify"])
+def test_kfunc_entry_points_take_their_probe_from_a_placeholder_on_every_kernel(func_ip: str) -> None:
+    """Each function loads its own copy (fentry), with its role and probe id in place of the placeholder: no
+    lookup by address, no bpf_get_func_ip, no function map."""
+    program = render(function_sources(ProbeKind.KFUNC, [1, 1, 2]), FLOWS, ProgramOptions(func_ip=func_ip))
+    assert definitions(program.text) == ["ipft_kfunc_arg1", "ipft_kfunc_arg2"]  # still shared per position
+    assert program.text.count("u64 probe = ipft_kfunc_probe();") == 2
+    assert "bpf_get_func_ip" not in program.text and "ipft_function(ctx" not in program.text
+    assert "#define IPFT_HAS_FUNCTIONS" not in program.text and not program.function_sources()
+
+
+def test_the_c_file_loads_the_placeholder_the_collector_replaces() -> None:
+    assert f'asm volatile("%0 = {KFUNC_PROBE_PLACEHOLDER:#x} ll" : "=r"(probe));' in bpf_source()
+
+
+def test_a_kfunc_copy_s_constant_holds_its_role_above_its_probe_id() -> None:
+    drop = ProbeSource(Probe(7, "kfree_skb", ProbeKind.KFUNC, 1, ProbeRole.DROP), "kfree_skb", 0)
+    prepare = ProbeSource(Probe(70000, "udp_send_skb", ProbeKind.KFUNC, 1, ProbeRole.PREPARE), "udp_send_skb", 0)
+    assert kfunc_probe_constant(drop) == (2 << 32) | 7
+    assert kfunc_probe_constant(prepare) == (4 << 32) | 70000  # prepare and release are one role to the kernel
+
+
+def test_without_the_func_ip_helper_kprobes_use_the_instruction_pointer() -> None:
+    kprobe = render(function_sources(ProbeKind.KPROBE, [1, 1]), FLOWS, ProgramOptions(func_ip="regs"))
     assert definitions(kprobe.text) == ["ipft_kprobe_arg1"]
     assert "(PT_REGS_IP(ctx) - 1)" in kprobe.text and "bpf_get_func_ip" not in kprobe.text
 
 
 def test_the_placeholder_is_replaced_in_every_64_bit_load_of_it_and_nowhere_else() -> None:
-    low, high = FUNC_ADDRESS_PLACEHOLDER & 0xFFFFFFFF, FUNC_ADDRESS_PLACEHOLDER >> 32
+    low, high = KFUNC_PROBE_PLACEHOLDER & 0xFFFFFFFF, KFUNC_PROBE_PLACEHOLDER >> 32
     ld_imm64 = bytes([0x18, 0x01, 0, 0]) + low.to_bytes(4, "little") + bytes(4) + high.to_bytes(4, "little")
     mov = bytes([0xB7, 0x00, 0, 0]) + low.to_bytes(4, "little")  # r0 = low 32 bits only: not the placeholder
     code = mov + ld_imm64 + mov + ld_imm64
-    patched = patch_ld_imm64(code, FUNC_ADDRESS_PLACEHOLDER, 0xFFFFFFFF81234560)
+    patched = patch_ld_imm64(code, KFUNC_PROBE_PLACEHOLDER, 0xFFFFFFFF81234560)
     assert patched[8:24] == bytes([0x18, 0x01, 0, 0]) + (0x81234560).to_bytes(4, "little") + bytes(4) + \
         (0xFFFFFFFF).to_bytes(4, "little")
     assert patched[:8] == mov and patched[24:32] == mov and patched[32:] == patched[8:24]
     with pytest.raises(ValueError, match="not found"):
-        patch_ld_imm64(mov * 4, FUNC_ADDRESS_PLACEHOLDER, 1)
+        patch_ld_imm64(mov * 4, KFUNC_PROBE_PLACEHOLDER, 1)
 
 
-def test_the_verify_mode_replaces_bpf_get_func_ip_for_program_types_without_it() -> None:
-    program = render(function_sources(ProbeKind.KFUNC, [1, 2]), FLOWS, ProgramOptions(func_ip="verify"))
-    assert definitions(program.text) == ["ipft_kfunc_arg1", "ipft_kfunc_arg2"]  # still shared
+def test_the_verify_mode_gives_kprobes_an_unknown_address() -> None:
+    program = render(function_sources(ProbeKind.KPROBE, [1, 2]), FLOWS, ProgramOptions(func_ip="verify"))
+    assert definitions(program.text) == ["ipft_kprobe_arg1", "ipft_kprobe_arg2"]
     assert "bpf_get_func_ip" not in program.text
-    assert "#define IPFT_KFUNC_IP(ctx) bpf_ktime_get_ns()" in program.text
+    assert "#define IPFT_KPROBE_IP(ctx) bpf_ktime_get_ns()" in program.text
 
 
 def test_a_tracepoint_only_program_has_no_function_map() -> None:
