@@ -91,7 +91,7 @@ def measure(tracer: Tracer, headers, backend: str, manifest: str | None, functio
 
 
 def measure_tp_btf(tracer: Tracer, headers, manifests_by_size: dict[int, str], repeat: int) -> Row:  # type: ignore[no-untyped-def]
-    """kfunc entry points of the largest size compiled with the func-ip stand-in and verifier-loaded as tp_btf."""
+    """kfunc entry points of the largest size compiled and verifier-loaded as tp_btf."""
     count = max(manifests_by_size)
     stand_ins = tracer.view.tp_btf_stand_ins()
     samples: dict[str, list[float]] = {"plan": [], "compile": [], "load": []}
@@ -99,7 +99,7 @@ def measure_tp_btf(tracer: Tracer, headers, manifests_by_size: dict[int, str], r
     for _ in range(repeat):
         t0 = time.perf_counter()
         plan = plan_probes(tracer.view, "kfunc", manifests_by_size[count])
-        program = _render(tracer, plan, ProgramOptions(func_ip="verify"))
+        program = tracer.program_for(plan)
         t1 = time.perf_counter()
         with Collector(program, headers) as collector:
             collector.compile()
@@ -164,8 +164,8 @@ def table(rows: list[Row], starts: list[tuple[str, float, float, str]], repeat: 
                      f"| {row.outcome} |")
     tp_btf = next((row for row in rows if row.backend == "kfunc as tp_btf"), None)
     if tp_btf is not None:
-        lines += ["", ("kfunc as tp_btf: where fentry is refused, the kfunc entry points (compiled with a stand-in "
-                       "for bpf_get_func_ip) are loaded through the verifier as tp_btf programs on a tracepoint with "
+        lines += ["", ("kfunc as tp_btf: where fentry is refused, the kfunc entry points (each role's copy, its "
+                       "probe patched in as on fentry) are loaded through the verifier as tp_btf programs on a tracepoint with "
                        "its sk_buff at the same argument, so the kfunc body is verifier-checked with the same "
                        f"BTF-typed arguments: {tp_btf.outcome}.")]
     lines += ["", "| `Tracer.start()` requested | chosen | best | median |", "|---|---|---:|---:|"]

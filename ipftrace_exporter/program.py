@@ -8,8 +8,8 @@ function's address (`bpf_get_func_ip`, or the instruction pointer before 5.15) i
 the collector fills from kallsyms, and is loaded once per position. A kfunc entry point is loaded once per
 function anyway (fentry binds a program to one function's BTF id): each copy gets that function's probe id and
 role in place of a placeholder constant (KFUNC_PROBE_PLACEHOLDER, patch_ld_imm64), so the verifier walks that
-role's path alone and no lookup is needed. ProgramOptions.func_ip "verify" renders kprobe entry points with an
-unknown address, for a verifier check only."""
+role's path alone and no lookup is needed, nor bpf_get_func_ip (so the same copies also load as tp_btf programs,
+for a verifier check where fentry is refused)."""
 
 from __future__ import annotations
 
@@ -33,9 +33,9 @@ SOCKET_READ_TRACEPOINT = "skb:skb_copy_datagram_iovec"
 TP_KIND_OTHER, TP_KIND_SOCKET_READ = 1, 2
 MAX_KPROBE_ARG = 5
 FUNCTION_KINDS = frozenset({ProbeKind.KPROBE, ProbeKind.KFUNC})
-# helper: bpf_get_func_ip (5.15+); regs: the instruction pointer (kprobe); verify: an unknown number instead, for
-# a verifier check only (the kfunc entry points need neither: see KFUNC_PROBE_PLACEHOLDER).
-FUNC_IP_MODES = ("helper", "regs", "verify")
+# How a kprobe entry point learns its function. helper: bpf_get_func_ip (5.15+); regs: the instruction pointer.
+# (kfunc entry points need neither: see KFUNC_PROBE_PLACEHOLDER.)
+FUNC_IP_MODES = ("helper", "regs")
 # Hash-map slots per function probe: a name can have several kallsyms addresses (static functions).
 FUNC_ADDRESS_SLOTS = 4
 # A kfunc entry point's probe: the 64-bit constant its C loads (ipft_kfunc_probe, an asm statement the compiler
@@ -91,7 +91,7 @@ class ProgramOptions:
     ringbuf_pages: int = 1024
     sample_ratio: float = 1.0
     max_drop_keys: int = 16384
-    func_ip: str = "helper"  # how a shared function entry point learns its function: "helper" or "regs"
+    func_ip: str = "helper"  # how a kprobe entry point learns its function: "helper" or "regs"
     cpus: int = 0  # CPUs that may write records (0: this machine's count); sets the reader's wake-up interval
     cloned_bit: int | None = None  # bit offset of sk_buff's `cloned` bitfield (BTF); None: clones are not told apart
 
@@ -119,7 +119,6 @@ class Program:
 
     text: str
     sources: tuple[ProbeSource, ...] = field(default_factory=tuple)
-    func_ip: str = "helper"  # ProgramOptions.func_ip it was rendered with
 
     def function_sources(self) -> tuple[ProbeSource, ...]:
         """The kernel-function probes that find their probe by the function's address (kprobe), in id order."""
@@ -184,8 +183,6 @@ def function_lookup(num_functions: int, func_ip: str) -> str:
     slots = max(64, FUNC_ADDRESS_SLOTS * int(num_functions))
     if func_ip == "helper":
         ip_macro = "#define IPFT_KPROBE_IP(ctx) bpf_get_func_ip(ctx)"
-    elif func_ip == "verify":
-        ip_macro = "#define IPFT_KPROBE_IP(ctx) bpf_ktime_get_ns()"
     else:  # the instruction pointer after the breakpoint (x86: int3 is one byte), or the probed address
         ip_macro = ("#if defined(__TARGET_ARCH_x86) || defined(bpf_target_x86)\n"
                     "#define IPFT_KPROBE_IP(ctx) (PT_REGS_IP(ctx) - 1)\n#else\n"
@@ -301,7 +298,7 @@ def render(
         "functions": function_lookup(len(kprobes), options.func_ip) if kprobes else "",
         "entries": "\n".join(entry_point(group[0]) for group in _entry_groups(sources)),
     })
-    return Program(text, tuple(sources), options.func_ip)
+    return Program(text, tuple(sources))
 
 
 def patch_ld_imm64(code: bytes, placeholder: int, value: int) -> bytes:

@@ -71,10 +71,10 @@ class Tracer:
         """Backends to try, in order."""
         return AUTO_ORDER if self.request.backend == "auto" else (self.request.backend,)
 
-    def program_options(self, func_ip: str | None = None) -> ProgramOptions:
-        """The request's program options with this kernel's facts: how function probes find their probe (or
-        `func_ip`), and where sk_buff's `cloned` bit sits."""
-        return replace(self.request.options, func_ip=func_ip or self.view.func_ip_mode,
+    def program_options(self) -> ProgramOptions:
+        """The request's program options with this kernel's facts: how kprobe entry points find their function,
+        and where sk_buff's `cloned` bit sits."""
+        return replace(self.request.options, func_ip=self.view.func_ip_mode,
                        cloned_bit=self.view.btf.struct_member_bit("sk_buff", "cloned"))
 
     def program_for(self, plan: ProbePlan) -> Program:
@@ -98,12 +98,11 @@ class Tracer:
             return plan, collector.verify()
 
     def verify_kfunc_as_tp_btf(self, headers: HeaderTree | None = None) -> tuple[ProbePlan, VerifyReport]:
-        """Where fentry is refused: compile the kfunc plan's entry points with a stand-in for bpf_get_func_ip and
-        load each through the verifier as a tp_btf program on a tracepoint with its sk_buff at the same argument
-        (same BTF-typed argument array as fentry). Raises KernelError if it does not compile."""
+        """Where fentry is refused: compile the kfunc plan's entry points and load each through the verifier as a
+        tp_btf program on a tracepoint with its sk_buff at the same argument (same BTF-typed argument array as
+        fentry). Raises KernelError if it does not compile."""
         plan = plan_probes(self.view, "kfunc", self.request.manifest)
-        program = render(plan.sources, self.request.flows, self.program_options("verify"), self.request.modules)
-        with Collector(program, headers or self.headers()) as collector:
+        with Collector(self.program_for(plan), headers or self.headers()) as collector:
             return plan, collector.verify_tp_btf(self.view.tp_btf_stand_ins())
 
 

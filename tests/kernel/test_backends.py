@@ -118,7 +118,7 @@ def test_kfunc_programs_compile_and_the_kernel_answer_is_not_a_compile_error(tra
 
 def test_kfunc_entry_points_pass_the_verifier_as_tp_btf_programs(tracer: Tracer, headers) -> None:
     """fentry is refused here, tp_btf is not: same BTF-typed argument array, so the kfunc body meets the
-    verifier with its sk_buff typed as on fentry (bpf_get_func_ip replaced: tp_btf lacks it)."""
+    verifier with its sk_buff typed as on fentry (each role's copy, its probe patched in as on fentry)."""
     discovery = Tracer(TraceRequest(flows=FLOWS), tracer.view)
     plan, report = discovery.verify_kfunc_as_tp_btf(headers)
     stand_ins = tracer.view.tp_btf_stand_ins()
@@ -137,7 +137,7 @@ def test_a_kfunc_body_reading_past_the_arguments_is_rejected_by_the_verifier(tra
     """The tp_btf check can fail: the skb-position-2 body on a one-argument tracepoint reads past its
     arguments."""
     plan = plan_probes(tracer.view, "kfunc", DEFAULT_MANIFEST)
-    program = render(plan.sources, FLOWS, ProgramOptions(func_ip="verify"))
+    program = render(plan.sources, FLOWS)
     one_argument = tracer.view.tp_btf_stand_ins()[1]
     with Collector(program, headers) as collector:
         report = collector.verify_tp_btf({1: one_argument, 2: one_argument})

@@ -67,7 +67,7 @@ def test_kfunc_functions_share_entry_points_that_read_the_skb_from_its_btf_posit
     assert "(struct sk_buff *)ctx[6]" in program.text  # fentry reads any argument, not just registers 1-5
 
 
-@pytest.mark.parametrize("func_ip", ["helper", "regs", "verify"])
+@pytest.mark.parametrize("func_ip", ["helper", "regs"])
 def test_kfunc_entry_points_take_their_probe_from_a_placeholder_on_every_kernel(func_ip: str) -> None:
     """Each function loads its own copy (fentry), with its role and probe id in place of the placeholder: no
     lookup by address, no bpf_get_func_ip, no function map."""
@@ -106,13 +106,6 @@ def test_the_placeholder_is_replaced_in_every_64_bit_load_of_it_and_nowhere_else
     assert patched[:8] == mov and patched[24:32] == mov and patched[32:] == patched[8:24]
     with pytest.raises(ValueError, match="not found"):
         patch_ld_imm64(mov * 4, KFUNC_PROBE_PLACEHOLDER, 1)
-
-
-def test_the_verify_mode_gives_kprobes_an_unknown_address() -> None:
-    program = render(function_sources(ProbeKind.KPROBE, [1, 2]), FLOWS, ProgramOptions(func_ip="verify"))
-    assert definitions(program.text) == ["ipft_kprobe_arg1", "ipft_kprobe_arg2"]
-    assert "bpf_get_func_ip" not in program.text
-    assert "#define IPFT_KPROBE_IP(ctx) bpf_ktime_get_ns()" in program.text
 
 
 def test_a_tracepoint_only_program_has_no_function_map() -> None:
