@@ -192,7 +192,10 @@ struct ipft_track {
     u32 tuple_hash; /* a hash of its current headers: a change with the same buffer and fingerprint is a rewrite */
     u32 outer_hash; /* once encapsulated (a tunnel's headers pushed before it): a hash of the outer headers */
     u8 read; /* read by a socket (seen at the skb_copy_datagram_iovec tracepoint) */
-    u8 pad[3];
+    u8 payload_fp; /* its fingerprint holds the payload word (the first payload bytes were in the linear data when
+                    * first matched): later probes add it only then, so a payload pulled into the linear data on
+                    * the way (skb_condense, a device without scatter-gather) leaves the packet's fingerprint alone */
+    u8 pad[2];
 };
 
 struct ipft_drop_key {
@@ -737,7 +740,9 @@ static __always_inline int ipft_encapsulated(struct sk_buff *skb, const struct i
         return 0;
     u8 next = raw[6];
     u16 udp_len = ((u16)raw[44] << 8) | raw[45];
-    u32 fp = ipft_l4_word(next, raw + 40) ^ ipft_payload_word(next, udp_len, s->head + inner + 48, s->head + s->tail);
+    u32 fp = ipft_l4_word(next, raw + 40);
+    if (track->payload_fp)
+        fp ^= ipft_payload_word(next, udp_len, s->head + inner + 48, s->head + s->tail);
     return fp == track->fp;
 }
 
@@ -809,8 +814,12 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
      * be tracked get here. */
     bpf_probe_read_kernel(&t, sizeof(t), &t);
     struct ipft_track *track = tracked.lookup(&key);
+    u32 payload_word = 0; /* IPv6 UDP: in the fingerprint of a packet first matched here, or of one whose was */
     if (parsed && t.l4_read && (track || flow >= 0))
-        t.fp ^= ipft_payload_word(t.l4proto, t.udp_len, l3 + t.l4_offset + 8, fields.head + fields.tail);
+        payload_word = ipft_payload_word(t.l4proto, t.udp_len, l3 + t.l4_offset + 8, fields.head + fields.tail);
+    int payload_in_fp = !track || track->payload_fp;
+    if (payload_in_fp)
+        t.fp ^= payload_word;
     u32 rewrite = 0, encap = 0;
     /* A tracked address whose headers changed is the same packet rewritten (NAT) when its data buffer and
      * fingerprint are the same (fingerprint words are ones NAT does not touch); otherwise, or with headers that no
@@ -840,6 +849,8 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
         ipft_forget(&key, track->head);
         track = 0;
     }
+    if (!track && !payload_in_fp)
+        t.fp ^= payload_word; /* a new packet in the skb: its own fingerprint, with its payload word */
     /* Headers that do not parse as IP at an address tracked for an IP packet of another protocol (an ARP
      * request in the skb of a datagram freed unseen): not ours. */
     if (track && !parsed && fields.protocol && track->protocol && fields.protocol != track->protocol) {
@@ -910,6 +921,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
         }
         fresh.head = (u64)head;
         fresh.fp = t.fp;
+        fresh.payload_fp = payload_word != 0;
         fresh.tuple_hash = ipft_tuple_hash(&t);
         fresh.protocol = fields.protocol;
         fresh.flow_id = flow;

@@ -5,6 +5,7 @@ are checked against the kernel's own counters (nstat in the receiving namespace)
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -66,6 +67,55 @@ def udp_server(netpair: NetPair, family: str, address: str) -> Iterator[None]:
         server.wait()
 
 
+CONDENSED_PORT, CONDENSED_DATAGRAMS = 7002, 30
+
+
+def pulled_into_linear_data(netpair: NetPair, port: int = CONDENSED_PORT, count: int = CONDENSED_DATAGRAMS) -> int:
+    """`count` IPv6 datagrams of 32 bytes to a socket in b that reads them only once all have arrived, then one
+    more; returns how many it read. The sender puts each payload in a page fragment (sendfile: MSG_SPLICE_PAGES,
+    since Linux 6.5 for UDP over IPv6), and the socket's receive buffer is small: past half of it, the kernel
+    pulls each new datagram's payload into the skb's linear data (skb_condense in __udp_enqueue_schedule_skb), so
+    its first payload bytes, unreadable when the packet was first matched, are there after. The socket reads on
+    one CPU and the sender sends on another, so each read datagram's free is deferred to the sender's
+    (skb_attempt_defer_free, seen at skb:consume_skb): the last datagram, sent from there after the reads, runs the
+    softirq that frees them, and a ping on a's loopback the one that frees it. (With one CPU, nothing is pinned
+    and nothing deferred.)"""
+    import sys
+
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    on_cpu = [["taskset", "-c", str(cpu)] if len(cpus) == 2 else [] for cpu in cpus]
+    receiver = netpair.popen_in(netpair.ns_b, [*on_cpu[-1], sys.executable, "-c", (
+        "import socket, sys\ns = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n"
+        "s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)\n"
+        f"s.bind(('{netpair.addr_b6}', {port}))\nprint('listening', flush=True)\nsys.stdin.readline()\n"
+        "s.setblocking(False)\nread = 0\ntry:\n    while True:\n        s.recv(65536)\n        read += 1\n"
+        "except BlockingIOError:\n    pass\nprint(read, flush=True)\ns.settimeout(20)\ns.recv(65536)\n"
+        "print(read + 1, flush=True)\n")], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    send = (f"import os, socket, tempfile\ns = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n"
+            f"s.connect(('{netpair.addr_b6}', {port}))\n")
+    try:
+        assert receiver.stdin is not None and receiver.stdout is not None
+        assert receiver.stdout.readline().strip() == "listening"
+        netpair.exec_in(netpair.ns_a, [*on_cpu[0], sys.executable, "-c", send + (
+            f"f = tempfile.TemporaryFile()\nf.write(b''.join(b'ipftrace-condensed %013d' % i for i in range({count})))\n"
+            f"f.flush()\nfor i in range({count}):\n    assert os.sendfile(s.fileno(), f.fileno(), 32 * i, 32) == 32\n")],
+            timeout=60)
+        receiver.stdin.write("read\n")
+        receiver.stdin.flush()
+        queued = int(receiver.stdout.readline())
+        netpair.exec_in(netpair.ns_a, [*on_cpu[0], sys.executable, "-c", send + "s.send(b'the last one')\n"])
+        read = int(receiver.stdout.readline())
+        receiver.wait(timeout=30)
+        assert read == queued + 1
+        # and a ping on a's loopback from the sender's CPU runs the softirq that frees the last one
+        netpair.exec_in(netpair.ns_a, [*on_cpu[0], "ping", "-6", "-c", "1", "-W", "2", "::1"])
+        return read
+    finally:
+        if receiver.poll() is None:
+            receiver.kill()
+            receiver.wait()
+
+
 @contextmanager
 def tcpdump(ns: str, device: str) -> Iterator[None]:
     """tcpdump capturing on `device` in namespace `ns` while the block runs: every packet there is cloned for it."""
@@ -77,6 +127,36 @@ def tcpdump(ns: str, device: str) -> Iterator[None]:
     finally:
         capture.terminate()
         capture.wait(timeout=10)
+
+
+def test_an_ipv6_datagram_whose_payload_is_pulled_into_the_linear_data_stays_one_packet(  # type: ignore[no-untyped-def]
+        start_tool, netpair: NetPair) -> None:
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs: the frees this test looks for are deferred to the sender's CPU")
+    netpair.ping_b(count=1, v6=True)  # neighbours resolved
+    tool = start_tool("ipftrace", "-b", "tracepoint", "-o", "json", "-l4", "UDP", "-d6", netpair.addr_b6,
+                      "-dp", str(CONDENSED_PORT))
+    before = nstat(netpair.exec_in, netpair.ns_b)
+    read = pulled_into_linear_data(netpair)
+    time.sleep(0.5)
+    after = nstat(netpair.exec_in, netpair.ns_b)
+    code, out, err = tool.stop()
+    assert code == 130, err
+    assert read == CONDENSED_DATAGRAMS + 1, after  # none dropped for a full receive buffer
+    assert after["Udp6InDatagrams"] - before.get("Udp6InDatagrams", 0) == read
+    summary = re.search(r"INFO: ([\d,]+) paths? printed(?: \([^)]*\))?; the kernel matched ([\d,]+) packets", err)
+    assert summary, err
+    paths = [json.loads(line) for line in out.splitlines()]
+    shapes = [(p["outcome"], p["freed_unseen"], " ".join(e["function"].split(":")[-1] for e in p["events"]))
+              for p in paths]
+    # One packet each: the free of one whose payload was pulled (a fingerprint with payload bytes) is not taken
+    # for a new packet in its skb, and its path does not end "freed unseen" at the pull
+    assert int(summary[2]) == read and len(paths) == read, shapes
+    odd = [shape for shape in shapes if shape[:2] != ("delivered", False) or not shape[2].endswith(" consume_skb")]
+    assert not odd, odd
+    # The pull happened: a linear datagram is read without skb_copy_datagram_iovec (copy_linear_skb)
+    pulled = [p for p in paths if "skb:skb_copy_datagram_iovec" not in [e["function"] for e in p["events"]]]
+    assert pulled, shapes
 
 
 @pytest.mark.parametrize("tapped", [False, True], ids=["alone", "with-tcpdump"])

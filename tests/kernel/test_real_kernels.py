@@ -27,7 +27,16 @@ from tests.support.otlp_receiver import GrpcOtlpReceiver, attributes
 
 from .conftest import BIN, Running
 from .netns import NetChain, NetPair, create_chain, create_pair, delete_chain, delete_pair
-from .test_identity import CLIENT_PORT, FRONT_PORT, SERVER_PORT, nat_rules, send_datagrams
+from .test_identity import (
+    CLIENT_PORT,
+    CONDENSED_DATAGRAMS,
+    CONDENSED_PORT,
+    FRONT_PORT,
+    SERVER_PORT,
+    nat_rules,
+    pulled_into_linear_data,
+    send_datagrams,
+)
 from .test_segments import (
     GSO_PORT,
     UDP_GSO_PORT,
@@ -97,6 +106,7 @@ class Traffic:
     segments_sent: int = 0  # TCP segments of the GSO transfer (test_segments.segmented_transfer), by nstat
     udp_segments_received: int = 0  # UDP GSO segments b's socket received (test_segments.udp_gso_sends), by nstat
     dead_neighbour_probes: int = 0  # probes the kernel counted for the neighbour that never answers (drive_traffic)
+    pulled_read: int = 0  # IPv6 datagrams read whose payload was sent in a page fragment (pulled_into_linear_data)
 
 
 def dead_host(pair: NetPair) -> str:
@@ -104,12 +114,14 @@ def dead_host(pair: NetPair) -> str:
     return f"{pair.addr_b4.rsplit('.', 1)[0]}.{DEAD_HOST}"
 
 
-def drive_traffic(pair: NetPair) -> tuple[int, int]:
-    """ICMP and ICMPv6 over veth, ICMP on loopback, UDP to a closed port, a TCP handshake and a small transfer.
+def drive_traffic(pair: NetPair) -> tuple[int, int, int]:
+    """ICMP and ICMPv6 over veth, ICMP on loopback, UDP to a closed port, a TCP handshake and a small transfer,
+    IPv6 datagrams whose payload the receiving kernel pulls into the linear data (6.5 and later).
     First one ping each way, not counted: the first packet after a long start-up under emulation was missing from
     a run now and then (the notes on the issue "Packet identity" have the data), and these tests are about the
     steady state. Last, one ping to a neighbour that never answers. Returns the kernel monotonic time (the probes'
-    clock) after that warm-up, and how many probes the kernel counted for that neighbour."""
+    clock) after that warm-up, how many probes the kernel counted for that neighbour, and how many of the IPv6
+    datagrams sent in page fragments were read."""
     pair.ping_b(count=1)
     pair.ping_b(count=1, v6=True)
     time.sleep(1)
@@ -140,6 +152,7 @@ def drive_traffic(pair: NetPair) -> tuple[int, int]:
     large = [b"x" * LARGE_SIZE] * LARGE_DATAGRAMS
     _datagrams_read_by_a_socket(pair, "AF_INET", pair.addr_b4, [b"dg %d" % i for i in range(UDP_DATAGRAMS)] + large)
     _datagrams_read_by_a_socket(pair, "AF_INET6", pair.addr_b6, large)
+    pulled_read = pulled_into_linear_data(pair)
     # One ping to a neighbour both ends forgot: it waits in the neighbour's queue while ARP resolves the address,
     # and the neighbour probe sends (and frees) a clone of it.
     pair.exec_in(pair.ns_a, ["ip", "-4", "neigh", "flush", "dev", pair.veth_a])
@@ -153,7 +166,7 @@ def drive_traffic(pair: NetPair) -> tuple[int, int]:
     (entry,) = json.loads(pair.exec_in(pair.ns_a, ["ip", "-j", "-s", "-4", "neigh", "show", dead_host(pair)]).stdout)
     ucast = int(pair.exec_in(pair.ns_a, ["cat", f"/proc/sys/net/ipv4/neigh/{pair.veth_a}/ucast_solicit"]).stdout)
     time.sleep(3)  # paths end on free; the last frees and the assembler's settle time
-    return counted_from, int(entry["probes"]) - ucast
+    return counted_from, int(entry["probes"]) - ucast, pulled_read
 
 
 def _datagrams_read_by_a_socket(pair: NetPair, family: str, address: str, payloads: list[bytes]) -> None:
@@ -209,7 +222,7 @@ def _run_cli(backend: str, tmp_path: Path, cache_dir: str, manifest: str | None)
         tool.wait_ready(timeout=READY_TIMEOUT)
         ready_s = time.monotonic() - started
         record(f"ready_s {backend} {'manifest' if manifest else 'discovery'}", round(ready_s, 1))
-        counted_from, dead_neighbour_probes = drive_traffic(pair)
+        counted_from, dead_neighbour_probes, pulled_read = drive_traffic(pair)
         tunnel_from, segments_sent, udp_segments_received = (drive_identity_traffic(pair, chain)
                                                              if chain is not None else (0, 0, 0))
         stopping = time.monotonic()
@@ -222,7 +235,7 @@ def _run_cli(backend: str, tmp_path: Path, cache_dir: str, manifest: str | None)
         paths = [path for path in (json.loads(line) for line in out.splitlines() if line.startswith("{"))
                  if path["events"][0]["timestamp_ns"] >= counted_from]
         yield Traffic(pair, paths, err, ready_s, chain, tunnel_from, segments_sent, udp_segments_received,
-                      dead_neighbour_probes)
+                      dead_neighbour_probes, pulled_read)
     finally:
         tool.stop()
         delete_pair(pair)
@@ -355,6 +368,30 @@ def test_udp_datagrams_read_by_a_socket_are_delivered(manifest_run: Traffic) -> 
     assert len(datagrams) == UDP_DATAGRAMS + LARGE_DATAGRAMS, [names(p) for p in manifest_run.paths
                                                                 if p["protocol"] == "UDP"]
     assert all(p["outcome"] == "delivered" for p in datagrams), [(p["outcome"], names(p)) for p in datagrams]
+
+
+def _pulled_datagrams_are_one_packet_each(run: Traffic) -> list[dict]:
+    """IPv6 datagrams whose payload came in a page fragment, pulled into the linear data in the receiver's queue
+    (skb_condense): one path each, not taken for new packets at their free (their fingerprint then has payload
+    bytes it had not when first matched). Returns the paths."""
+    pair = run.pair
+    datagrams = paths_of(run, "UDP", pair.addr_a6, pair.addr_b6, CONDENSED_PORT)
+    assert run.pulled_read == CONDENSED_DATAGRAMS + 1  # none dropped for a full receive buffer
+    shapes = [(p["outcome"], p["freed_unseen"], names(p)[-3:]) for p in datagrams]
+    assert len(datagrams) == run.pulled_read, shapes
+    return datagrams
+
+
+def test_an_ipv6_datagram_whose_payload_is_pulled_into_the_linear_data_stays_one_packet(manifest_run: Traffic) -> None:
+    datagrams = _pulled_datagrams_are_one_packet_each(manifest_run)
+    odd = [(p["outcome"], p["freed_unseen"], names(p)[-3:]) for p in datagrams
+           if p["outcome"] != "delivered" or p["freed_unseen"]]
+    assert not odd, odd
+
+
+def test_an_ipv6_datagram_whose_payload_is_pulled_into_the_linear_data_stays_one_packet_on_tracepoints(
+        tracepoint_run: Traffic) -> None:
+    _pulled_datagrams_are_one_packet_each(tracepoint_run)  # (their ends: as the kernel defers their frees or not)
 
 
 def _fragments_are_children_of_their_datagram(run: Traffic, version: int = 4) -> None:
@@ -679,7 +716,7 @@ def daemon_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: str) -> Iter
             tool.wait_ready(timeout=READY_TIMEOUT)
             traced_s = other_flow_seconds(pair)
             record("other-flow traffic, untraced/traced time (daemon default manifest)", round(untraced_s / traced_s, 2))
-            counted_from, _ = drive_traffic(pair)
+            counted_from, _, _ = drive_traffic(pair)
             wall_from = time.time_ns() - (time.monotonic_ns() - counted_from) - 500_000_000  # the warm-up ended 1 s before
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
                 metrics = response.read().decode()
