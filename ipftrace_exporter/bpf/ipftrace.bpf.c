@@ -851,9 +851,13 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     }
     if (!track && !payload_in_fp)
         t.fp ^= payload_word; /* a new packet in the skb: its own fingerprint, with its payload word */
-    /* Headers that do not parse as IP at an address tracked for an IP packet of another protocol (an ARP
-     * request in the skb of a datagram freed unseen): not ours. */
-    if (track && !parsed && fields.protocol && track->protocol && fields.protocol != track->protocol) {
+    /* Headers that do not parse as IP at a tracked address, of another protocol (an ARP request in the skb of a
+     * datagram freed unseen), or of an skb that has neither a protocol nor a network header, which no IP packet
+     * past its first match lacks (a unix socket's message in the skb of a TCP segment freed unseen, whose drop in
+     * unix_stream_connect would be taken for the segment's): not ours. */
+    if (track && !parsed
+        && ((fields.protocol && track->protocol && fields.protocol != track->protocol)
+            || (!fields.protocol && (fields.network_header == 0 || fields.network_header == (u16)~0U)))) {
         ipft_forget(&key, track->head);
         return 0;
     }
