@@ -13,7 +13,8 @@
  *     ipft_flow_headers(flow, t) (a tracked packet's headers still match its flow), ipft_match_first(t, skb, dev,
  *     data, l3) (first flow whose keys, pcap filter and device/netns match, at first match), ipft_match_where();
  *   entries: one small entry point per probe (per skb position for kernel functions) that calls ipft_handle()
- *     (tracepoints; kfunc, through ipft_kfunc_probe()) or ipft_function() (kprobes).
+ *     (tracepoints; kfunc, through ipft_kfunc_probe()) or ipft_function() (kprobes: ipft_hit() looks the function
+ *     up by its address only for a packet it may trace).
  *
  * A packet is tracked from the first probe where its headers match a flow until it is freed: later probes
  * look the skb address up instead of parsing again (headers are not parseable everywhere). Counters are
@@ -755,8 +756,38 @@ static __always_inline int ipft_leaves_host(struct net_device *dev)
     return parent != 0;
 }
 
-static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe_id, int from_data, int role,
-                                       u64 location, u32 reason, struct net_device *dev, int tp_kind)
+/* Kernel functions on kprobes share one entry point per skb argument position, which finds its probe by the traced
+ * function's address (IPFT_KPROBE_IP) in ipft_funcs, filled from kallsyms by the collector. */
+#ifdef IPFT_HAS_FUNCTIONS
+struct ipft_func {
+    u32 probe_id;
+    u32 role;
+};
+BPF_HASH(ipft_funcs, u64, struct ipft_func, IPFT_FUNC_SLOTS);
+
+/* The probe and role of the traced function at `ip` (its kallsyms address); -1 for an unknown one. With x86 IBT
+ * a kprobe sits after the function's 4-byte endbr64, so a miss is retried there. */
+static __always_inline int ipft_function_probe(u64 ip, u32 *probe_id, int *role)
+{
+    struct ipft_func *func = ipft_funcs.lookup(&ip);
+    if (!func) {
+        u64 before = ip - 4;
+        func = ipft_funcs.lookup(&before);
+        if (!func)
+            return -1;
+    }
+    *probe_id = func->probe_id;
+    *role = func->role;
+    return 0;
+}
+#endif /* IPFT_HAS_FUNCTIONS */
+
+/* One probe hit. A tracepoint or kfunc entry point passes its probe id and role; a kprobe entry point passes the
+ * traced function's address (`func_ip`; 0 otherwise), looked up (a hash lookup, two on an IBT miss) only once the
+ * skb may be tracked or its headers match a flow: other flows' packets, the common case, leave without it. Until
+ * then its role is taken as a step's (a free's own function on an skb of another flow is parsed, then leaves). */
+static __always_inline int ipft_hit(void *ctx, struct sk_buff *skb, u32 probe_id, int from_data, int role,
+                                    u64 location, u32 reason, struct net_device *dev, int tp_kind, u64 func_ip)
 {
     if (!skb)
         return 0;
@@ -774,7 +805,8 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
         return 0;
     unsigned char *head = fields.head;
     if (role == IPFT_ROLE_NO_START && !ipft_maybe_tracked((u64)head))
-        return 0; /* a free's own function on an skb surely not tracked: not parsed */
+        return 0; /* a free's own tracepoint or kfunc on an skb surely not tracked: not parsed (a kprobe's role
+                   * is looked up later) */
     unsigned char *l3 = 0;
     int parsed = ipft_parse(&fields, &t, from_data, &l3);
     /* `t` stays in memory from here on (its address escapes into an empty asm): otherwise the compiler keeps each
@@ -807,6 +839,10 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
      * The common case on a busy node: one array read, no hash lookup (ipft_tracked_filter). */
     if (flow < 0 && !ipft_maybe_tracked((u64)head))
         return 0;
+#ifdef IPFT_HAS_FUNCTIONS
+    if (func_ip && ipft_function_probe(func_ip, &probe_id, &role) < 0)
+        return 0;
+#endif
     /* The tuple copied onto itself (a read the verifier cannot see through): past this point the verifier knows
      * its fields only as unknown bytes, so the parse's outcomes (IP version, fragment state, which L4 fields were
      * read, at what offset) are one state to it rather than one walk of the rest each. On 5.10, with the kfunc
@@ -1120,29 +1156,19 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
     return 0;
 }
 
-/* Kernel functions share one entry point per skb argument position. A kprobe's finds its probe by the traced
- * function's address (IPFT_KPROBE_IP) in ipft_funcs, filled from kallsyms by the collector. */
-#ifdef IPFT_HAS_FUNCTIONS
-struct ipft_func {
-    u32 probe_id;
-    u32 role;
-};
-BPF_HASH(ipft_funcs, u64, struct ipft_func, IPFT_FUNC_SLOTS);
+/* A tracepoint's or kfunc's hit: its probe id and role known to the entry point. */
+static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe_id, int from_data, int role,
+                                       u64 location, u32 reason, struct net_device *dev, int tp_kind)
+{
+    return ipft_hit(ctx, skb, probe_id, from_data, role, location, reason, dev, tp_kind, 0);
+}
 
-/* The probe of the traced function at `ip` (its kallsyms address). With x86 IBT a kprobe sits after the
- * function's 4-byte endbr64, so a miss is retried there. */
+/* A kprobe entry point (one per skb argument position, shared by the functions there) hands ipft_hit the traced
+ * function's address, looked up only for a packet it may trace (ipft_function_probe). */
+#ifdef IPFT_HAS_FUNCTIONS
 static __always_inline int ipft_function(void *ctx, struct sk_buff *skb, u64 ip)
 {
-    struct ipft_func *func = ipft_funcs.lookup(&ip);
-    if (!func) {
-        u64 before = ip - 4;
-        func = ipft_funcs.lookup(&before);
-        if (!func)
-            return 0;
-    }
-    u32 probe_id = func->probe_id;
-    int role = func->role;
-    return ipft_handle(ctx, skb, probe_id, 0, role, 0, 0, 0, IPFT_TP_NONE);
+    return ipft_hit(ctx, skb, 0, 0, IPFT_ROLE_STEP, 0, 0, 0, IPFT_TP_NONE, ip);
 }
 #endif /* IPFT_HAS_FUNCTIONS */
 

@@ -173,7 +173,7 @@ def test_the_socket_read_tracepoint_tells_the_kernel_so_and_functions_are_no_tra
     read = ProbeSource(Probe(0, "skb:skb_copy_datagram_iovec", ProbeKind.TRACEPOINT, 1), "skb_copy_datagram_iovec", 0)
     text = render(with_free_tracepoint([read]), FLOWS).text
     assert "ipft_handle(ctx, (struct sk_buff *)ctx->args[0], 0, 0, 0, 0, 0, 0, 2);" in text  # IPFT_TP_SOCKET_READ
-    assert "ipft_handle(ctx, skb, probe_id, 0, role, 0, 0, 0, IPFT_TP_NONE);" in text
+    assert "ipft_hit(ctx, skb, 0, 0, IPFT_ROLE_STEP, 0, 0, 0, IPFT_TP_NONE, ip);" in text  # a kprobe: no read
 
 
 def test_the_cloned_bit_from_btf_is_written_into_the_program() -> None:
