@@ -850,7 +850,8 @@ static __always_inline int ipft_hit(void *ctx, struct sk_buff *skb, u32 probe_id
      * be tracked get here. */
     bpf_probe_read_kernel(&t, sizeof(t), &t);
     struct ipft_track *track = tracked.lookup(&key);
-    u32 payload_word = 0; /* IPv6 UDP: in the fingerprint of a packet first matched here, or of one whose was */
+    u32 payload_word = 0; /* IPv6 UDP: part of the fingerprint if the tracked packet's had it (payload_fp), or of
+                           * a packet first matched here */
     if (parsed && t.l4_read && (track || flow >= 0))
         payload_word = ipft_payload_word(t.l4proto, t.udp_len, l3 + t.l4_offset + 8, fields.head + fields.tail);
     int payload_in_fp = !track || track->payload_fp;

@@ -9,6 +9,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -80,8 +81,6 @@ def pulled_into_linear_data(netpair: NetPair, port: int = CONDENSED_PORT, count:
     (skb_attempt_defer_free, seen at skb:consume_skb): the last datagram, sent from there after the reads, runs the
     softirq that frees them, and a ping on a's loopback the one that frees it. (With one CPU, nothing is pinned
     and nothing deferred.)"""
-    import sys
-
     cpus = sorted(os.sched_getaffinity(0))[:2]
     on_cpu = [["taskset", "-c", str(cpu)] if len(cpus) == 2 else [] for cpu in cpus]
     receiver = netpair.popen_in(netpair.ns_b, [*on_cpu[-1], sys.executable, "-c", (

@@ -13,6 +13,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -178,8 +179,6 @@ def unix_connects_after_tcp_handshakes(pair: NetPair) -> None:
     sees it (tcp_rcv_state_process's __kfree_skb, in the connecting process's softirq), and the connect's skb,
     allocated next on that CPU, gets its address; the connect fails and frees it with kfree_skb
     (unix_stream_connect), which is no drop of the ACK's (seen in the matrix's own traffic on 5.10 and 6.12)."""
-    import sys
-
     server = pair.popen_in(pair.ns_b, [sys.executable, "-c", (
         "import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
         f"s.bind(('{pair.addr_b4}', {UNIX_AFTER_TCP_PORT}))\ns.listen(64)\nprint('listening', flush=True)\n"
