@@ -167,7 +167,7 @@ def entry_point(source: ProbeSource) -> str:
         skb = _arg("ctx", source.skb_arg, "struct sk_buff *")
         return (f"int {source.entry_name}(unsigned long long *ctx)\n"
                 f"{{\n    u64 probe = ipft_kfunc_probe(); /* this function's copy: (role << 32) | probe id */\n"
-                f"    return ipft_handle(ctx, {skb}, (u32)probe, 0, (int)(probe >> 32), 0, 0, 0, IPFT_TP_NONE);\n}}\n")
+                f"    return ipft_kfunc(ctx, {skb}, (u32)probe, (int)(probe >> 32));\n}}\n")
     raise ValueError(f"unknown probe kind {probe.kind}")
 
 

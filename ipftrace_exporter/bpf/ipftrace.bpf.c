@@ -13,8 +13,8 @@
  *     ipft_flow_headers(flow, t) (a tracked packet's headers still match its flow), ipft_match_first(t, skb, dev,
  *     data, l3) (first flow whose keys, pcap filter and device/netns match, at first match), ipft_match_where();
  *   entries: one small entry point per probe (per skb position for kernel functions) that calls ipft_handle()
- *     (tracepoints; kfunc, through ipft_kfunc_probe()) or ipft_function() (kprobes: ipft_hit() looks the function
- *     up by its address only for a packet it may trace).
+ *     (tracepoints), ipft_kfunc() (kfunc, its probe from ipft_kfunc_probe()) or ipft_function() (kprobes: ipft_hit()
+ *     looks the function up by its address only for a packet it may trace).
  *
  * A packet is tracked from the first probe where its headers match a flow until it is freed: later probes
  * look the skb address up instead of parsing again (headers are not parseable everywhere). Counters are
@@ -184,7 +184,8 @@ struct ipft_segmented {
 };
 
 struct ipft_track {
-    u64 head; /* skb->head when first matched: a different buffer at the same address is another packet */
+    u64 head; /* skb->head: a different buffer at the same address is another packet, unless the packet moved there
+               * (pskb_expand_head of a cloned skb, before NAT writes its headers: see ipft_hit) */
     u32 flow_id;
     u8 sampled;
     u8 lost; /* events of this skb lost so far (ring buffer full), at most 255 */
@@ -368,19 +369,16 @@ static __always_inline u32 ipft_payload_word(u8 l4proto, u16 udp_len, unsigned c
     if ((l4proto != 17 && l4proto != 136) || udp_len <= 8)
         return 0;
     u32 payload = udp_len - 8, hash = 2166136261u;
-    if (payload_start + (payload < sizeof(words) ? payload : sizeof(words)) > linear_end)
+    u32 size = payload < sizeof(words) ? payload : sizeof(words);
+    if (payload_start + size > linear_end)
         return 0;
-    if (bpf_probe_read_kernel(words, sizeof(words), payload_start) < 0)
+    /* only the datagram's bytes, the rest of `words` left zero: what lies past its end may change on the way (one
+     * read of the size, not a mask per word: the verifier walks no branch per word) */
+    if (bpf_probe_read_kernel(words, size, payload_start) < 0)
         return 0;
 #pragma unroll
-    for (int i = 0; i < 8; i++) { /* only the datagram's bytes: what lies past its end may change on the way */
-        u32 word = words[i];
-        if (payload <= 4 * i)
-            word = 0;
-        else if (payload < 4 * i + 4)
-            word &= (1u << (8 * (payload - 4 * i))) - 1; /* little-endian: the first bytes are the low ones */
-        hash = (hash ^ word) * 16777619u;
-    }
+    for (int i = 0; i < 8; i++)
+        hash = (hash ^ words[i]) * 16777619u;
     return hash;
 }
 
@@ -395,37 +393,51 @@ static __always_inline u32 ipft_tuple_hash(const struct ipft_tuple *t)
     return (hash ^ (((u32)t->sport << 16) | t->dport)) * 16777619u;
 }
 
-/* The filter's bucket of a tracked packet: by its data buffer (`skb->head`), which a tracked packet keeps (a
- * different buffer at a tracked address is another packet), and which is a plain number on every backend (the
- * typed skb pointer of fentry and tp_btf programs allows no shifts). */
-static __always_inline u32 *ipft_filter_bucket(u64 head)
+/* The skb's address as a number to hash (`typed`: the entry point's skb is a BTF-typed pointer, fentry's and
+ * tp_btf's, on which the verifier allows no shifts; one pointer minus another is a number to it, for a privileged
+ * loader: the address minus that of a fixed array value, as unique per skb). Tracepoints and kprobes have the
+ * address as a number already. */
+static __always_inline u64 ipft_skb_number(struct sk_buff *skb, int typed)
 {
-    u32 bucket = (u32)((head >> 6) ^ (head >> 20)) & (IPFT_TRACKED_BUCKETS - 1);
+    if (!typed)
+        return (u64)skb;
+    u32 zero = 0;
+    u32 *base = ipft_tracked_filter.lookup(&zero);
+    if (!base)
+        return 0;
+    return (u64)skb - (u64)base;
+}
+
+/* The filter's bucket of a tracked skb, by its address (ipft_skb_number): a packet keeps its skb to its end,
+ * though not always its data buffer (pskb_expand_head moves it to a new one). */
+static __always_inline u32 *ipft_filter_bucket(u64 number)
+{
+    u32 bucket = (u32)((number >> 8) ^ (number >> 20)) & (IPFT_TRACKED_BUCKETS - 1);
     return ipft_tracked_filter.lookup(&bucket);
 }
 
-static __always_inline int ipft_maybe_tracked(u64 head)
+static __always_inline int ipft_maybe_tracked(u64 number)
 {
-    u32 *count = ipft_filter_bucket(head);
+    u32 *count = ipft_filter_bucket(number);
     return !count || *count;
 }
 
-static __always_inline void ipft_start_tracking(u64 *key, struct ipft_track *fresh)
+static __always_inline void ipft_start_tracking(u64 *key, u64 number, struct ipft_track *fresh)
 {
     if (tracked.update(key, fresh) < 0) {
         ipft_stat(IPFT_STAT_TRACK_FULL);
         return;
     }
-    u32 *count = ipft_filter_bucket(fresh->head);
+    u32 *count = ipft_filter_bucket(number);
     if (count)
         __sync_fetch_and_add(count, 1);
 }
 
-static __always_inline void ipft_forget(u64 *key, u64 head)
+static __always_inline void ipft_forget(u64 *key, u64 number)
 {
     if (tracked.delete(key) < 0)
         return; /* another CPU forgot it first */
-    u32 *count = ipft_filter_bucket(head);
+    u32 *count = ipft_filter_bucket(number);
     if (count)
         __sync_fetch_and_add(count, (u32)-1);
 }
@@ -747,6 +759,19 @@ static __always_inline int ipft_encapsulated(struct sk_buff *skb, const struct i
     return fp == track->fp;
 }
 
+/* A tracked packet found in a new data buffer (ipft_hit: pskb_expand_head moved it): its track and its buffer's
+ * owner follow it there (a clone made later shares the new buffer; one made before keeps the old, and its entry). */
+static __always_inline void ipft_follow_buffer(struct ipft_track *track, u64 key, u64 head)
+{
+    u64 old = track->head;
+    struct ipft_buffer_owner *owner = ipft_buffers.lookup(&old);
+    if (owner && owner->skb == key) {
+        struct ipft_buffer_owner moved = *owner;
+        ipft_buffers.update(&head, &moved);
+    }
+    track->head = head;
+}
+
 static __always_inline int ipft_leaves_host(struct net_device *dev)
 {
     void *parent = 0;
@@ -787,7 +812,8 @@ static __always_inline int ipft_function_probe(u64 ip, u32 *probe_id, int *role)
  * skb may be tracked or its headers match a flow: other flows' packets, the common case, leave without it. Until
  * then its role is taken as a step's (a free's own function on an skb of another flow is parsed, then leaves). */
 static __always_inline int ipft_hit(void *ctx, struct sk_buff *skb, u32 probe_id, int from_data, int role,
-                                    u64 location, u32 reason, struct net_device *dev, int tp_kind, u64 func_ip)
+                                    u64 location, u32 reason, struct net_device *dev, int tp_kind, u64 func_ip,
+                                    int typed)
 {
     if (!skb)
         return 0;
@@ -804,7 +830,8 @@ static __always_inline int ipft_hit(void *ctx, struct sk_buff *skb, u32 probe_id
     if (ipft_skb_read(skb, &fields) < 0)
         return 0;
     unsigned char *head = fields.head;
-    if (role == IPFT_ROLE_NO_START && !ipft_maybe_tracked((u64)head))
+    u64 number = ipft_skb_number(skb, typed);
+    if (role == IPFT_ROLE_NO_START && !ipft_maybe_tracked(number))
         return 0; /* a free's own tracepoint or kfunc on an skb surely not tracked: not parsed (a kprobe's role
                    * is looked up later) */
     unsigned char *l3 = 0;
@@ -837,7 +864,7 @@ static __always_inline int ipft_hit(void *ctx, struct sk_buff *skb, u32 probe_id
     }
     /* Headers that match none of the flows (or do not parse) at an address that is surely not tracked: not ours.
      * The common case on a busy node: one array read, no hash lookup (ipft_tracked_filter). */
-    if (flow < 0 && !ipft_maybe_tracked((u64)head))
+    if (flow < 0 && !ipft_maybe_tracked(number))
         return 0;
 #ifdef IPFT_HAS_FUNCTIONS
     if (func_ip && ipft_function_probe(func_ip, &probe_id, &role) < 0)
@@ -859,10 +886,16 @@ static __always_inline int ipft_hit(void *ctx, struct sk_buff *skb, u32 probe_id
         t.fp ^= payload_word;
     u32 rewrite = 0, encap = 0;
     /* A tracked address whose headers changed is the same packet rewritten (NAT) when its data buffer and
-     * fingerprint are the same (fingerprint words are ones NAT does not touch); otherwise, or with headers that no
-     * longer match its flow, a different buffer or fingerprint, it is a new packet in a reused skb (its predecessor
-     * was freed where no probe saw it): forget the old one. (Only the header keys are compared: a flow's pcap
-     * filter and device/netns decide where a packet is first matched, not whether it is still the same packet.) */
+     * fingerprint are the same (fingerprint words are ones NAT does not touch), or when the same fingerprint is
+     * one no other packet of the flow has (an IPv4 identification, a TCP sequence number, IPv6 UDP's payload word)
+     * in a new buffer: pskb_expand_head moves a cloned skb's data (one that a packet socket's clone, tcpdump's,
+     * still shares) to a new buffer before NAT writes its headers. Otherwise, or with headers that no longer match
+     * its flow, a different buffer or fingerprint, it is a new packet in a reused skb (its predecessor was freed
+     * where no probe saw it): forget the old one. (A new buffer with the same headers stays a new packet: the
+     * flow's next packet may have the skb, and its fingerprint may be the same: an IPv6 datagram's length, an
+     * echo sequence, which a ping's reply shares with its request, or an IPv4 identification of 0, which some
+     * kernels give an unconnected socket's datagrams sent with DF.) (Only the header keys are compared: a flow's
+     * pcap filter and device/netns decide where a packet is first matched, not whether it is still the same.) */
     if (track && parsed) {
         u32 hash = ipft_tuple_hash(&t);
         int same_buffer = track->head == (u64)head;
@@ -876,14 +909,23 @@ static __always_inline int ipft_hit(void *ctx, struct sk_buff *skb, u32 probe_id
         } else if (hash != track->tuple_hash && same_buffer && ipft_encapsulated(skb, &fields, track)) {
             encap = IPFT_FLAG_ENCAP; /* followed on under the outer headers, to its drop or decapsulation */
             track->outer_hash = hash;
+        } else if (hash != track->tuple_hash && same_fp
+                   && ((t.ipversion == 4 && t.ip_id) || t.l4proto == 6 || track->payload_fp)) {
+            rewrite = IPFT_FLAG_REWRITE; /* in a new buffer (same_buffer is false here) */
+            track->tuple_hash = hash;
+            ipft_follow_buffer(track, key, (u64)head);
+        } else if (hash != track->tuple_hash && ipft_encapsulated(skb, &fields, track)) {
+            encap = IPFT_FLAG_ENCAP; /* in a new buffer (skb_cow_head moved it before the tunnel's headers) */
+            track->outer_hash = hash;
+            ipft_follow_buffer(track, key, (u64)head);
         } else if (!same_buffer || other_fp || (hash != track->tuple_hash && !ipft_flow_headers(track->flow_id, &t))) {
-            ipft_forget(&key, track->head);
+            ipft_forget(&key, number);
             track = 0;
         }
     }
     /* Read by a socket, then at a tracepoint that is neither a free nor another read: a new packet (IPFT_TP_*). */
     if (track && track->read && tp_kind == IPFT_TP_OTHER && role != IPFT_ROLE_CONSUME && role != IPFT_ROLE_DROP) {
-        ipft_forget(&key, track->head);
+        ipft_forget(&key, number);
         track = 0;
     }
     if (!track && !payload_in_fp)
@@ -895,7 +937,7 @@ static __always_inline int ipft_hit(void *ctx, struct sk_buff *skb, u32 probe_id
     if (track && !parsed
         && ((fields.protocol && track->protocol && fields.protocol != track->protocol)
             || (!fields.protocol && (fields.network_header == 0 || fields.network_header == (u16)~0U)))) {
-        ipft_forget(&key, track->head);
+        ipft_forget(&key, number);
         return 0;
     }
     u32 left = 0;
@@ -1064,7 +1106,7 @@ static __always_inline int ipft_hit(void *ctx, struct sk_buff *skb, u32 probe_id
         first = 1;
         fresh.read = tp_kind == IPFT_TP_SOCKET_READ;
         if (role == IPFT_ROLE_STEP)
-            ipft_start_tracking(&key, &fresh);
+            ipft_start_tracking(&key, number, &fresh);
     }
 
     u32 slot = flow_id * IPFT_NUM_PROBES + probe_id;
@@ -1079,7 +1121,7 @@ static __always_inline int ipft_hit(void *ctx, struct sk_buff *skb, u32 probe_id
             *drop_count += 1;
     }
     if (role != IPFT_ROLE_STEP && !first && track)
-        ipft_forget(&key, track->head);
+        ipft_forget(&key, number);
     if (!sampled) {
         if (first && counted)
             ipft_untraced(flow_id, IPFT_UNTRACED_SAMPLED_OUT);
@@ -1161,7 +1203,13 @@ static __always_inline int ipft_hit(void *ctx, struct sk_buff *skb, u32 probe_id
 static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe_id, int from_data, int role,
                                        u64 location, u32 reason, struct net_device *dev, int tp_kind)
 {
-    return ipft_hit(ctx, skb, probe_id, from_data, role, location, reason, dev, tp_kind, 0);
+    return ipft_hit(ctx, skb, probe_id, from_data, role, location, reason, dev, tp_kind, 0, 0);
+}
+
+/* A kfunc entry point's hit (its probe id and role patched in: ipft_kfunc_probe), its skb a BTF-typed pointer. */
+static __always_inline int ipft_kfunc(void *ctx, struct sk_buff *skb, u32 probe_id, int role)
+{
+    return ipft_hit(ctx, skb, probe_id, 0, role, 0, 0, 0, IPFT_TP_NONE, 0, 1);
 }
 
 /* A kprobe entry point (one per skb argument position, shared by the functions there) hands ipft_hit the traced
@@ -1169,7 +1217,7 @@ static __always_inline int ipft_handle(void *ctx, struct sk_buff *skb, u32 probe
 #ifdef IPFT_HAS_FUNCTIONS
 static __always_inline int ipft_function(void *ctx, struct sk_buff *skb, u64 ip)
 {
-    return ipft_hit(ctx, skb, 0, 0, IPFT_ROLE_STEP, 0, 0, 0, IPFT_TP_NONE, ip);
+    return ipft_hit(ctx, skb, 0, 0, IPFT_ROLE_STEP, 0, 0, 0, IPFT_TP_NONE, ip, 0);
 }
 #endif /* IPFT_HAS_FUNCTIONS */
 

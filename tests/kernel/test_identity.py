@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 import pytest
@@ -43,12 +43,19 @@ def nstat(run, ns: str) -> dict[str, int]:  # type: ignore[no-untyped-def]
 
 
 def send_datagrams(run, ns: str, address: str, port: int, count: int, family: str = "AF_INET",  # type: ignore[no-untyped-def]
-                   source_port: int = 0) -> None:
-    """`count` datagrams 20 ms apart whose payloads differ only after a 17-byte prefix."""
+                   source_port: int = 0, connected: bool = False) -> None:
+    """`count` datagrams 20 ms apart whose payloads differ only after a 17-byte prefix; `connected`: from a
+    connected socket (whose IPv4 datagrams sent with DF every kernel numbers: some give an unconnected socket's
+    identification 0), which sends again when a send reports the port unreachable error a closed port sent back
+    (that send sent nothing)."""
+    send = ("try:\n        s.send(payload)\n    except ConnectionRefusedError:\n        s.send(payload)" if connected
+            else f"s.sendto(payload, ({address!r}, {port}))")
     code = (f"import socket, time\ns = socket.socket(socket.{family}, socket.SOCK_DGRAM)\n"
             f"s.bind(('', {source_port}))\n"
-            f"for i in range({count}):\n"
-            f"    s.sendto(b'ipftrace-test-dg %08d' % i, ({address!r}, {port}))\n"
+            + (f"s.connect(({address!r}, {port}))\n" if connected else "")
+            + f"for i in range({count}):\n"
+            f"    payload = b'ipftrace-test-dg %08d' % i\n"
+            f"    {send}\n"
             f"    time.sleep(0.02)\n")
     run(ns, ["python3", "-c", code], timeout=60)
 
@@ -117,7 +124,8 @@ def pulled_into_linear_data(netpair: NetPair, port: int = CONDENSED_PORT, count:
 
 @contextmanager
 def tcpdump(ns: str, device: str) -> Iterator[None]:
-    """tcpdump capturing on `device` in namespace `ns` while the block runs: every packet there is cloned for it."""
+    """tcpdump capturing on `device` in namespace `ns` while the block runs. (Its packet ring takes a copy of each
+    packet there at once: no clone outlives the capture's receive.)"""
     capture = subprocess.Popen(["ip", "netns", "exec", ns, "tcpdump", "-n", "-i", device, "-w", "/dev/null"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -126,6 +134,25 @@ def tcpdump(ns: str, device: str) -> Iterator[None]:
     finally:
         capture.terminate()
         capture.wait(timeout=10)
+
+
+@contextmanager
+def packet_socket(ns: str, device: str) -> Iterator[None]:
+    """A packet socket on `device` in namespace `ns` that reads nothing while the block runs (and closes after it):
+    each packet there leaves it a clone that shares the packet's data, as libpcap without a packet ring or any
+    AF_PACKET reader does. A kernel writing headers into a packet so shared (NAT, a tunnel's skb_cow_head) first
+    moves the packet to a new data buffer (pskb_expand_head)."""
+    holder = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", (
+        "import socket, time\ns = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))  # ETH_P_ALL\n"
+        "s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)\n"
+        f"s.bind(({device!r}, 0))\nprint('bound', flush=True)\ntime.sleep(3600)\n")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "bound"
+        yield
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
 
 
 def test_an_ipv6_datagram_whose_payload_is_pulled_into_the_linear_data_stays_one_packet(  # type: ignore[no-untyped-def]
@@ -161,22 +188,25 @@ def test_an_ipv6_datagram_whose_payload_is_pulled_into_the_linear_data_stays_one
     assert pulled, shapes
 
 
-@pytest.mark.parametrize("tapped", [False, True], ids=["alone", "with-tcpdump"])
+@pytest.mark.parametrize("tap", ["alone", "with-tcpdump", "with-a-packet-socket"])
 def test_a_nat_rewritten_packet_is_one_path_to_its_drop_with_the_new_headers(start_tool, netchain: NetChain,  # type: ignore[no-untyped-def]
-                                                                            tapped: bool) -> None:
-    # with tcpdump on the router's ingress, each packet is cloned for it, so NAT writing its headers first copies
-    # them to a new buffer (pskb_expand_head): the same skb and packet in another buffer
+                                                                            tap: str) -> None:
+    # with a packet socket on the router's ingress that has not read its clone of a packet, NAT writing the
+    # packet's headers first moves it to a new data buffer (pskb_expand_head): the same skb and packet elsewhere
     run = netchain.exec_in
     run(netchain.ns_router, ["nft", "-f", "-"], input=nat_rules(netchain))
-    tool = start_tool("ipftrace", "-b", "tracepoint", "-o", "json", "-l4", "UDP", "-d4",
-                      netchain.router_client_side4, "-dp", str(FRONT_PORT))
-    before = nstat(run, netchain.ns_server)
-    with tcpdump(netchain.ns_router, netchain.router_client_dev) if tapped else nullcontext():
-        send_datagrams(run, netchain.ns_client, netchain.router_client_side4, FRONT_PORT, DATAGRAMS,
-                       source_port=CLIENT_PORT)
-        time.sleep(1.0)
-    no_ports = nstat(run, netchain.ns_server)["UdpNoPorts"] - before.get("UdpNoPorts", 0)
-    code, out, err = tool.stop()
+    with ExitStack() as held:  # (the clones held stay unread until the tool has stopped)
+        if tap == "with-a-packet-socket":
+            held.enter_context(packet_socket(netchain.ns_router, netchain.router_client_dev))
+        tool = start_tool("ipftrace", "-b", "tracepoint", "-o", "json", "-l4", "UDP", "-d4",
+                          netchain.router_client_side4, "-dp", str(FRONT_PORT))
+        before = nstat(run, netchain.ns_server)
+        with tcpdump(netchain.ns_router, netchain.router_client_dev) if tap == "with-tcpdump" else nullcontext():
+            send_datagrams(run, netchain.ns_client, netchain.router_client_side4, FRONT_PORT, DATAGRAMS,
+                           source_port=CLIENT_PORT)
+            time.sleep(1.0)
+        no_ports = nstat(run, netchain.ns_server)["UdpNoPorts"] - before.get("UdpNoPorts", 0)
+        code, out, err = tool.stop()
     assert code == 130, err
     assert no_ports == DATAGRAMS  # the kernel's count: every datagram reached the server's closed port
     paths = [json.loads(line) for line in out.splitlines()]

@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from .test_identity import (
     FRONT_PORT,
     SERVER_PORT,
     nat_rules,
+    packet_socket,
     pulled_into_linear_data,
     send_datagrams,
 )
@@ -61,6 +63,7 @@ PINGS = 3
 PAIR_INDEX = {"kprobe": 91, "kfunc": 92, "auto": 93, "tracepoint": 94}  # 10.199.N.0/24 of each run's namespaces
 CHAIN_INDEX = {"kprobe": 81, "kfunc": 83, "tracepoint": 85}  # 10.199.N and N+1 of each run's NAT chain
 NAT_DATAGRAMS = 3
+MOVED_CLIENT_PORT = CLIENT_PORT + 1  # the NAT datagrams sent while a packet socket on the router holds clones
 DEAD_HOST = 99  # 10.199.N.99: an address in each run's subnet that nothing answers for
 
 
@@ -105,6 +108,7 @@ class Traffic:
     ready_s: float
     chain: NetChain | None = None  # with the identity traffic (drive_identity_traffic)
     tunnel_from: int = 0  # the kernel monotonic time when its VXLAN underlay drop was in place
+    tunnel_held_from: int = 0  # ... and when a packet socket on the sender's vx0 began to hold clones
     segments_sent: int = 0  # TCP segments of the GSO transfer (test_segments.segmented_transfer), by nstat
     udp_segments_received: int = 0  # UDP GSO segments b's socket received (test_segments.udp_gso_sends), by nstat
     dead_neighbour_probes: int = 0  # probes the kernel counted for the neighbour that never answers (drive_traffic)
@@ -217,23 +221,32 @@ def _datagrams_read_by_a_socket(pair: NetPair, family: str, address: str, payloa
             server.wait()
 
 
-def drive_identity_traffic(pair: NetPair, chain: NetChain) -> tuple[int, int]:
+def drive_identity_traffic(pair: NetPair, chain: NetChain, held: ExitStack) -> tuple[int, int, int, int]:
     """Packets whose headers change on the way or that become other skbs: NAT_DATAGRAMS datagrams DNAT-ed and
-    masqueraded by the chain's router to the server's closed port, a TCP transfer cut into GSO segments in
-    software, and PINGS pings over a VXLAN overlay on the pair whose underlay packets the receiver's nftables drop
-    (and count), and UDP GSO sends. Returns the kernel monotonic time when that drop was in place, the TCP segments
-    sent and the UDP segments received."""
+    masqueraded by the chain's router to the server's closed port, then as many (from MOVED_CLIENT_PORT) while a
+    packet socket on the router's ingress holds a clone of each (NAT moves them to a new data buffer first), a TCP
+    transfer cut into GSO segments in software, and PINGS pings over a VXLAN overlay on the pair whose underlay
+    packets the receiver's nftables drop (and count), then as many while a packet socket on the sender's vx0 holds
+    clones (VXLAN moves them), and UDP GSO sends. The packet sockets close with `held` (after the tool stops: their
+    clones are freed unseen). Returns the kernel monotonic times when that drop was in place and when the vx0
+    socket was, the TCP segments sent and the UDP segments received."""
     chain.exec_in(chain.ns_router, ["nft", "-f", "-"], input=nat_rules(chain))
     send_datagrams(chain.exec_in, chain.ns_client, chain.router_client_side4, FRONT_PORT, NAT_DATAGRAMS,
                    source_port=CLIENT_PORT)
+    held.enter_context(packet_socket(chain.ns_router, chain.router_client_dev))
+    send_datagrams(chain.exec_in, chain.ns_client, chain.router_client_side4, FRONT_PORT, NAT_DATAGRAMS,
+                   source_port=MOVED_CLIENT_PORT, connected=True)
     segments_sent = segmented_transfer(pair)
     udp_segments_received = udp_gso_sends(pair)
     vxlan_overlay(pair, 4)
     drop_underlay(pair, 4)
     tunnel_from = time.monotonic_ns()
     pair.exec_in(pair.ns_a, ["ping", "-c", str(PINGS), "-i", "0.2", "-W", "1", OVERLAY[4][1]], check=False)
+    held.enter_context(packet_socket(pair.ns_a, "vx0"))
+    tunnel_held_from = time.monotonic_ns()
+    pair.exec_in(pair.ns_a, ["ping", "-c", str(PINGS), "-i", "0.2", "-W", "1", OVERLAY[4][1]], check=False)
     time.sleep(3)  # the last drops and the assembler's settle time
-    return tunnel_from, segments_sent, udp_segments_received
+    return tunnel_from, tunnel_held_from, segments_sent, udp_segments_received
 
 
 def _run_cli(backend: str, tmp_path: Path, cache_dir: str, manifest: str | None) -> Iterator[Traffic]:
@@ -248,15 +261,17 @@ def _run_cli(backend: str, tmp_path: Path, cache_dir: str, manifest: str | None)
         argv.append(manifest)
     started = time.monotonic()
     tool = Running(argv, cache_dir, ready)
+    held = ExitStack()  # packet sockets holding clones (drive_identity_traffic), closed once the tool has stopped
     try:
         tool.wait_ready(timeout=READY_TIMEOUT)
         ready_s = time.monotonic() - started
         record(f"ready_s {backend} {'manifest' if manifest else 'discovery'}", round(ready_s, 1))
         counted_from, dead_neighbour_probes, pulled_read = drive_traffic(pair)
-        tunnel_from, segments_sent, udp_segments_received = (drive_identity_traffic(pair, chain)
-                                                             if chain is not None else (0, 0, 0))
+        tunnel_from, tunnel_held_from, segments_sent, udp_segments_received = (
+            drive_identity_traffic(pair, chain, held) if chain is not None else (0, 0, 0, 0))
         stopping = time.monotonic()
         code, out, err = tool.stop(timeout=300)
+        held.close()
         record(f"stop_s {backend} {'manifest' if manifest else 'discovery'}", round(time.monotonic() - stopping, 1))
         run_name = f"{backend}-{'manifest' if manifest else 'discovery'}"
         keep(f"{run_name}.out", out)
@@ -264,10 +279,11 @@ def _run_cli(backend: str, tmp_path: Path, cache_dir: str, manifest: str | None)
         assert code == 130, err
         paths = [path for path in (json.loads(line) for line in out.splitlines() if line.startswith("{"))
                  if path["events"][0]["timestamp_ns"] >= counted_from]
-        yield Traffic(pair, paths, err, ready_s, chain, tunnel_from, segments_sent, udp_segments_received,
-                      dead_neighbour_probes, pulled_read)
+        yield Traffic(pair, paths, err, ready_s, chain, tunnel_from, tunnel_held_from, segments_sent,
+                      udp_segments_received, dead_neighbour_probes, pulled_read)
     finally:
         tool.stop()
+        held.close()
         delete_pair(pair)
         if chain is not None:
             delete_chain(chain)
@@ -454,10 +470,11 @@ def test_ipv4_fragments_are_children_of_their_datagram_on_tracepoints(tracepoint
     _fragments_are_children_of_their_datagram(tracepoint_run)
 
 
-def _nat_rewritten_packets_are_one_path_to_their_drop(run: Traffic) -> None:
+def _nat_rewritten_packets_are_one_path_to_their_drop(run: Traffic, client_port: int = CLIENT_PORT) -> None:
     chain = run.chain
     assert chain is not None
-    paths = paths_of(run, "UDP", chain.client4, chain.router_client_side4, FRONT_PORT)
+    paths = [p for p in paths_of(run, "UDP", chain.client4, chain.router_client_side4, FRONT_PORT)
+             if p["sport"] == client_port]
     assert len(paths) == NAT_DATAGRAMS, [(names(p), p["outcome"]) for p in paths]
     for path in paths:
         # to the server's closed port (5.10 has no drop reasons), on the path of the flow as first matched
@@ -470,11 +487,12 @@ def _nat_rewritten_packets_are_one_path_to_their_drop(run: Traffic) -> None:
             chain.router_server_side4, chain.server4, SERVER_PORT), rewrites
 
 
-def _vxlan_underlay_drops_end_the_overlay_packets(run: Traffic) -> None:
+def _vxlan_underlay_drops_end_the_overlay_packets(run: Traffic, held: bool = False) -> None:
     pair = run.pair
+    start, end = (run.tunnel_held_from, float("inf")) if held else (run.tunnel_from, run.tunnel_held_from)
     paths = [p for p in paths_of(run, "ICMP", *OVERLAY[4]) if (p["icmp"] or {}).get("name") == "echo-request"
-             and p["events"][0]["timestamp_ns"] >= run.tunnel_from]  # not the overlay's first ping, delivered
-    assert underlay_drops(pair) == PINGS
+             and start <= p["events"][0]["timestamp_ns"] < end]  # not the overlay's first ping, delivered
+    assert underlay_drops(pair) == 2 * PINGS  # both rounds of pings
     assert len(paths) == PINGS, [(names(p), p["outcome"]) for p in paths]
     for path in paths:
         assert path["outcome"] == "dropped", (names(path), path["outcome"])
@@ -542,12 +560,30 @@ def test_a_nat_rewritten_packet_is_one_path_to_its_drop_on_tracepoints(tracepoin
     _nat_rewritten_packets_are_one_path_to_their_drop(tracepoint_run)
 
 
+def test_a_nat_rewritten_packet_moved_to_a_new_buffer_by_a_held_clone_is_one_path(manifest_run: Traffic) -> None:
+    _nat_rewritten_packets_are_one_path_to_their_drop(manifest_run, MOVED_CLIENT_PORT)
+
+
+def test_a_nat_rewritten_packet_moved_to_a_new_buffer_by_a_held_clone_is_one_path_on_tracepoints(
+        tracepoint_run: Traffic) -> None:
+    _nat_rewritten_packets_are_one_path_to_their_drop(tracepoint_run, MOVED_CLIENT_PORT)
+
+
 def test_a_vxlan_packet_dropped_in_the_underlay_is_dropped(manifest_run: Traffic) -> None:
     _vxlan_underlay_drops_end_the_overlay_packets(manifest_run)
 
 
 def test_a_vxlan_packet_dropped_in_the_underlay_is_dropped_on_tracepoints(tracepoint_run: Traffic) -> None:
     _vxlan_underlay_drops_end_the_overlay_packets(tracepoint_run)
+
+
+def test_a_vxlan_packet_moved_to_a_new_buffer_by_a_held_clone_is_dropped(manifest_run: Traffic) -> None:
+    _vxlan_underlay_drops_end_the_overlay_packets(manifest_run, held=True)
+
+
+def test_a_vxlan_packet_moved_to_a_new_buffer_by_a_held_clone_is_dropped_on_tracepoints(
+        tracepoint_run: Traffic) -> None:
+    _vxlan_underlay_drops_end_the_overlay_packets(tracepoint_run, held=True)
 
 
 def test_ipv6_fragments_are_children_of_their_datagram(manifest_run: Traffic) -> None:

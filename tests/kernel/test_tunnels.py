@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 
 import pytest
 
 from .netns import NetPair, nft_counter
+from .test_identity import packet_socket
 
 OVERLAY = {4: ("10.197.0.1", "10.197.0.2"), 6: ("fd00:197::1", "fd00:197::2")}
 VXLAN_PORT = 4789
@@ -68,12 +70,16 @@ def trace_pings(start_tool, netpair: NetPair, version: int) -> list[dict]:  # ty
     return [json.loads(line) for line in out.splitlines()]
 
 
+@pytest.mark.parametrize("tapped", [False, True], ids=["alone", "with-a-packet-socket"])
 @pytest.mark.parametrize("version", [4, 6])
 def test_a_packet_dropped_in_the_underlay_of_a_vxlan_tunnel_is_dropped(start_tool, netpair: NetPair,  # type: ignore[no-untyped-def]
-                                                                      version: int) -> None:
+                                                                      version: int, tapped: bool) -> None:
+    # with a packet socket on the sender's vx0 holding its clone of each packet, VXLAN first moves the packet to a
+    # new data buffer (skb_cow_head), then pushes the outer headers there: the same skb and packet elsewhere
     vxlan_overlay(netpair, version)
     drop_underlay(netpair, version)
-    paths = trace_pings(start_tool, netpair, version)
+    with packet_socket(netpair.ns_a, "vx0") if tapped else nullcontext():
+        paths = trace_pings(start_tool, netpair, version)
     assert underlay_drops(netpair) == PINGS
     assert len(paths) == PINGS, [p["outcome"] for p in paths]
     for path in paths:

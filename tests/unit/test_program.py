@@ -63,7 +63,7 @@ def test_kprobe_functions_share_one_entry_point_per_skb_position() -> None:
 def test_kfunc_functions_share_entry_points_that_read_the_skb_from_its_btf_position() -> None:
     program = render(function_sources(ProbeKind.KFUNC, [2, 1, 7]), FLOWS)
     assert definitions(program.text) == ["ipft_kfunc_arg2", "ipft_kfunc_arg1", "ipft_kfunc_arg7"]
-    assert "ipft_handle(ctx, (struct sk_buff *)ctx[1], (u32)probe, 0, (int)(probe >> 32)," in program.text
+    assert "ipft_kfunc(ctx, (struct sk_buff *)ctx[1], (u32)probe, (int)(probe >> 32));" in program.text
     assert "(struct sk_buff *)ctx[6]" in program.text  # fentry reads any argument, not just registers 1-5
 
 
@@ -173,7 +173,7 @@ def test_the_socket_read_tracepoint_tells_the_kernel_so_and_functions_are_no_tra
     read = ProbeSource(Probe(0, "skb:skb_copy_datagram_iovec", ProbeKind.TRACEPOINT, 1), "skb_copy_datagram_iovec", 0)
     text = render(with_free_tracepoint([read]), FLOWS).text
     assert "ipft_handle(ctx, (struct sk_buff *)ctx->args[0], 0, 0, 0, 0, 0, 0, 2);" in text  # IPFT_TP_SOCKET_READ
-    assert "ipft_hit(ctx, skb, 0, 0, IPFT_ROLE_STEP, 0, 0, 0, IPFT_TP_NONE, ip);" in text  # a kprobe: no read
+    assert "ipft_hit(ctx, skb, 0, 0, IPFT_ROLE_STEP, 0, 0, 0, IPFT_TP_NONE, ip, 0);" in text  # a kprobe: no read
 
 
 def test_the_cloned_bit_from_btf_is_written_into_the_program() -> None:
