@@ -11,9 +11,11 @@
 # IPFTRACE_MATRIX_TESTS (pytest -k expression, default all), IPFTRACE_MATRIX_COMMAND (a command run in each VM
 # from the checkout instead of the suite, e.g. a bench writing into $IPFTRACE_MATRIX_DIR; its output is that
 # kernel's guest.log, its exit status command-exit), IPFTRACE_MATRIX_DEADLINE (epoch seconds by which the matrix
-# must have ended, as CI's time limit requires: the first kernel always runs, cut off at the deadline; each later
-# one only if its estimated time fits in what is left, else it is reported "not run (time budget)" and does not
-# fail the run; the estimate scales the first kernel's seconds by the kernels' relative cost in earlier CI runs).
+# must have ended, as CI's time limit requires: the first kernel is booted unless less than a minute is left, cut
+# off at the deadline; each later one only if its estimated time fits in what is left (the first kernel's seconds
+# scaled by the kernels' relative cost in an earlier CI run; without that estimate, when the first kernel left no
+# results, it is cut off at the deadline too), else it is reported "not run (time budget)" and does not fail the
+# run; a kernel cut off at the deadline does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 project=$(pwd)

@@ -393,19 +393,18 @@ static __always_inline u32 ipft_tuple_hash(const struct ipft_tuple *t)
     return (hash ^ (((u32)t->sport << 16) | t->dport)) * 16777619u;
 }
 
-/* The skb's address as a number to hash (`typed`: the entry point's skb is a BTF-typed pointer, fentry's and
- * tp_btf's, on which the verifier allows no shifts; one pointer minus another is a number to it, for a privileged
- * loader: the address minus that of a fixed array value, as unique per skb). Tracepoints and kprobes have the
- * address as a number already. */
+/* The skb's address as a number to hash, the same on every entry point of a program (a kfunc program also has the
+ * free tracepoints, where a packet tracked at a kfunc ends). Tracepoints and kprobes have it as a number already;
+ * fentry's and tp_btf's skb (`typed`) is a BTF-typed pointer, on which the verifier allows no shifts: its value is
+ * copied out of the stack with bpf_probe_read_kernel, after which the verifier knows it as a plain number. */
 static __always_inline u64 ipft_skb_number(struct sk_buff *skb, int typed)
 {
     if (!typed)
         return (u64)skb;
-    u32 zero = 0;
-    u32 *base = ipft_tracked_filter.lookup(&zero);
-    if (!base)
-        return 0;
-    return (u64)skb - (u64)base;
+    u64 number = 0;
+    struct sk_buff *spilled = skb;
+    bpf_probe_read_kernel(&number, sizeof(number), &spilled);
+    return number;
 }
 
 /* The filter's bucket of a tracked skb, by its address (ipft_skb_number): a packet keeps its skb to its end,
