@@ -144,7 +144,7 @@ def packet_socket(ns: str, device: str) -> Iterator[None]:
     moves the packet to a new data buffer (pskb_expand_head)."""
     holder = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", (
         "import socket, time\ns = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))  # ETH_P_ALL\n"
-        "s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUFFORCE, 1 << 22)  # past rmem_max: room for every clone\n"
+        "s.setsockopt(socket.SOL_SOCKET, 33, 1 << 22)  # SO_RCVBUFFORCE, past rmem_max: room for every clone\n"
         f"s.bind(({device!r}, 0))\nprint('bound', flush=True)\ntime.sleep(3600)\n")],
         stdout=subprocess.PIPE, text=True)
     try:
