@@ -887,8 +887,8 @@ static __always_inline int ipft_hit(void *ctx, struct sk_buff *skb, u32 probe_id
     /* A tracked address whose headers changed is the same packet rewritten (NAT) when its data buffer and
      * fingerprint are the same (fingerprint words are ones NAT does not touch), or when the same fingerprint is
      * one no other packet of the flow has (an IPv4 identification, a TCP sequence number, IPv6 UDP's payload word)
-     * in a new buffer: pskb_expand_head moves a cloned skb's data (one that a packet socket's clone, tcpdump's,
-     * still shares) to a new buffer before NAT writes its headers. Otherwise, or with headers that no longer match
+     * in a new buffer: pskb_expand_head moves a cloned skb's data (one that the clone an unread packet socket
+     * holds still shares) to a new buffer before NAT writes its headers. Otherwise, or with headers that no longer match
      * its flow, a different buffer or fingerprint, it is a new packet in a reused skb (its predecessor was freed
      * where no probe saw it): forget the old one. (A new buffer with the same headers stays a new packet: the
      * flow's next packet may have the skb, and its fingerprint may be the same: an IPv6 datagram's length, an
